@@ -1,0 +1,93 @@
+//! The appliance's configuration file.
+//!
+//! One TOML file, one section per layer. Unknown keys are rejected everywhere so that a typo
+//! in a security setting is an error, not a silently ignored line.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::hsm::HsmConfig;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The `[hsm]` section: which PKCS#11 module and token, and how to log in.
+    pub hsm: HsmConfig,
+}
+
+/// Why a configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}; check the path given with --config")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation, with line and column.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses configuration text; the error is the parser's message.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::parse(
+            r#"
+            [hsm]
+            module = "/usr/lib/softhsm/libsofthsm2.so"
+            token_label = "t"
+            pin_env = "PIN"
+            pin = "1234"
+            "#,
+        )
+        .unwrap_err();
+        assert!(err.contains("unknown field `pin`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_sections_are_rejected() {
+        let err = Config::parse(
+            r#"
+            [hsm]
+            module = "/m.so"
+            token_label = "t"
+            pin_env = "PIN"
+            [hsn]
+            "#,
+        )
+        .unwrap_err();
+        assert!(err.contains("unknown field `hsn`"), "{err}");
+    }
+}

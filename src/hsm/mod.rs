@@ -1,0 +1,183 @@
+//! The PKCS#11 layer: everything hsmca asks of an HSM goes through here.
+//!
+//! * [`Hsm`] opens the module once per process, finds the token by label or serial, logs in
+//!   once, and offers the control operations officers and start-up need: key generation,
+//!   key lookup, random bytes, blocking signatures, the inventory.
+//! * [`SignerPool`] signs from async code on a bounded pool of dedicated blocking workers,
+//!   each with its own session, recovering from session, login and device errors.
+//!
+//! This layer knows nothing of X.509 beyond the two encodings signatures and public keys
+//! must have (DER `Ecdsa-Sig-Value`, SubjectPublicKeyInfo).
+
+mod algorithm;
+mod config;
+mod error;
+mod health;
+mod info;
+mod keys;
+mod pin;
+mod pool;
+mod public_key;
+mod token;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use cryptoki::slot::Limit;
+
+pub use algorithm::{KeyType, SignatureAlgorithm};
+pub use config::{HsmConfig, PinSource, PoolConfig, TokenSelector};
+pub use error::HsmError;
+pub use health::{HealthReport, HealthState};
+pub use info::{Inventory, KeyObject};
+pub use keys::HsmKey;
+pub use pin::Pin;
+pub use pool::SignerPool;
+pub use public_key::PublicKey;
+pub use token::TokenDescription;
+
+use token::{SessionSlot, TokenContext};
+
+/// The HSM: an initialised PKCS#11 module with a logged-in token.
+///
+/// Open it once per process ([`HsmError::AlreadyInitialized`] otherwise). A read-write
+/// control session stays open for the lifetime of this value, which keeps the login alive.
+pub struct Hsm {
+    context: Arc<TokenContext>,
+    control: Mutex<SessionSlot>,
+    module: PathBuf,
+}
+
+impl Hsm {
+    /// Loads the module, finds the token and logs in. A rejected PIN fails at once and is
+    /// never retried.
+    pub fn open(config: &HsmConfig) -> Result<Self, HsmError> {
+        let context = Arc::new(TokenContext::open(config)?);
+        let mut control = SessionSlot::new(context.clone(), true);
+        control.connect()?;
+        Ok(Hsm {
+            context,
+            control: Mutex::new(control),
+            module: config.module.clone(),
+        })
+    }
+
+    /// The token in use.
+    pub fn token(&self) -> &TokenDescription {
+        &self.context.description
+    }
+
+    /// Generates a key pair labelled `label`; refuses a label already on the token.
+    pub fn generate_key(&self, label: &str, key_type: KeyType) -> Result<HsmKey, HsmError> {
+        self.require_mechanism(key_type.generation_mechanism().mechanism_type())?;
+        let (signing, _) = key_type.default_algorithm().mechanism_and_input(&[]);
+        self.require_mechanism(signing.mechanism_type())?;
+        let key = self.with_control(|session| keys::generate(session, label, key_type))?;
+        tracing::info!(label, key_type = %key_type, id = %hex::encode(key.id()), "key pair generated");
+        Ok(key)
+    }
+
+    /// Finds the key pair labelled `label`, checks that it holds `expected` when given, and
+    /// proves with a test signature that the private key matches the public key.
+    pub fn find_key(&self, label: &str, expected: Option<&PublicKey>) -> Result<HsmKey, HsmError> {
+        self.with_control(|session| {
+            let key = keys::find(session, label, expected)?;
+            keys::self_test(session, &key)?;
+            Ok(key)
+        })
+    }
+
+    /// `len` random bytes from the token's RNG.
+    pub fn random(&self, len: usize) -> Result<Vec<u8>, HsmError> {
+        let mut bytes = vec![0u8; len];
+        self.with_control(|session| Ok(session.generate_random_slice(&mut bytes)?))?;
+        Ok(bytes)
+    }
+
+    /// Signs `message` on the control session, blocking the calling thread. For ceremonies
+    /// and start-up; the service signs through a [`SignerPool`].
+    pub fn sign(
+        &self,
+        key: &HsmKey,
+        algorithm: SignatureAlgorithm,
+        message: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        algorithm.check_key(key.key_type())?;
+        self.with_control(|session| {
+            let handle = keys::private_handle(session, key)?;
+            keys::sign(session, handle, algorithm, message)
+        })
+    }
+
+    /// Starts a signing pool on this token.
+    pub fn start_pool(&self, config: &PoolConfig) -> Result<SignerPool, HsmError> {
+        let sessions = match config.sessions {
+            Some(0) => {
+                return Err(HsmError::Config(
+                    "`hsm.pool.sessions` must be at least 1".into(),
+                ));
+            }
+            Some(n) => n,
+            None => self.default_pool_size()?,
+        };
+        if config.queue_depth() == 0 {
+            return Err(HsmError::Config(
+                "`hsm.pool.queue_depth` must be at least 1".into(),
+            ));
+        }
+        SignerPool::start(
+            self.context.clone(),
+            sessions,
+            config.queue_depth(),
+            config.op_timeout(),
+        )
+    }
+
+    /// The module, its tokens, and the selected token's mechanisms and keys.
+    pub fn inventory(&self) -> Result<Inventory, HsmError> {
+        self.with_control(|session| info::inventory(&self.context, self.module.clone(), session))
+    }
+
+    /// The HSM's health as seen by the operations so far.
+    pub fn health(&self) -> HealthReport {
+        self.context.health.report()
+    }
+
+    /// One session per core keeps a local HSM busy without oversubscribing the host; the
+    /// token's own limit wins when lower (one session is kept for control).
+    fn default_pool_size(&self) -> Result<usize, HsmError> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let info = self.context.pkcs11.get_token_info(self.context.slot)?;
+        let token_limit = match info.max_session_count() {
+            Limit::Max(max) => usize::try_from(max.saturating_sub(1))
+                .unwrap_or(usize::MAX)
+                .max(1),
+            Limit::Unavailable | Limit::Infinite => usize::MAX,
+        };
+        Ok(cores.min(token_limit))
+    }
+
+    fn require_mechanism(
+        &self,
+        mechanism: cryptoki::mechanism::MechanismType,
+    ) -> Result<(), HsmError> {
+        let supported = self.context.pkcs11.get_mechanism_list(self.context.slot)?;
+        if supported.contains(&mechanism) {
+            Ok(())
+        } else {
+            Err(HsmError::MechanismUnsupported {
+                mechanism: mechanism.to_string(),
+                token: self.context.description.label.clone(),
+            })
+        }
+    }
+
+    fn with_control<T>(
+        &self,
+        op: impl FnMut(&cryptoki::session::Session) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        let mut op = op;
+        let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        control.run(|session, _| op(session))
+    }
+}

@@ -1,0 +1,200 @@
+//! A pool of HSM sessions served by dedicated blocking worker threads.
+//!
+//! PKCS#11 calls block, sometimes for a network round trip to the HSM, so they never run on
+//! the async reactor. Each worker owns one session (`cryptoki::Session` is `Send`, not
+//! `Sync`) and takes jobs from one bounded queue. Callers get a clear "busy" error when the
+//! queue is full and a timeout error when their job does not finish in time.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cryptoki::object::ObjectHandle;
+use tokio::sync::oneshot;
+
+use super::algorithm::SignatureAlgorithm;
+use super::error::HsmError;
+use super::health::HealthReport;
+use super::keys::{self, HsmKey};
+use super::token::{SessionSlot, TokenContext};
+
+/// A signing request waiting for a worker.
+struct Job {
+    key: HsmKey,
+    algorithm: SignatureAlgorithm,
+    message: Vec<u8>,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Vec<u8>, HsmError>>,
+}
+
+/// Signs on the HSM from async code. Dropping the pool lets queued jobs finish, then closes
+/// the sessions.
+pub struct SignerPool {
+    sender: Option<SyncSender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+    queue_depth: usize,
+    op_timeout: Duration,
+    context: Arc<TokenContext>,
+}
+
+impl SignerPool {
+    /// Opens `sessions` sessions (logging in if needed) and starts one worker for each.
+    pub(crate) fn start(
+        context: Arc<TokenContext>,
+        sessions: usize,
+        queue_depth: usize,
+        op_timeout: Duration,
+    ) -> Result<Self, HsmError> {
+        // Open every session before starting any worker, so a bad token fails start-up.
+        let mut slots = Vec::with_capacity(sessions);
+        for _ in 0..sessions {
+            let mut slot = SessionSlot::new(context.clone(), false);
+            slot.connect()?;
+            slots.push(slot);
+        }
+        let (sender, receiver) = sync_channel(queue_depth);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let workers = slots
+            .into_iter()
+            .enumerate()
+            .map(|(index, slot)| {
+                let receiver = receiver.clone();
+                std::thread::Builder::new()
+                    .name(format!("hsm-session-{index}"))
+                    .spawn(move || Worker::new(slot).run(&receiver))
+                    .map_err(|e| HsmError::Config(format!("cannot start HSM worker thread: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        tracing::info!(
+            sessions,
+            queue_depth,
+            op_timeout_ms = op_timeout.as_millis() as u64,
+            "HSM session pool started"
+        );
+        Ok(SignerPool {
+            sender: Some(sender),
+            workers,
+            queue_depth,
+            op_timeout,
+            context,
+        })
+    }
+
+    /// Signs `message` with `key` in the HSM and returns the signature in its X.509 encoding.
+    ///
+    /// Fails at once with [`HsmError::Busy`] when the queue is full, and with
+    /// [`HsmError::Timeout`] when the job is not done within the operation timeout.
+    pub async fn sign(
+        &self,
+        key: &HsmKey,
+        algorithm: SignatureAlgorithm,
+        message: Vec<u8>,
+    ) -> Result<Vec<u8>, HsmError> {
+        algorithm.check_key(key.key_type())?;
+        let sender = self.sender.as_ref().ok_or(HsmError::ShutDown)?;
+        let deadline = Instant::now() + self.op_timeout;
+        let (reply, response) = oneshot::channel();
+        let job = Job {
+            key: key.clone(),
+            algorithm,
+            message,
+            deadline,
+            reply,
+        };
+        sender.try_send(job).map_err(|err| match err {
+            TrySendError::Full(_) => HsmError::Busy {
+                queue_depth: self.queue_depth,
+            },
+            TrySendError::Disconnected(_) => HsmError::ShutDown,
+        })?;
+        match tokio::time::timeout_at(deadline.into(), response).await {
+            Ok(Ok(result)) => result,
+            // Either the deadline passed while waiting, or the worker dropped the job
+            // unanswered because it expired in the queue: both are timeouts to the caller.
+            Ok(Err(_)) | Err(_) => Err(HsmError::Timeout {
+                after: self.op_timeout,
+            }),
+        }
+    }
+
+    /// Number of sessions (and worker threads).
+    pub fn sessions(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The HSM's health, for readiness checks.
+    pub fn health(&self) -> HealthReport {
+        self.context.health.report()
+    }
+}
+
+impl Drop for SignerPool {
+    fn drop(&mut self) {
+        // Closing the queue ends each worker once the jobs already queued are done.
+        drop(self.sender.take());
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// One worker thread: a session and the key handles found in it.
+struct Worker {
+    slot: SessionSlot,
+    handles: HashMap<Vec<u8>, ObjectHandle>,
+    handles_generation: u64,
+}
+
+impl Worker {
+    fn new(slot: SessionSlot) -> Self {
+        Worker {
+            slot,
+            handles: HashMap::new(),
+            handles_generation: 0,
+        }
+    }
+
+    fn run(mut self, receiver: &Mutex<Receiver<Job>>) {
+        loop {
+            // The lock is held only while waiting for the next job, never while signing.
+            let job = match receiver.lock() {
+                Ok(receiver) => receiver.recv(),
+                Err(_) => return,
+            };
+            let Ok(job) = job else { return };
+            // Skip work nobody waits for any more: the caller timed out or went away.
+            if job.reply.is_closed() || Instant::now() >= job.deadline {
+                continue;
+            }
+            let result = self.sign(&job);
+            let _ = job.reply.send(result);
+        }
+    }
+
+    fn sign(&mut self, job: &Job) -> Result<Vec<u8>, HsmError> {
+        let handles = &mut self.handles;
+        let handles_generation = &mut self.handles_generation;
+        self.slot.run(|session, generation| {
+            // Handles belong to a session's lifetime on some modules: forget them with it.
+            if *handles_generation != generation {
+                handles.clear();
+                *handles_generation = generation;
+            }
+            let handle = match handles.get(job.key.id()) {
+                Some(handle) => *handle,
+                None => {
+                    let handle = keys::private_handle(session, &job.key)?;
+                    handles.insert(job.key.id().to_vec(), handle);
+                    handle
+                }
+            };
+            let result = keys::sign(session, handle, job.algorithm, &job.message);
+            if result.as_ref().is_err_and(HsmError::is_session_fault) {
+                handles.clear();
+            }
+            result
+        })
+    }
+}

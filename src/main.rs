@@ -1,0 +1,191 @@
+//! The `hsmca` command line.
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hsmca::config::{Config, ConfigError};
+use hsmca::hsm::{Hsm, HsmError, KeyType};
+
+/// hsmca: HSM-backed identity signing appliance for service meshes.
+#[derive(Parser)]
+#[command(name = "hsmca", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "HSMCA_CONFIG",
+        default_value = "/etc/hsmca/hsmca.toml"
+    )]
+    config: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect the HSM and manage development keys.
+    Hsm {
+        #[command(subcommand)]
+        command: HsmCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum HsmCommand {
+    /// Show the module, its tokens, the token's mechanisms and its keys with their security
+    /// attributes (never secret material).
+    Info,
+    /// Generate a key pair in the HSM (a developer convenience; officers use ceremonies).
+    Keygen {
+        /// Label of the new key pair; refused if the token already has it.
+        #[arg(long)]
+        label: String,
+        /// Key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096 or ed25519.
+        #[arg(long = "type", value_name = "TYPE", value_parser = parse_key_type)]
+        key_type: KeyType,
+        /// Also write the public key as PEM to this file (never overwritten).
+        #[arg(long)]
+        public_key_out: Option<PathBuf>,
+    },
+}
+
+fn parse_key_type(name: &str) -> Result<KeyType, String> {
+    name.parse().map_err(|e: HsmError| e.to_string())
+}
+
+/// Why a command failed; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+    #[error(
+        "{path} already exists: outputs are never overwritten; choose another path or move the old file away"
+    )]
+    OutputExists { path: PathBuf },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HSMCA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("hsmca=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        Command::Hsm { command } => match command {
+            HsmCommand::Info => {
+                let hsm = Hsm::open(&config.hsm)?;
+                emit(&hsm.inventory()?.to_string())
+            }
+            HsmCommand::Keygen {
+                label,
+                key_type,
+                public_key_out,
+            } => keygen(&config, &label, key_type, public_key_out.as_deref()),
+        },
+    }
+}
+
+fn keygen(
+    config: &Config,
+    label: &str,
+    key_type: KeyType,
+    public_key_out: Option<&Path>,
+) -> Result<(), CliError> {
+    // Refuse before generating anything, so a bad path never leaves an orphan key behind.
+    if let Some(path) = public_key_out.filter(|p| p.exists()) {
+        return Err(CliError::OutputExists {
+            path: path.to_owned(),
+        });
+    }
+    let hsm = Hsm::open(&config.hsm)?;
+    let key = hsm.generate_key(label, key_type)?;
+    let public_key = key.public_key();
+    let token = hsm.token();
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "generated {key_type} key pair \"{label}\" on token \"{}\" (serial {})",
+        token.label, token.serial
+    );
+    let _ = writeln!(report, "  CKA_ID:        {}", hex::encode(key.id()));
+    let _ = writeln!(
+        report,
+        "  SPKI SHA-256:  {}",
+        public_key.sha256_fingerprint()
+    );
+    let _ = writeln!(
+        report,
+        "  private key:   sensitive, never extractable, sign only"
+    );
+    report.push_str(&public_key.to_pem());
+    emit(&report)?;
+    if let Some(path) = public_key_out {
+        let write_error = |source| CliError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::AlreadyExists => CliError::OutputExists {
+                    path: path.to_owned(),
+                },
+                _ => write_error(source),
+            })?;
+        file.write_all(public_key.to_pem().as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(write_error)?;
+        emit(&format!("public key written to {}\n", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes a command's report to stdout. A reader that went away (`| head`) is not an error:
+/// the work is done either way.
+fn emit(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Write {
+            path: "standard output".into(),
+            source: err,
+        }),
+        _ => Ok(()),
+    }
+}
