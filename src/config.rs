@@ -51,9 +51,24 @@ impl Config {
         })
     }
 
-    /// Parses configuration text; the error is the parser's message.
+    /// Parses configuration text; the error is one line: where, then what.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+        toml::from_str(text).map_err(|e| describe_toml_error(text, &e))
+    }
+}
+
+/// `toml`'s own rendering spans several lines with a source excerpt; operators and log
+/// collectors want one line naming the position.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_owned(),
     }
 }
 
@@ -73,7 +88,10 @@ mod tests {
             "#,
         )
         .unwrap_err();
-        assert!(err.contains("unknown field `pin`"), "{err}");
+        assert!(
+            err.starts_with("line 6, column 13: unknown field `pin`"),
+            "{err}"
+        );
     }
 
     #[test]

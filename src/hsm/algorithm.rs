@@ -386,7 +386,7 @@ mod tests {
         raw[62] = 0x12;
         raw[63] = 0x34;
         let der = ecdsa_raw_to_der(&raw, 32).unwrap();
-        let mut expected = vec![0x30, 0x25, 0x02, 0x21, 0x00, 0x80];
+        let mut expected = vec![0x30, 0x27, 0x02, 0x21, 0x00, 0x80];
         expected.extend_from_slice(&[0u8; 30]);
         expected.push(0x01);
         expected.extend_from_slice(&[0x02, 0x02, 0x12, 0x34]);
