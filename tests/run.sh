@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every check and test of hsmca, on a fresh Debian machine (as root). Installs what it
+# needs (Debian packages, cargo-nextest if missing) and is idempotent.
+#
+# The tests drive real SoftHSM2 tokens made fresh per run; they fail, never skip, when a tool
+# is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+softhsm/install-deps.sh
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "==> installing cargo-nextest" >&2
+    cargo install cargo-nextest --locked --quiet
+fi
+
+echo "==> cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "==> cargo clippy -D warnings" >&2
+cargo clippy --all-targets --locked --quiet -- -D warnings
+echo "==> cargo nextest run (unit and integration tests)" >&2
+cargo nextest run --locked --no-fail-fast
+echo "==> cargo test --doc" >&2
+cargo test --doc --locked --quiet
