@@ -4,6 +4,7 @@
 //! leave it. This crate is organised in layers with one direction of dependency:
 //!
 //! * [`hsm`]: PKCS#11 through `cryptoki`: module, token, login, session pool, keys, signing.
+//! * [`ledger`]: what hsmca has done, durably: the hash-chained audit log.
 //! * [`config`]: the appliance's TOML configuration file, made of the sections the layers own.
 //!
 //! Later layers (`pki`, `policy`, `ledger`, `api`, `ceremony`) build on [`hsm`] and never reach
@@ -13,3 +14,4 @@
 
 pub mod config;
 pub mod hsm;
+pub mod ledger;

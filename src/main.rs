@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hsmca::config::{Config, ConfigError};
 use hsmca::hsm::{Hsm, HsmError, KeyType};
+use hsmca::ledger::audit::{self, AuditError};
 
 /// hsmca: HSM-backed identity signing appliance for service meshes.
 #[derive(Parser)]
@@ -34,6 +35,21 @@ enum Command {
     Hsm {
         #[command(subcommand)]
         command: HsmCommand,
+    },
+    /// Check the hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify every record of an audit log; names the first edited, removed, inserted or
+    /// reordered record. Needs no configuration and no HSM.
+    Verify {
+        /// The audit log (JSON lines).
+        file: PathBuf,
     },
 }
 
@@ -67,6 +83,8 @@ enum CliError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Hsm(#[from] HsmError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     #[error(
         "{path} already exists: outputs are never overwritten; choose another path or move the old file away"
     )]
@@ -101,19 +119,32 @@ fn init_logging() {
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
-    let config = Config::load(&cli.config)?;
     match cli.command {
-        Command::Hsm { command } => match command {
-            HsmCommand::Info => {
-                let hsm = Hsm::open(&config.hsm)?;
-                emit(&hsm.inventory()?.to_string())
+        Command::Hsm { command } => {
+            let config = Config::load(&cli.config)?;
+            match command {
+                HsmCommand::Info => {
+                    let hsm = Hsm::open(&config.hsm)?;
+                    emit(&hsm.inventory()?.to_string())
+                }
+                HsmCommand::Keygen {
+                    label,
+                    key_type,
+                    public_key_out,
+                } => keygen(&config, &label, key_type, public_key_out.as_deref()),
             }
-            HsmCommand::Keygen {
-                label,
-                key_type,
-                public_key_out,
-            } => keygen(&config, &label, key_type, public_key_out.as_deref()),
-        },
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => {
+            let verified = audit::verify(&file)?;
+            emit(&format!(
+                "audit log {}: {} records, chain intact\nhead: {}\n",
+                file.display(),
+                verified.records,
+                verified.head
+            ))
+        }
     }
 }
 

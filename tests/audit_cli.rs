@@ -1,0 +1,75 @@
+//! `hsmca audit verify` on a real log file: intact, then tampered in each way.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use hsmca::ledger::audit::{AuditEvent, AuditLog};
+
+fn verify(path: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hsmca"))
+        .args(["audit", "verify"])
+        .arg(path)
+        .env_remove("HSMCA_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn rewrite(path: &Path, lines: &[&str]) {
+    std::fs::write(path, format!("{}\n", lines.join("\n"))).unwrap();
+}
+
+#[test]
+fn audit_verify_passes_an_intact_log_and_names_the_first_tampered_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let mut log = AuditLog::open(&path).unwrap();
+    let mut head = String::new();
+    for n in 1..=4 {
+        head = log
+            .append(&AuditEvent {
+                event: "ceremony.test".into(),
+                actor: format!("officer {n}"),
+                details: serde_json::json!({ "step": n }),
+            })
+            .unwrap()
+            .hash;
+    }
+    drop(log);
+
+    let out = verify(&path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "audit log {}: 4 records, chain intact\nhead: {head}\n",
+            path.display()
+        )
+    );
+
+    let original = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    let edited = lines[1].replace("officer 2", "officer 9");
+    let cases: [(Vec<&str>, u64); 4] = [
+        (vec![lines[0], &edited, lines[2], lines[3]], 2),
+        (vec![lines[0], lines[1], lines[3]], 3),
+        (vec![lines[0], lines[2], lines[1], lines[2], lines[3]], 2),
+        (vec![lines[0], lines[1], lines[3], lines[2]], 3),
+    ];
+    for (tampered, bad_line) in cases {
+        rewrite(&path, &tampered);
+        let out = verify(&path);
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with(&format!(
+                "error: audit log {} is broken at line {bad_line}: ",
+                path.display()
+            )),
+            "{stderr}"
+        );
+    }
+}
