@@ -50,15 +50,15 @@ async fn every_algorithm_signs_in_the_hsm_and_verifies_independently() {
     let pool = hsm.start_pool(&PoolConfig::default()).unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let mut checked = 0;
-    for key_type in KeyType::ALL {
+    for &key_type in KeyType::ALL {
         let key = hsm
             .generate_key(&format!("signing-{key_type}"), key_type)
             .unwrap();
         assert_eq!(key.key_type(), key_type);
         let spki = key.public_key().to_spki_der();
         let pem = key.public_key().to_pem();
-        for algorithm in SignatureAlgorithm::ALL
-            .into_iter()
+        for &algorithm in SignatureAlgorithm::ALL
+            .iter()
             .filter(|a| a.works_with(key_type))
         {
             let message = format!("to be signed by {key_type} with {algorithm}").into_bytes();

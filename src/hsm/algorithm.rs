@@ -16,6 +16,52 @@ use serde::Deserialize;
 
 use super::error::HsmError;
 
+/// Gives an enum its table of names, the one place they are spelled: `ALL`, `NAMES`, `name()`,
+/// `Display`, `FromStr` (unknown names become the given error) and the `TryFrom<String>` that
+/// serde uses.
+macro_rules! named_enum {
+    ($type:ident, $unknown:expr, [$($variant:ident => $name:literal),+ $(,)?]) => {
+        impl $type {
+            /// Every variant, in the order of `NAMES`.
+            pub const ALL: &'static [$type] = &[$($type::$variant),+];
+            /// The names accepted on the command line and in configuration files.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+
+            /// This variant's name, as in `NAMES`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($type::$variant => $name),+
+                }
+            }
+        }
+
+        impl fmt::Display for $type {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl FromStr for $type {
+            type Err = HsmError;
+
+            fn from_str(name: &str) -> Result<Self, Self::Err> {
+                match name {
+                    $($name => Ok($type::$variant),)+
+                    _ => Err(($unknown)(name.to_owned())),
+                }
+            }
+        }
+
+        impl TryFrom<String> for $type {
+            type Error = HsmError;
+
+            fn try_from(name: String) -> Result<Self, Self::Error> {
+                name.parse()
+            }
+        }
+    };
+}
+
 /// The kinds of key hsmca generates and signs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
@@ -34,36 +80,16 @@ pub enum KeyType {
     Ed25519,
 }
 
+named_enum!(KeyType, |name| HsmError::UnsupportedKeyType { name }, [
+    EcdsaP256 => "ecdsa-p256",
+    EcdsaP384 => "ecdsa-p384",
+    Rsa2048 => "rsa-2048",
+    Rsa3072 => "rsa-3072",
+    Rsa4096 => "rsa-4096",
+    Ed25519 => "ed25519",
+]);
+
 impl KeyType {
-    /// Every supported key type, in the order of [`KeyType::NAMES`].
-    pub const ALL: [KeyType; 6] = [
-        KeyType::EcdsaP256,
-        KeyType::EcdsaP384,
-        KeyType::Rsa2048,
-        KeyType::Rsa3072,
-        KeyType::Rsa4096,
-        KeyType::Ed25519,
-    ];
-
-    /// The names accepted on the command line and in configuration files.
-    pub const NAMES: [&'static str; 6] = [
-        "ecdsa-p256",
-        "ecdsa-p384",
-        "rsa-2048",
-        "rsa-3072",
-        "rsa-4096",
-        "ed25519",
-    ];
-
-    /// This key type's name, as in [`KeyType::NAMES`].
-    pub fn name(self) -> &'static str {
-        let index = Self::ALL
-            .iter()
-            .position(|t| *t == self)
-            .unwrap_or_default();
-        Self::NAMES[index]
-    }
-
     /// The algorithm used when none is asked for (and for key-pair self-tests).
     pub fn default_algorithm(self) -> SignatureAlgorithm {
         match self {
@@ -96,32 +122,6 @@ impl KeyType {
     }
 }
 
-impl fmt::Display for KeyType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for KeyType {
-    type Err = HsmError;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Self::NAMES
-            .iter()
-            .position(|n| *n == name)
-            .map(|index| Self::ALL[index])
-            .ok_or_else(|| HsmError::UnsupportedKeyType { name: name.into() })
-    }
-}
-
-impl TryFrom<String> for KeyType {
-    type Error = HsmError;
-
-    fn try_from(name: String) -> Result<Self, Self::Error> {
-        name.parse()
-    }
-}
-
 /// Signature algorithms, each tied to the key type it works with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
@@ -146,42 +146,19 @@ pub enum SignatureAlgorithm {
     Ed25519,
 }
 
+named_enum!(SignatureAlgorithm, |name| HsmError::UnsupportedAlgorithm { name }, [
+    EcdsaP256Sha256 => "ecdsa-p256-sha256",
+    EcdsaP384Sha384 => "ecdsa-p384-sha384",
+    RsaPkcs1Sha256 => "rsa-pkcs1-sha256",
+    RsaPkcs1Sha384 => "rsa-pkcs1-sha384",
+    RsaPkcs1Sha512 => "rsa-pkcs1-sha512",
+    RsaPssSha256 => "rsa-pss-sha256",
+    RsaPssSha384 => "rsa-pss-sha384",
+    RsaPssSha512 => "rsa-pss-sha512",
+    Ed25519 => "ed25519",
+]);
+
 impl SignatureAlgorithm {
-    /// Every supported algorithm, in the order of [`SignatureAlgorithm::NAMES`].
-    pub const ALL: [SignatureAlgorithm; 9] = [
-        SignatureAlgorithm::EcdsaP256Sha256,
-        SignatureAlgorithm::EcdsaP384Sha384,
-        SignatureAlgorithm::RsaPkcs1Sha256,
-        SignatureAlgorithm::RsaPkcs1Sha384,
-        SignatureAlgorithm::RsaPkcs1Sha512,
-        SignatureAlgorithm::RsaPssSha256,
-        SignatureAlgorithm::RsaPssSha384,
-        SignatureAlgorithm::RsaPssSha512,
-        SignatureAlgorithm::Ed25519,
-    ];
-
-    /// The names accepted in configuration files.
-    pub const NAMES: [&'static str; 9] = [
-        "ecdsa-p256-sha256",
-        "ecdsa-p384-sha384",
-        "rsa-pkcs1-sha256",
-        "rsa-pkcs1-sha384",
-        "rsa-pkcs1-sha512",
-        "rsa-pss-sha256",
-        "rsa-pss-sha384",
-        "rsa-pss-sha512",
-        "ed25519",
-    ];
-
-    /// This algorithm's name, as in [`SignatureAlgorithm::NAMES`].
-    pub fn name(self) -> &'static str {
-        let index = Self::ALL
-            .iter()
-            .position(|a| *a == self)
-            .unwrap_or_default();
-        Self::NAMES[index]
-    }
-
     /// True when a key of `key_type` can produce this signature.
     pub fn works_with(self, key_type: KeyType) -> bool {
         use SignatureAlgorithm as A;
@@ -278,32 +255,6 @@ fn pss(hash_alg: MechanismType, mgf: PkcsMgfType, salt_len: u64) -> PkcsPssParam
     }
 }
 
-impl fmt::Display for SignatureAlgorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for SignatureAlgorithm {
-    type Err = HsmError;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Self::NAMES
-            .iter()
-            .position(|n| *n == name)
-            .map(|index| Self::ALL[index])
-            .ok_or_else(|| HsmError::UnsupportedAlgorithm { name: name.into() })
-    }
-}
-
-impl TryFrom<String> for SignatureAlgorithm {
-    type Error = HsmError;
-
-    fn try_from(name: String) -> Result<Self, Self::Error> {
-        name.parse()
-    }
-}
-
 /// `Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` (RFC 3279).
 #[derive(der::Sequence)]
 struct EcdsaSigValue<'a> {
@@ -341,10 +292,10 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for key_type in KeyType::ALL {
+        for &key_type in KeyType::ALL {
             assert_eq!(key_type.name().parse::<KeyType>().unwrap(), key_type);
         }
-        for alg in SignatureAlgorithm::ALL {
+        for &alg in SignatureAlgorithm::ALL {
             assert_eq!(alg.name().parse::<SignatureAlgorithm>().unwrap(), alg);
         }
     }
