@@ -17,7 +17,8 @@ echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings" >&2
 cargo clippy --all-targets --locked --quiet -- -D warnings
-echo "==> cargo nextest run (unit and integration tests)" >&2
-cargo nextest run --locked --no-fail-fast
 echo "==> cargo test --doc" >&2
 cargo test --doc --locked --quiet
+# Last, so that its summary line closes the output.
+echo "==> cargo nextest run (unit and integration tests)" >&2
+cargo nextest run --locked --no-fail-fast
