@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{PKCS11_SPY_MODULE, SOFTHSM_MODULE, TestToken};
+use common::{PKCS11_SPY_MODULE, SOFTHSM_MODULE, TestToken, close_all_sessions_behind_hsmcas_back};
 use cryptoki::context::Pkcs11;
 use cryptoki::slot::Slot;
 use hsmca::hsm::{HealthState, Hsm, HsmError, KeyType, PoolConfig, SignatureAlgorithm};
@@ -45,13 +45,7 @@ async fn a_pin_changed_under_the_service_is_tried_once() {
         .unwrap();
     admin.set_pin(&old_pin, &new_pin).unwrap();
     drop(admin);
-    // SAFETY: as in hsm_recovery.rs: same loaded module, a plain slot ID.
-    let rv = unsafe {
-        cryptoki_sys::Pkcs11::new(SOFTHSM_MODULE)
-            .unwrap()
-            .C_CloseAllSessions(hsm.token().slot_id)
-    };
-    assert_eq!(rv, cryptoki_sys::CKR_OK);
+    close_all_sessions_behind_hsmcas_back(hsm.token().slot_id);
 
     for _ in 0..5 {
         let err = pool.sign(&key, algorithm, b"m".to_vec()).await.unwrap_err();

@@ -2,20 +2,8 @@
 
 mod common;
 
-use common::{SOFTHSM_MODULE, shared_hsm};
+use common::{close_all_sessions_behind_hsmcas_back, shared_hsm};
 use hsmca::hsm::{HealthState, KeyType, PoolConfig, SignatureAlgorithm};
-
-/// Calls `C_CloseAllSessions` on the module hsmca has loaded, from this process: every session
-/// handle hsmca holds dies, and (per PKCS#11) the application is logged out.
-fn close_all_sessions_behind_hsmcas_back(slot_id: u64) {
-    // SAFETY: `dlopen` of the already-loaded module returns the same library, initialised by
-    // hsmca; C_CloseAllSessions takes a plain slot ID and touches no memory of ours.
-    let rv = unsafe {
-        let module = cryptoki_sys::Pkcs11::new(SOFTHSM_MODULE).expect("load SoftHSM2");
-        module.C_CloseAllSessions(slot_id)
-    };
-    assert_eq!(rv, cryptoki_sys::CKR_OK, "C_CloseAllSessions");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_recovers_after_all_sessions_are_closed() {

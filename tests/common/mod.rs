@@ -130,6 +130,18 @@ pub fn shared_hsm() -> &'static (TestToken, Hsm) {
     })
 }
 
+/// Calls `C_CloseAllSessions` on the module hsmca has loaded, from this process: every session
+/// handle hsmca holds dies, and (per PKCS#11) the application is logged out.
+pub fn close_all_sessions_behind_hsmcas_back(slot_id: u64) {
+    // SAFETY: `dlopen` of the already-loaded module returns the same library, initialised by
+    // hsmca; C_CloseAllSessions takes a plain slot ID and touches no memory of ours.
+    let rv = unsafe {
+        let module = cryptoki_sys::Pkcs11::new(SOFTHSM_MODULE).expect("load SoftHSM2");
+        module.C_CloseAllSessions(slot_id)
+    };
+    assert_eq!(rv, cryptoki_sys::CKR_OK, "C_CloseAllSessions");
+}
+
 pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
