@@ -145,9 +145,9 @@ impl Drop for SignerPool {
 /// on a small VM; replying to a batch at once shares that cost (docs/performance.md).
 const MAX_BATCH: usize = 4;
 
-/// How long a finished signature may wait for the rest of its batch before it is sent. Keeps
-/// the latency batching adds to a fraction of a millisecond on slow (network) HSMs, where a
-/// single signature takes longer than this and every reply goes out at once.
+/// About how long a finished signature may wait for the rest of its batch. Keeps the latency
+/// batching adds to a fraction of a millisecond; on slow (network) HSMs, where one signature
+/// takes longer than this, every reply goes out as soon as it is ready.
 const REPLY_FLUSH_AFTER: Duration = Duration::from_micros(250);
 
 type Reply = (
@@ -196,18 +196,22 @@ impl Worker {
                     }
                 }
             }
-            let mut first_reply_ready = None;
+            let mut oldest_reply: Option<Instant> = None;
             for job in batch.drain(..) {
                 // Skip work nobody waits for any more: the caller timed out or went away.
                 if job.reply.is_closed() || Instant::now() >= job.deadline {
                     continue;
                 }
+                let started = Instant::now();
                 let result = self.sign(&job);
+                let took = started.elapsed();
                 replies.push((job.reply, result));
-                let ready: &mut Instant = first_reply_ready.get_or_insert_with(Instant::now);
-                if ready.elapsed() >= REPLY_FLUSH_AFTER {
+                let oldest = *oldest_reply.get_or_insert_with(Instant::now);
+                // Send now if one more signature like this one would hold the oldest reply past
+                // the bound: on a slow HSM that is after every signature.
+                if oldest.elapsed() + took >= REPLY_FLUSH_AFTER {
                     send_replies(&mut replies);
-                    first_reply_ready = None;
+                    oldest_reply = None;
                 }
             }
             send_replies(&mut replies);
