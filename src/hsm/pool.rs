@@ -199,10 +199,10 @@ impl Worker {
             let mut oldest_reply: Option<Instant> = None;
             for job in batch.drain(..) {
                 // Skip work nobody waits for any more: the caller timed out or went away.
-                if job.reply.is_closed() || Instant::now() >= job.deadline {
+                let started = Instant::now();
+                if job.reply.is_closed() || started >= job.deadline {
                     continue;
                 }
-                let started = Instant::now();
                 let result = self.sign(&job);
                 let took = started.elapsed();
                 replies.push((job.reply, result));
