@@ -59,7 +59,7 @@ impl Config {
 
 /// `toml`'s own rendering spans several lines with a source excerpt; operators and log
 /// collectors want one line naming the position.
-fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+pub(crate) fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
     let message = error.message().trim_end();
     match error.span() {
         Some(span) => {

@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod ceremony;
 pub mod config;
 pub mod hsm;
 pub mod ledger;
+pub mod pki;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use hsmca::ceremony::{self, CeremonyError, Progress};
 use hsmca::config::{Config, ConfigError};
 use hsmca::hsm::{Hsm, HsmError, KeyType};
 use hsmca::ledger::audit::{self, AuditError};
@@ -15,15 +16,10 @@ use hsmca::ledger::audit::{self, AuditError};
 #[derive(Parser)]
 #[command(name = "hsmca", version, about, long_about = None)]
 struct Cli {
-    /// Configuration file (TOML).
-    #[arg(
-        long,
-        short,
-        global = true,
-        env = "HSMCA_CONFIG",
-        default_value = "/etc/hsmca/hsmca.toml"
-    )]
-    config: PathBuf,
+    /// Configuration file (TOML): the appliance's (default /etc/hsmca/hsmca.toml), or the
+    /// ceremony's for `hsmca ceremony`.
+    #[arg(long, short, global = true, env = "HSMCA_CONFIG")]
+    config: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -36,11 +32,49 @@ enum Command {
         #[command(subcommand)]
         command: HsmCommand,
     },
+    /// Run a key ceremony from a strict config file (`--config FILE.toml`).
+    Ceremony {
+        #[command(subcommand)]
+        kind: CeremonyKind,
+        /// Run every check with throwaway software keys; never load the HSM module, never
+        /// write a file or an audit record.
+        #[arg(long, global = true)]
+        dry_run: bool,
+    },
     /// Check the hash-chained audit log.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+#[derive(Clone, Copy, Subcommand)]
+enum CeremonyKind {
+    /// Generate the root key pair in the HSM and its self-signed certificate.
+    Root,
+    /// Generate a key pair in the HSM (e.g. an online intermediate's) and write its public key.
+    Key,
+    /// Sign an online intermediate CA certificate with the root key.
+    Intermediate,
+    /// Sign a new root's subject and public key with an existing root key (root rotation).
+    CrossSign,
+    /// Make a CSR for an HSM key, to chain the mesh root under an external root.
+    Csr,
+    /// Sign a root CRL revoking intermediates.
+    Crl,
+}
+
+impl From<CeremonyKind> for ceremony::Kind {
+    fn from(kind: CeremonyKind) -> Self {
+        match kind {
+            CeremonyKind::Root => ceremony::Kind::Root,
+            CeremonyKind::Key => ceremony::Kind::Key,
+            CeremonyKind::Intermediate => ceremony::Kind::Intermediate,
+            CeremonyKind::CrossSign => ceremony::Kind::CrossSign,
+            CeremonyKind::Csr => ceremony::Kind::Csr,
+            CeremonyKind::Crl => ceremony::Kind::Crl,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -85,6 +119,10 @@ enum CliError {
     Hsm(#[from] HsmError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error(transparent)]
+    Ceremony(#[from] CeremonyError),
+    #[error("a ceremony needs its config file: hsmca ceremony {0} --config FILE.toml")]
+    CeremonyConfigMissing(&'static str),
     #[error(
         "{path} already exists: outputs are never overwritten; choose another path or move the old file away"
     )]
@@ -118,10 +156,14 @@ fn init_logging() {
         .init();
 }
 
+/// The appliance's configuration file when `--config` and `HSMCA_CONFIG` are not given.
+const DEFAULT_CONFIG: &str = "/etc/hsmca/hsmca.toml";
+
 fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Hsm { command } => {
-            let config = Config::load(&cli.config)?;
+            let path = cli.config.unwrap_or_else(|| DEFAULT_CONFIG.into());
+            let config = Config::load(&path)?;
             match command {
                 HsmCommand::Info => {
                     let hsm = Hsm::open(&config.hsm)?;
@@ -133,6 +175,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     public_key_out,
                 } => keygen(&config, &label, key_type, public_key_out.as_deref()),
             }
+        }
+        Command::Ceremony { kind, dry_run } => {
+            let kind = ceremony::Kind::from(kind);
+            let path = cli
+                .config
+                .ok_or(CliError::CeremonyConfigMissing(kind.name()))?;
+            ceremony::run(kind, &path, dry_run, &Progress::stdout())?;
+            Ok(())
         }
         Command::Audit {
             command: AuditCommand::Verify { file },

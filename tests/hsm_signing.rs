@@ -1,15 +1,15 @@
 //! Every key type and algorithm signs in SoftHSM2, and the signatures verify with tools we did
-//! not write: `ring` on the raw key from the SubjectPublicKeyInfo, and `openssl`.
+//! not write: `aws-lc-rs` on the raw key from the SubjectPublicKeyInfo, and `openssl`.
 
 mod common;
 
+use aws_lc_rs::signature as rs;
 use common::{openssl_verify, shared_hsm};
 use hsmca::hsm::{KeyType, PoolConfig, SignatureAlgorithm};
-use ring::signature as rs;
 use spki::SubjectPublicKeyInfoRef;
 use spki::der::Decode;
 
-/// `ring` verification straight from the DER SubjectPublicKeyInfo, bypassing hsmca's code.
+/// `aws-lc-rs` verification straight from the DER SubjectPublicKeyInfo, bypassing hsmca's code.
 fn ring_verify(spki_der: &[u8], algorithm: SignatureAlgorithm, message: &[u8], sig: &[u8]) -> bool {
     use SignatureAlgorithm as A;
     let spki = SubjectPublicKeyInfoRef::from_der(spki_der).expect("valid SPKI");
@@ -68,7 +68,7 @@ async fn every_algorithm_signs_in_the_hsm_and_verifies_independently() {
             for signature in [&pooled, &direct] {
                 assert!(
                     ring_verify(&spki, algorithm, &message, signature),
-                    "ring rejected {algorithm} with {key_type}"
+                    "aws-lc-rs rejected {algorithm} with {key_type}"
                 );
                 assert!(
                     openssl_verify(scratch.path(), &pem, digest, pss, &message, signature),

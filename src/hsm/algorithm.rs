@@ -193,11 +193,11 @@ impl SignatureAlgorithm {
     /// (SoftHSM 2.6 among them) lack the combined `CKM_ECDSA_SHA*` mechanisms.
     pub(crate) fn mechanism_and_input(self, message: &[u8]) -> (Mechanism<'static>, Cow<'_, [u8]>) {
         use SignatureAlgorithm as A;
-        let digest = |alg| Cow::Owned(ring::digest::digest(alg, message).as_ref().to_vec());
+        let digest = |alg| Cow::Owned(aws_lc_rs::digest::digest(alg, message).as_ref().to_vec());
         let whole = Cow::Borrowed(message);
         match self {
-            A::EcdsaP256Sha256 => (Mechanism::Ecdsa, digest(&ring::digest::SHA256)),
-            A::EcdsaP384Sha384 => (Mechanism::Ecdsa, digest(&ring::digest::SHA384)),
+            A::EcdsaP256Sha256 => (Mechanism::Ecdsa, digest(&aws_lc_rs::digest::SHA256)),
+            A::EcdsaP384Sha384 => (Mechanism::Ecdsa, digest(&aws_lc_rs::digest::SHA384)),
             A::RsaPkcs1Sha256 => (Mechanism::Sha256RsaPkcs, whole),
             A::RsaPkcs1Sha384 => (Mechanism::Sha384RsaPkcs, whole),
             A::RsaPkcs1Sha512 => (Mechanism::Sha512RsaPkcs, whole),

@@ -34,6 +34,7 @@ pub use keys::HsmKey;
 pub use pin::Pin;
 pub use pool::SignerPool;
 pub use public_key::PublicKey;
+pub(crate) use public_key::ec_params;
 pub use token::TokenDescription;
 
 use token::{SessionSlot, TokenContext};

@@ -1,5 +1,5 @@
 //! Public keys read back from the token, exported as SubjectPublicKeyInfo and checked on the
-//! host with `ring`, independently of the HSM.
+//! host with `aws-lc-rs`, independently of the HSM.
 
 use const_oid::ObjectIdentifier;
 use const_oid::db::{rfc5912, rfc8410};
@@ -82,6 +82,12 @@ impl PublicKey {
         Ok(PublicKey { key_type, raw })
     }
 
+    /// Parses a DER PKCS#1 `RSAPublicKey`.
+    pub(crate) fn from_pkcs1_der(der: &[u8]) -> Result<Self, String> {
+        let rsa = RsaPublicKey::from_der(der).map_err(|e| e.to_string())?;
+        Self::from_rsa_attributes(rsa.modulus.as_bytes(), rsa.public_exponent.as_bytes())
+    }
+
     /// Parses a DER SubjectPublicKeyInfo, e.g. from a certificate or a `PUBLIC KEY` PEM.
     pub fn from_spki_der(der: &[u8]) -> Result<Self, String> {
         let spki = SubjectPublicKeyInfoOwned::from_der(der).map_err(|e| e.to_string())?;
@@ -100,12 +106,15 @@ impl PublicKey {
                 Self::from_ec_attributes(&params, raw)
             }
             rfc8410::ID_ED_25519 => Self::from_ec_attributes(&ED25519_PARAMS, raw),
-            rfc5912::RSA_ENCRYPTION => {
-                let rsa = RsaPublicKey::from_der(raw).map_err(|e| e.to_string())?;
-                Self::from_rsa_attributes(rsa.modulus.as_bytes(), rsa.public_exponent.as_bytes())
-            }
+            rfc5912::RSA_ENCRYPTION => Self::from_pkcs1_der(raw),
             other => Err(format!("unsupported public key algorithm {other}")),
         }
+    }
+
+    /// The content of the SubjectPublicKeyInfo's BIT STRING, from which key identifiers
+    /// are derived.
+    pub fn subject_public_key(&self) -> &[u8] {
+        &self.raw
     }
 
     /// The DER SubjectPublicKeyInfo, as it goes into a certificate or a `PUBLIC KEY` PEM.
@@ -141,8 +150,8 @@ impl PublicKey {
 
     /// Lower-case hex SHA-256 of the SubjectPublicKeyInfo: the fingerprint officers compare.
     pub fn sha256_fingerprint(&self) -> String {
-        hex::encode(ring::digest::digest(
-            &ring::digest::SHA256,
+        hex::encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
             &self.to_spki_der(),
         ))
     }
@@ -150,7 +159,7 @@ impl PublicKey {
     /// Verifies a signature in its X.509 encoding on the host, without the HSM.
     pub fn verify(&self, algorithm: SignatureAlgorithm, message: &[u8], signature: &[u8]) -> bool {
         use SignatureAlgorithm as A;
-        use ring::signature as rs;
+        use aws_lc_rs::signature as rs;
         if !algorithm.works_with(self.key_type) {
             return false;
         }
@@ -205,13 +214,13 @@ fn curve_from_params(params: &[u8]) -> Result<KeyType, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ring::signature::KeyPair;
+    use aws_lc_rs::signature::KeyPair;
 
     #[test]
     fn spki_round_trips_and_verifies_ring_signatures() {
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
         let key = PublicKey::from_ec_attributes(
             &ec_params(KeyType::Ed25519).unwrap(),
             pair.public_key().as_ref(),

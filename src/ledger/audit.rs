@@ -262,7 +262,7 @@ fn check_record(record: &str, seq: u64, prev: &str) -> Result<String, String> {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
 }
 
 #[cfg(test)]

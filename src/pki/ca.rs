@@ -1,0 +1,413 @@
+//! CA certificates: reading an issuer's certificate, and building, checking and signing a
+//! new one (a self-signed root, an online intermediate, or a cross-signed root).
+
+use std::path::Path;
+
+use der::asn1::{Ia5String, OctetString};
+use der::flagset::FlagSet;
+use der::{Decode, Encode};
+use serde::Deserialize;
+use x509_cert::certificate::{Certificate, TbsCertificate, Version};
+use x509_cert::ext::Extension;
+use x509_cert::ext::pkix::constraints::name::GeneralSubtree;
+use x509_cert::ext::pkix::crl::dp::DistributionPoint;
+use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+use x509_cert::ext::pkix::{
+    AccessDescription, AuthorityInfoAccessSyntax, AuthorityKeyIdentifier, BasicConstraints,
+    CrlDistributionPoints, KeyUsage, KeyUsages, NameConstraints, SubjectKeyIdentifier,
+};
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::Validity;
+
+use super::{PkiError, Signer, lint, signed};
+use crate::hsm::{PublicKey, SignatureAlgorithm};
+
+/// The key usages a CA certificate may carry; consumers (SPIRE) reject anything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaKeyUsage {
+    /// `keyCertSign`: required on every CA.
+    KeyCertSign,
+    /// `cRLSign`: needed to sign CRLs.
+    CrlSign,
+    /// `digitalSignature`: tolerated, not needed by a CA.
+    DigitalSignature,
+}
+
+impl CaKeyUsage {
+    fn flag(self) -> KeyUsages {
+        match self {
+            CaKeyUsage::KeyCertSign => KeyUsages::KeyCertSign,
+            CaKeyUsage::CrlSign => KeyUsages::CRLSign,
+            CaKeyUsage::DigitalSignature => KeyUsages::DigitalSignature,
+        }
+    }
+}
+
+/// The key identifier of a public key: the leftmost 160 bits of the SHA-256 of the
+/// subjectPublicKey bits (RFC 7093 section 2, method 1), used for SKI and AKI.
+pub fn key_identifier(public_key: &PublicKey) -> Vec<u8> {
+    let digest =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, public_key.subject_public_key());
+    digest.as_ref()[..20].to_vec()
+}
+
+/// Lower-case hex SHA-256 of DER bytes: the fingerprint officers compare.
+pub fn sha256_hex(der: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
+}
+
+/// A CA certificate read from a file or just signed.
+#[derive(Clone, Debug)]
+pub struct CaCertificate {
+    certificate: Certificate,
+    der: Vec<u8>,
+    public_key: PublicKey,
+}
+
+impl CaCertificate {
+    /// Reads a certificate in PEM or DER and checks that it is a CA hsmca can sign with:
+    /// `cA=true`, `keyCertSign`, a subject key identifier and a supported key.
+    pub fn from_file(path: &Path) -> Result<Self, PkiError> {
+        let what = format!("certificate {}", path.display());
+        let bytes = std::fs::read(path).map_err(|e| PkiError::input(&what, e))?;
+        let der =
+            super::pem_or_der(&bytes, "CERTIFICATE").map_err(|e| PkiError::input(&what, e))?;
+        Self::from_der(der, &what)
+    }
+
+    /// Parses and checks a DER certificate; `what` names it in errors.
+    pub fn from_der(der: Vec<u8>, what: &str) -> Result<Self, PkiError> {
+        let certificate = Certificate::from_der(&der).map_err(|e| PkiError::input(what, e))?;
+        let spki = certificate
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(|e| PkiError::input(what, e))?;
+        let public_key = PublicKey::from_spki_der(&spki).map_err(|e| PkiError::input(what, e))?;
+        let ca = CaCertificate {
+            certificate,
+            der,
+            public_key,
+        };
+        match ca.basic_constraints() {
+            Some(bc) if bc.ca => {}
+            _ => {
+                return Err(PkiError::input(
+                    what,
+                    "is not a CA certificate (no basicConstraints cA=true)",
+                ));
+            }
+        }
+        if !ca.key_usage().is_some_and(|ku| ku.key_cert_sign()) {
+            return Err(PkiError::input(what, "lacks the keyCertSign key usage"));
+        }
+        if ca.key_identifier().is_none() {
+            return Err(PkiError::input(what, "has no subject key identifier"));
+        }
+        Ok(ca)
+    }
+
+    /// The parsed certificate.
+    pub fn certificate(&self) -> &Certificate {
+        &self.certificate
+    }
+
+    /// The DER encoding.
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// The certificate as a `CERTIFICATE` PEM block.
+    pub fn to_pem(&self) -> String {
+        super::to_pem("CERTIFICATE", &self.der)
+    }
+
+    /// The subject's public key.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public_key
+    }
+
+    /// The subject name.
+    pub fn subject(&self) -> &Name {
+        &self.certificate.tbs_certificate.subject
+    }
+
+    /// The validity period.
+    pub fn validity(&self) -> &Validity {
+        &self.certificate.tbs_certificate.validity
+    }
+
+    /// The serial number in hex.
+    pub fn serial_hex(&self) -> String {
+        hex::encode(self.certificate.tbs_certificate.serial_number.as_bytes())
+    }
+
+    /// Lower-case hex SHA-256 of the DER certificate.
+    pub fn sha256_fingerprint(&self) -> String {
+        sha256_hex(&self.der)
+    }
+
+    /// The subject key identifier.
+    pub fn key_identifier(&self) -> Option<Vec<u8>> {
+        self.extension::<SubjectKeyIdentifier>()
+            .map(|ski| ski.0.as_bytes().to_vec())
+    }
+
+    /// The basic constraints.
+    pub fn basic_constraints(&self) -> Option<BasicConstraints> {
+        self.extension()
+    }
+
+    /// The key usage.
+    pub fn key_usage(&self) -> Option<KeyUsage> {
+        self.extension()
+    }
+
+    /// True when subject and issuer names are equal (a root or a self-issued certificate).
+    pub fn is_self_issued(&self) -> bool {
+        let tbs = &self.certificate.tbs_certificate;
+        tbs.subject == tbs.issuer
+    }
+
+    /// What the checks of a certificate or CRL this CA signs need to know about it.
+    pub fn as_issuer(&self) -> Issuer {
+        Issuer {
+            name: self.subject().clone(),
+            key_identifier: self.key_identifier().unwrap_or_default(),
+            validity: *self.validity(),
+            public_key: self.public_key.clone(),
+            path_len: self
+                .basic_constraints()
+                .and_then(|bc| bc.path_len_constraint),
+            key_usage: self.key_usage().map(|ku| ku.0).unwrap_or_default(),
+            self_signed_subject: false,
+        }
+    }
+
+    fn extension<T: for<'a> Decode<'a> + der::oid::AssociatedOid>(&self) -> Option<T> {
+        lint::find_extension(&self.certificate.tbs_certificate, T::OID)
+            .and_then(|ext| T::from_der(ext.extn_value.as_bytes()).ok())
+    }
+}
+
+/// The issuer of a certificate or CRL, as the pre-signing checks see it.
+#[derive(Clone, Debug)]
+pub struct Issuer {
+    /// The issuer's subject name, which the new object's issuer must equal byte for byte.
+    pub name: Name,
+    /// The issuer's subject key identifier, which the new object's AKI must carry.
+    pub key_identifier: Vec<u8>,
+    /// The issuer's validity; what it signs must fit inside.
+    pub validity: Validity,
+    /// The key the signature must verify with.
+    pub public_key: PublicKey,
+    /// The issuer's path length constraint.
+    pub path_len: Option<u8>,
+    /// The issuer's key usage.
+    pub key_usage: FlagSet<KeyUsages>,
+    /// True when the certificate being checked is this issuer's own self-signed one.
+    pub self_signed_subject: bool,
+}
+
+/// Everything a CA certificate says, as the ceremony configuration spells it out.
+#[derive(Clone, Debug)]
+pub struct CaTemplate {
+    /// The subject name.
+    pub subject: Name,
+    /// The subject's public key.
+    pub public_key: PublicKey,
+    /// The validity period.
+    pub validity: Validity,
+    /// The algorithm the issuer signs with.
+    pub signature_algorithm: SignatureAlgorithm,
+    /// The key usages (critical).
+    pub key_usage: Vec<CaKeyUsage>,
+    /// The path length constraint; `None` leaves the path unconstrained.
+    pub path_length: Option<u8>,
+    /// Permitted URI name-constraint hosts (e.g. a SPIFFE trust domain `example.org`).
+    pub permitted_uri_domains: Vec<String>,
+    /// Permitted DNS name-constraint domains.
+    pub permitted_dns_domains: Vec<String>,
+    /// CRL distribution point URLs.
+    pub crl_distribution_points: Vec<String>,
+    /// Authority information access URLs of the issuer's certificate (`caIssuers`).
+    pub ca_issuers: Vec<String>,
+}
+
+impl CaTemplate {
+    fn key_usage_flags(&self) -> FlagSet<KeyUsages> {
+        self.key_usage
+            .iter()
+            .fold(FlagSet::default(), |set, usage| set | usage.flag())
+    }
+
+    /// The issuer view of the self-signed certificate this template describes.
+    pub fn as_own_issuer(&self) -> Issuer {
+        Issuer {
+            name: self.subject.clone(),
+            key_identifier: key_identifier(&self.public_key),
+            validity: self.validity,
+            public_key: self.public_key.clone(),
+            path_len: self.path_length,
+            key_usage: self.key_usage_flags(),
+            self_signed_subject: true,
+        }
+    }
+
+    /// Builds the to-be-signed certificate with `serial`, issued by `issuer`.
+    pub fn to_tbs(
+        &self,
+        serial: SerialNumber,
+        issuer: &Issuer,
+    ) -> Result<TbsCertificate, PkiError> {
+        let mut extensions = vec![
+            extension(
+                &BasicConstraints {
+                    ca: true,
+                    path_len_constraint: self.path_length,
+                },
+                true,
+            )?,
+            extension(&KeyUsage(self.key_usage_flags()), true)?,
+            extension(
+                &SubjectKeyIdentifier(octets(key_identifier(&self.public_key))?),
+                false,
+            )?,
+            extension(
+                &AuthorityKeyIdentifier {
+                    key_identifier: Some(octets(issuer.key_identifier.clone())?),
+                    authority_cert_issuer: None,
+                    authority_cert_serial_number: None,
+                },
+                false,
+            )?,
+        ];
+        if !self.permitted_uri_domains.is_empty() || !self.permitted_dns_domains.is_empty() {
+            let subtrees = self
+                .permitted_uri_domains
+                .iter()
+                .map(|host| ia5(host).map(GeneralName::UniformResourceIdentifier))
+                .chain(
+                    self.permitted_dns_domains
+                        .iter()
+                        .map(|domain| ia5(domain).map(GeneralName::DnsName)),
+                )
+                .map(|base| {
+                    base.map(|base| GeneralSubtree {
+                        base,
+                        minimum: 0,
+                        maximum: None,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            extensions.push(extension(
+                &NameConstraints {
+                    permitted_subtrees: Some(subtrees),
+                    excluded_subtrees: None,
+                },
+                true,
+            )?);
+        }
+        if !self.crl_distribution_points.is_empty() {
+            let points = self
+                .crl_distribution_points
+                .iter()
+                .map(|url| {
+                    Ok(DistributionPoint {
+                        distribution_point: Some(DistributionPointName::FullName(vec![
+                            GeneralName::UniformResourceIdentifier(ia5(url)?),
+                        ])),
+                        reasons: None,
+                        crl_issuer: None,
+                    })
+                })
+                .collect::<Result<Vec<_>, PkiError>>()?;
+            extensions.push(extension(&CrlDistributionPoints(points), false)?);
+        }
+        if !self.ca_issuers.is_empty() {
+            let access = self
+                .ca_issuers
+                .iter()
+                .map(|url| {
+                    Ok(AccessDescription {
+                        access_method: const_oid::db::rfc5280::ID_AD_CA_ISSUERS,
+                        access_location: GeneralName::UniformResourceIdentifier(ia5(url)?),
+                    })
+                })
+                .collect::<Result<Vec<_>, PkiError>>()?;
+            extensions.push(extension(&AuthorityInfoAccessSyntax(access), false)?);
+        }
+        let spki = spki::SubjectPublicKeyInfoOwned::from_der(&self.public_key.to_spki_der())
+            .expect("hsmca's own SubjectPublicKeyInfo always parses");
+        Ok(TbsCertificate {
+            version: Version::V3,
+            serial_number: serial,
+            signature: super::algorithm::identifier(self.signature_algorithm),
+            issuer: issuer.name.clone(),
+            validity: self.validity,
+            subject: self.subject.clone(),
+            subject_public_key_info: spki,
+            issuer_unique_id: None,
+            subject_unique_id: None,
+            extensions: Some(extensions),
+        })
+    }
+
+    /// Builds, checks, signs and re-checks the certificate. Nothing reaches the signer
+    /// unless every pre-signing check passes.
+    pub fn issue(&self, issuer: &Issuer, signer: &dyn Signer) -> Result<Issued, PkiError> {
+        let serial = super::random_serial(signer)?;
+        let tbs = self.to_tbs(serial, issuer)?;
+        let checks = lint::check_ca_certificate(&tbs, issuer, self.signature_algorithm)?;
+        let tbs_der = tbs
+            .to_der()
+            .map_err(|e| PkiError::input("certificate", e))?;
+        let der = signed::sign_and_check(
+            "certificate",
+            &tbs_der,
+            self.signature_algorithm,
+            signer,
+            &issuer.public_key,
+        )?;
+        let certificate = CaCertificate::from_der(der, "the signed certificate")?;
+        Ok(Issued {
+            certificate,
+            checks,
+        })
+    }
+}
+
+/// A freshly signed certificate and the checks it passed before signing.
+#[derive(Debug)]
+pub struct Issued {
+    /// The certificate.
+    pub certificate: CaCertificate,
+    /// The pre-signing checks, by name, all passed.
+    pub checks: Vec<&'static str>,
+}
+
+/// Wraps an extension value; `critical` is decided by the profile, not by the type.
+pub(crate) fn extension<T: Encode + der::oid::AssociatedOid>(
+    value: &T,
+    critical: bool,
+) -> Result<Extension, PkiError> {
+    let encoded = value
+        .to_der()
+        .map_err(|e| PkiError::input(format!("extension {}", T::OID), e))?;
+    Ok(Extension {
+        extn_id: T::OID,
+        critical,
+        extn_value: octets(encoded)?,
+    })
+}
+
+fn octets(bytes: Vec<u8>) -> Result<OctetString, PkiError> {
+    OctetString::new(bytes).map_err(|e| PkiError::input("octet string", e))
+}
+
+fn ia5(value: &str) -> Result<Ia5String, PkiError> {
+    Ia5String::new(value)
+        .map_err(|_| PkiError::input(format!("{value:?}"), "is not ASCII (IA5String)"))
+}

@@ -1,0 +1,61 @@
+//! Certificate authority logic, independent of which HSM signs: CA certificates, CRLs and
+//! CSRs built with `x509-cert`, checked against our profile and RFC 5280 before anything is
+//! signed, and checked again after.
+//!
+//! Signing goes through the [`Signer`] trait, so the same code runs with a key in the HSM
+//! ([`HsmSigner`]) and, for dry runs, with a throwaway [`SoftwareKey`].
+
+mod algorithm;
+mod ca;
+mod crl;
+mod csr;
+mod error;
+mod lint;
+mod name;
+mod signed;
+mod signer;
+mod time;
+
+pub use algorithm::{
+    from_identifier as algorithm_from_identifier, identifier as algorithm_identifier,
+};
+pub use ca::{CaCertificate, CaKeyUsage, CaTemplate, Issued, Issuer, key_identifier, sha256_hex};
+pub use crl::{CrlTemplate, IssuedCrl, RevocationReason, RevokedEntry};
+pub use csr::CsrTemplate;
+pub use error::PkiError;
+pub use lint::{check_ca_certificate, check_crl};
+pub use name::SubjectSpec;
+pub use signed::verify_signed;
+pub use signer::{HsmSigner, Signer, SoftwareKey};
+pub use time::{has_rfc5280_encoding, now, x509_time};
+
+use x509_cert::serial_number::SerialNumber;
+
+/// A positive 16-byte serial with 126 random bits from the signer's RNG (the HSM's, for
+/// HSM keys). The top bit is cleared to keep it positive and the next one set to keep its
+/// length fixed, well inside RFC 5280's 20 octets and above the 64 bits CAs must use.
+pub fn random_serial(signer: &dyn Signer) -> Result<SerialNumber, PkiError> {
+    let mut bytes = signer.random(16)?;
+    bytes[0] = (bytes[0] & 0x3f) | 0x40;
+    SerialNumber::new(&bytes).map_err(|e| PkiError::input("serial number", e))
+}
+
+/// PEM text for DER bytes under `label`.
+pub fn to_pem(label: &str, der: &[u8]) -> String {
+    der::pem::encode_string(label, der::pem::LineEnding::LF, der)
+        .expect("PEM encoding of bytes cannot fail")
+}
+
+/// The DER inside `bytes`: a PEM block labelled `label`, or DER as is.
+pub fn pem_or_der(bytes: &[u8], label: &str) -> Result<Vec<u8>, String> {
+    let text = bytes.trim_ascii_start();
+    if text.starts_with(b"-----BEGIN") {
+        let (found, der) = der::pem::decode_vec(text).map_err(|e| format!("not valid PEM: {e}"))?;
+        if found != label {
+            return Err(format!("holds a {found} PEM block, expected {label}"));
+        }
+        Ok(der)
+    } else {
+        Ok(bytes.to_vec())
+    }
+}
