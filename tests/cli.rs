@@ -54,7 +54,10 @@ fn keygen_and_info_show_keys_with_their_protection() {
         .output()
         .unwrap();
     assert!(der.status.success());
-    let fingerprint = hex::encode(ring::digest::digest(&ring::digest::SHA256, &der.stdout));
+    let fingerprint = hex::encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        &der.stdout,
+    ));
     assert!(report.contains(&fingerprint), "{report}");
 
     let info = token.hsmca(&["--config", config, "hsm", "info"]);
