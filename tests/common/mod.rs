@@ -202,3 +202,39 @@ pub fn openssl_verify(
     let output = command.output().expect("openssl is not installed");
     output.status.success()
 }
+
+/// The Python of the test venv (pkilint, cryptography, hvac), made by `tests/run.sh`.
+/// `HSMCA_PYTHON` overrides; a missing venv fails the test, it never skips it.
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("HSMCA_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_path(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "{} is missing: run tests/run.sh, which creates the test venv",
+        python.display()
+    );
+    python
+}
+
+/// Runs a script of `tests/py/` with the venv's Python; returns its output.
+pub fn python_script(script: &str, args: &[&Path]) -> Output {
+    Command::new(python())
+        .arg(repo_path(&format!("tests/py/{script}")))
+        .args(args)
+        .output()
+        .expect("run the test venv's python")
+}
+
+/// Asserts that pkilint reports no error or warning on `files` (`kind`: certificate or crl).
+pub fn assert_pkilint_clean(kind: &str, files: &[&Path]) {
+    let mut args: Vec<&Path> = vec![Path::new(kind)];
+    args.extend_from_slice(files);
+    let output = python_script("pkilint_check.py", &args);
+    assert!(
+        output.status.success(),
+        "pkilint found problems:\n{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+}
