@@ -217,7 +217,7 @@ mod tests {
     use aws_lc_rs::signature::KeyPair;
 
     #[test]
-    fn spki_round_trips_and_verifies_ring_signatures() {
+    fn spki_round_trips_and_verifies_aws_lc_signatures() {
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let pkcs8 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
         let pair = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();

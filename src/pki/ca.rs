@@ -411,3 +411,135 @@ fn ia5(value: &str) -> Result<Ia5String, PkiError> {
     Ia5String::new(value)
         .map_err(|_| PkiError::input(format!("{value:?}"), "is not ASCII (IA5String)"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hsm::KeyType;
+    use crate::pki::{SoftwareKey, SubjectSpec, x509_time};
+
+    fn name(cn: &str) -> Name {
+        SubjectSpec {
+            common_name: Some(cn.into()),
+            ..Default::default()
+        }
+        .to_name()
+        .unwrap()
+    }
+
+    fn validity(from: u16, to: u16) -> Validity {
+        let at = |year| x509_time(der::DateTime::new(year, 1, 1, 0, 0, 0).unwrap()).unwrap();
+        Validity {
+            not_before: at(from),
+            not_after: at(to),
+        }
+    }
+
+    fn template(
+        cn: &str,
+        key: &PublicKey,
+        validity: Validity,
+        path_length: Option<u8>,
+    ) -> CaTemplate {
+        CaTemplate {
+            subject: name(cn),
+            public_key: key.clone(),
+            validity,
+            signature_algorithm: SignatureAlgorithm::EcdsaP256Sha256,
+            key_usage: vec![CaKeyUsage::KeyCertSign, CaKeyUsage::CrlSign],
+            path_length,
+            permitted_uri_domains: Vec::new(),
+            permitted_dns_domains: Vec::new(),
+            crl_distribution_points: Vec::new(),
+            ca_issuers: Vec::new(),
+        }
+    }
+
+    /// A software root with `path_length`, and a fresh key to certify under it.
+    fn root(path_length: Option<u8>) -> (SoftwareKey, CaCertificate, SoftwareKey) {
+        let root_key = SoftwareKey::generate(KeyType::EcdsaP256).unwrap();
+        let root = template(
+            "Root",
+            root_key.public_key(),
+            validity(2026, 2046),
+            path_length,
+        );
+        let issued = root.issue(&root.as_own_issuer(), &root_key).unwrap();
+        let subject_key = SoftwareKey::generate(KeyType::EcdsaP256).unwrap();
+        (root_key, issued.certificate, subject_key)
+    }
+
+    fn findings(result: Result<Issued, PkiError>) -> String {
+        match result {
+            Err(PkiError::Lint { findings, .. }) => findings.join("\n"),
+            other => panic!("expected a lint failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_sound_intermediate_is_issued_with_key_identifiers_chained() {
+        let (root_key, root, key) = root(None);
+        let intermediate = template("Online", key.public_key(), validity(2027, 2031), Some(1));
+        let issued = intermediate.issue(&root.as_issuer(), &root_key).unwrap();
+        assert_eq!(issued.checks.len(), 22);
+        let tbs = &issued.certificate.certificate().tbs_certificate;
+        let aki: AuthorityKeyIdentifier = issued.certificate.extension().unwrap();
+        assert_eq!(
+            aki.key_identifier.unwrap().as_bytes(),
+            root.key_identifier().unwrap()
+        );
+        assert_eq!(
+            tbs.issuer.to_der().unwrap(),
+            root.subject().to_der().unwrap()
+        );
+        assert_eq!(tbs.serial_number.as_bytes().len(), 16);
+    }
+
+    #[test]
+    fn every_broken_rule_is_reported_before_signing() {
+        let (root_key, root, key) = root(Some(0));
+        let mut bad = template("Online", key.public_key(), validity(2025, 2047), Some(0));
+        bad.key_usage = vec![CaKeyUsage::CrlSign];
+        bad.permitted_uri_domains = vec!["spiffe://example.org".into()];
+        bad.crl_distribution_points = vec!["ldap://crl.example.org".into()];
+        let report = findings(bad.issue(&root.as_issuer(), &root_key));
+        for expected in [
+            "is not inside the issuer's",
+            "allows no CA with pathLen",
+            "keyUsage must be critical, include keyCertSign",
+            "not a URI",
+            "http:// URLs",
+        ] {
+            assert!(
+                report.contains(expected),
+                "missing {expected:?} in:\n{report}"
+            );
+        }
+        assert_eq!(report.lines().count(), 5, "{report}");
+    }
+
+    #[test]
+    fn the_wrong_issuer_key_is_caught_after_signing() {
+        let (_, root, key) = root(None);
+        let impostor = SoftwareKey::generate(KeyType::EcdsaP256).unwrap();
+        let intermediate = template("Online", key.public_key(), validity(2027, 2031), Some(1));
+        match intermediate.issue(&root.as_issuer(), &impostor) {
+            Err(PkiError::PostSignCheck { reason, .. }) => {
+                assert!(reason.contains("does not verify"), "{reason}")
+            }
+            other => panic!("expected a post-signing failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_algorithm_the_issuer_key_cannot_make_is_refused() {
+        let (root_key, root, key) = root(None);
+        let mut intermediate = template("Online", key.public_key(), validity(2027, 2031), Some(1));
+        intermediate.signature_algorithm = SignatureAlgorithm::RsaPkcs1Sha256;
+        let report = findings(intermediate.issue(&root.as_issuer(), &root_key));
+        assert!(
+            report.contains("cannot be made by the issuer's ecdsa-p256 key"),
+            "{report}"
+        );
+    }
+}
