@@ -436,3 +436,49 @@ fn dry_run_leaves_the_token_and_the_disk_untouched() {
     assert_eq!(std::fs::read(c.path("out/audit.log")).unwrap(), log);
     assert!(!c.path("out/again.pem").exists());
 }
+
+/// The outside checks used above can fail: a CA certificate made by openssl with a
+/// non-critical basicConstraints and a keyUsage without cRLSign is rejected by both.
+#[test]
+fn the_outside_checks_reject_a_broken_ca_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("key.pem"), dir.path().join("bad.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-subj", "/CN=Broken CA", "-days", "30"])
+        .args([
+            "-addext",
+            "basicConstraints=CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    let lint = python_script("pkilint_check.py", &[Path::new("certificate"), &cert]);
+    assert!(!lint.status.success());
+    assert!(
+        stdout(&lint).contains("pkix.basic_constraints_extension_not_critical"),
+        "{}",
+        stdout(&lint)
+    );
+    let rules = python_script("ca_rules.py", &[&cert, &cert, Path::new("none")]);
+    assert!(!rules.status.success());
+    assert!(
+        stdout(&rules).contains("basicConstraints must be critical"),
+        "{}",
+        stdout(&rules)
+    );
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check and test of hsmca, on a fresh Debian machine (as root). Installs what it
-# needs (Debian packages, cargo-nextest if missing) and is idempotent.
+# needs (Debian packages, cargo-nextest if missing, a Python venv in .venv) and is idempotent.
 #
 # The tests drive real SoftHSM2 tokens made fresh per run; they fail, never skip, when a tool
 # is missing.
@@ -12,6 +12,19 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     echo "==> installing cargo-nextest" >&2
     cargo install cargo-nextest --locked --quiet
 fi
+
+# The tools that check our output from outside (pkilint, pyca cryptography, hvac), in a venv
+# rebuilt only when tests/py-requirements.txt changes. The tests find it as HSMCA_PYTHON.
+requirements=tests/py-requirements.txt
+stamp=.venv/requirements.sha256
+if [ ! -x .venv/bin/python ] || ! sha256sum --status -c "$stamp" 2>/dev/null; then
+    echo "==> creating the test venv .venv ($requirements)" >&2
+    rm -rf .venv
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check -r "$requirements"
+    sha256sum "$requirements" >"$stamp"
+fi
+export HSMCA_PYTHON=$PWD/.venv/bin/python
 
 echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check
