@@ -186,6 +186,48 @@ fn the_shipped_hierarchy_runs_and_outside_tools_accept_it() {
     assert_pkilint_clean("certificate", &[&root, &p256, &rsa, &new_root, &cross]);
     assert_pkilint_clean("crl", &[&crl]);
 
+    // A second root CRL revokes the RSA intermediate: pkilint accepts it with its reason
+    // code, and openssl then rejects that intermediate and still accepts the other.
+    let revoking = c.variant("06-root-crl.toml", "06-root-crl-2.toml", |t| {
+        t.replace("number = 1", "number = 2")
+            .replace(
+                "# [[crl.revoked]]\n# certificate",
+                "[[crl.revoked]]\ncertificate",
+            )
+            .replace("# reason = \"superseded\"", "reason = \"superseded\"")
+            .replace("# revoked_at", "revoked_at")
+            .replace("crl-1", "crl-2")
+    });
+    c.run_ok("crl", &revoking);
+    let crl2 = c.path("out/root-2026-crl-2.pem");
+    assert_pkilint_clean("crl", &[&crl2]);
+    let text = stdout(&openssl(&["crl", "-noout", "-text", "-in"], &[&crl2]));
+    assert!(
+        text.contains("Superseded") && text.contains("CRL Number: \n                2"),
+        "{text}"
+    );
+    let crl_arg = crl2.to_str().unwrap();
+    let check = |cert: &Path| {
+        openssl(
+            &[
+                "verify",
+                "-crl_check",
+                "-CAfile",
+                root_arg,
+                "-CRLfile",
+                crl_arg,
+            ],
+            &[cert],
+        )
+    };
+    let revoked = check(&rsa);
+    assert!(!revoked.status.success());
+    assert!(
+        stdout(&revoked).contains("certificate revoked")
+            || stderr(&revoked).contains("certificate revoked")
+    );
+    assert!(check(&p256).status.success());
+
     // pyca cryptography: the consumer rules for CA certificates.
     let rules = python_script(
         "ca_rules.py",
@@ -216,7 +258,7 @@ fn the_shipped_hierarchy_runs_and_outside_tools_accept_it() {
     let log = c.path("out/audit.log");
     let verified = audit_verify(&log);
     assert!(
-        stdout(&verified).contains("9 records, chain intact"),
+        stdout(&verified).contains("10 records, chain intact"),
         "{}{}",
         stdout(&verified),
         stderr(&verified)
