@@ -424,14 +424,28 @@ fn bad_configs_are_refused_before_anything_is_signed() {
     );
     assert!(!c.path("out/wrong-key.pem").exists());
 
+    // A CRL number that does not grow: the audit log knows the last one.
+    c.run_ok("crl", "06-root-crl.toml");
+    let same_number = c.variant("06-root-crl.toml", "crl-again.toml", |t| {
+        t.replace("crl-1", "crl-again")
+    });
+    let out = c.run("crl", &same_number, &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("`crl.number` 1 must be above 1"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!c.path("out/root-2026-crl-again.pem").exists());
+
     assert_eq!(
         objects(&c.root),
         before,
         "a refused ceremony changed the token"
     );
-    // The typo never reached the audit log (the config was not understood); the two
-    // refusals that were understood are recorded.
-    assert_eq!(records(&c), audited + 2);
+    // The typo never reached the audit log (the config was not understood); the CRL and the
+    // three refusals that were understood are recorded.
+    assert_eq!(records(&c), audited + 4);
     assert!(audit_verify(&c.path("out/audit.log")).status.success());
 }
 

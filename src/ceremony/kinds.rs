@@ -14,7 +14,7 @@ use super::{CeremonyError, Context};
 use crate::hsm::{Hsm, HsmKey, KeyType, PublicKey, SignatureAlgorithm};
 use crate::pki::{
     CaCertificate, CaTemplate, CrlTemplate, CsrTemplate, HsmSigner, Issued, PkiError, RevokedEntry,
-    Signer, SoftwareKey, pem_or_der, sha256_hex, to_pem, verify_signed, x509_time,
+    Signer, SoftwareKey, key_identifier, pem_or_der, sha256_hex, to_pem, verify_signed, x509_time,
 };
 
 /// `hsmca ceremony root`: a root key pair in the HSM and its self-signed certificate.
@@ -211,6 +211,7 @@ pub(crate) fn crl(config: CrlConfig, ctx: &mut Context) -> Result<(), CeremonyEr
     ctx.begin(&config.ceremony, &[&config.outputs.crl])?;
     let issuer = read_issuer(ctx, &config.issuer)?;
     let spec = &config.crl;
+    check_crl_number(ctx, &issuer, spec.number)?;
     let mut revoked = Vec::new();
     for entry in &spec.revoked {
         let path = ctx.path(&entry.certificate);
@@ -295,6 +296,42 @@ pub(crate) fn crl(config: CrlConfig, ctx: &mut Context) -> Result<(), CeremonyEr
         &config.outputs.crl,
         to_pem("X509 CRL", &issued.der).as_bytes(),
     )
+}
+
+/// CRL numbers grow: the audit log knows every earlier CRL ceremony and its issuer.
+fn check_crl_number(
+    ctx: &Context,
+    issuer: &CaCertificate,
+    number: u64,
+) -> Result<(), CeremonyError> {
+    let issuer_id = hex::encode(key_identifier(issuer.public_key()));
+    let same_issuer = |details: &serde_json::Value| {
+        details["certificates"]
+            .as_array()
+            .is_some_and(|certificates| {
+                certificates
+                    .iter()
+                    .any(|c| c["role"] == "issuer" && c["key_identifier"] == issuer_id.as_str())
+            })
+    };
+    let last = ctx
+        .earlier_records("ceremony.crl")
+        .into_iter()
+        .filter(|(_, details)| same_issuer(details))
+        .filter_map(|(seq, details)| Some((details["crl"]["number"].as_u64()?, seq)))
+        .max();
+    match last {
+        Some((last, seq)) if number <= last => Err(CeremonyError::Invalid(format!(
+            "`crl.number` {number} must be above {last}, the number of this issuer's CRL in audit record #{seq}"
+        ))),
+        Some((last, _)) => {
+            ctx.progress().done(format!(
+                "CRL number {number} follows {last}, this issuer's last"
+            ));
+            Ok(())
+        }
+        None => Ok(()),
+    }
 }
 
 /// Rehearses, then signs `template` with the issuer's HSM key and writes it to `output`.

@@ -122,6 +122,7 @@ pub(crate) struct Context<'a> {
     transcript: Transcript,
     outputs: Option<OutputFiles>,
     transcript_base: PathBuf,
+    audit_path: PathBuf,
     audit: Option<(AuditLog, PathBuf)>,
 }
 
@@ -156,6 +157,7 @@ impl<'a> Context<'a> {
             paths.len()
         ));
         let audit_path = self.path(&header.audit_log);
+        self.audit_path = audit_path.clone();
         if self.dry_run {
             if audit_path.exists() {
                 let verified = crate::ledger::audit::verify(&audit_path)?;
@@ -182,6 +184,17 @@ impl<'a> Context<'a> {
             self.audit = Some((log, audit_path));
         }
         Ok(())
+    }
+
+    /// The sequence numbers and details of earlier audit records of `event`, oldest first.
+    /// Call after [`Context::begin`], which verified the log.
+    pub(crate) fn earlier_records(&self, event: &str) -> Vec<(u64, serde_json::Value)> {
+        let text = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|record| record["event"] == event)
+            .filter_map(|mut record| Some((record["seq"].as_u64()?, record["details"].take())))
+            .collect()
     }
 
     /// True for `--dry-run`: the caller stops after the rehearsal.
@@ -362,6 +375,7 @@ pub fn run(
         },
         outputs: None,
         transcript_base: PathBuf::new(),
+        audit_path: PathBuf::new(),
         audit: None,
     };
     let result = match kind {
