@@ -75,6 +75,14 @@ fn decode<T: for<'a> Decode<'a>>(ext: Option<&Extension>) -> Option<(T, bool)> {
         .map(|value| (value, ext.critical))
 }
 
+/// True when the extension is absent, or decodes and `accepted(value, critical)` holds.
+fn absent_or<T: for<'a> Decode<'a>>(
+    ext: Option<&Extension>,
+    accepted: impl FnOnce(&T, bool) -> bool,
+) -> bool {
+    ext.is_none() || decode::<T>(ext).is_some_and(|(value, critical)| accepted(&value, critical))
+}
+
 fn unique_extensions(extensions: Option<&Vec<Extension>>) -> bool {
     let mut seen = HashSet::new();
     extensions
@@ -298,13 +306,12 @@ pub fn check_ca_certificate(
         || "ceremony CA certificates carry no subjectAltName".into(),
     );
 
-    let constraints = find_extension(tbs, oids::ID_CE_NAME_CONSTRAINTS);
-    let parsed: Option<(NameConstraints, bool)> = decode(constraints);
     c.check(
         "nameConstraints, if any, are critical host names",
-        constraints.is_none()
-            || parsed.as_ref().is_some_and(|(nc, critical)| {
-                *critical
+        absent_or(
+            find_extension(tbs, oids::ID_CE_NAME_CONSTRAINTS),
+            |nc: &NameConstraints, critical| {
+                critical
                     && nc.excluded_subtrees.is_none()
                     && nc.permitted_subtrees.as_ref().is_some_and(|subtrees| {
                         !subtrees.is_empty()
@@ -321,13 +328,12 @@ pub fn check_ca_certificate(
             }),
         || "nameConstraints must be critical, list permitted subtrees only, and each must be a lower-case host name such as example.org or .example.org (not a URI)".into(),
     );
-    let cdp = find_extension(tbs, oids::ID_CE_CRL_DISTRIBUTION_POINTS);
-    let parsed: Option<(CrlDistributionPoints, bool)> = decode(cdp);
     c.check(
         "CRL distribution points, if any, are non-critical http:// URLs",
-        cdp.is_none()
-            || parsed.as_ref().is_some_and(|(points, critical)| {
-                !*critical
+        absent_or(
+            find_extension(tbs, oids::ID_CE_CRL_DISTRIBUTION_POINTS),
+            |points: &CrlDistributionPoints, critical| {
+                !critical
                     && !points.0.is_empty()
                     && points
                         .0
@@ -338,16 +344,16 @@ pub fn check_ca_certificate(
                             }
                             _ => false,
                         })
-            }),
+            },
+        ),
         || "CRL distribution points must be non-critical http:// URLs (RFC 5280 4.2.1.13)".into(),
     );
-    let aia = find_extension(tbs, oids::ID_PE_AUTHORITY_INFO_ACCESS);
-    let parsed: Option<(AuthorityInfoAccessSyntax, bool)> = decode(aia);
     c.check(
         "authority information access, if any, is non-critical http:// caIssuers",
-        aia.is_none()
-            || parsed.as_ref().is_some_and(|(access, critical)| {
-                !*critical
+        absent_or(
+            find_extension(tbs, oids::ID_PE_AUTHORITY_INFO_ACCESS),
+            |access: &AuthorityInfoAccessSyntax, critical| {
+                !critical
                     && access.0.iter().all(|desc| {
                         desc.access_method == oids::ID_AD_CA_ISSUERS && http_url(&desc.access_location).is_some()
                     })
