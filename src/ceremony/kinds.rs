@@ -288,7 +288,7 @@ pub(crate) fn crl(config: CrlConfig, ctx: &mut Context) -> Result<(), CeremonyEr
         revoked: template
             .revoked
             .iter()
-            .map(|r| (hex::encode(r.serial.as_bytes()), format!("{:?}", r.reason)))
+            .map(|r| (hex::encode(r.serial.as_bytes()), r.reason.name().to_owned()))
             .collect(),
         sha256: sha256_hex(&issued.der),
     });

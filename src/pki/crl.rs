@@ -15,7 +15,7 @@ use super::{PkiError, Signer, lint, signed};
 use crate::hsm::SignatureAlgorithm;
 
 /// Why a certificate was revoked (RFC 5280 5.3.1), as configuration files name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RevocationReason {
     /// No reason given; the entry then carries no reason code at all, as RFC 5280 asks.
@@ -35,6 +35,19 @@ pub enum RevocationReason {
 }
 
 impl RevocationReason {
+    /// The name configuration files and transcripts use.
+    pub fn name(self) -> &'static str {
+        match self {
+            RevocationReason::Unspecified => "unspecified",
+            RevocationReason::KeyCompromise => "key-compromise",
+            RevocationReason::CaCompromise => "ca-compromise",
+            RevocationReason::AffiliationChanged => "affiliation-changed",
+            RevocationReason::Superseded => "superseded",
+            RevocationReason::CessationOfOperation => "cessation-of-operation",
+            RevocationReason::PrivilegeWithdrawn => "privilege-withdrawn",
+        }
+    }
+
     fn code(self) -> Option<CrlReason> {
         match self {
             RevocationReason::Unspecified => None,
