@@ -14,6 +14,7 @@ mod lint;
 mod name;
 mod signed;
 mod signer;
+mod spiffe;
 mod time;
 
 pub use algorithm::{
@@ -27,6 +28,7 @@ pub use lint::{check_ca_certificate, check_crl};
 pub use name::SubjectSpec;
 pub use signed::verify_signed;
 pub use signer::{HsmSigner, Signer, SoftwareKey};
+pub use spiffe::{SpiffeId, SpiffeIdError};
 pub use time::{has_rfc5280_encoding, now, x509_time};
 
 use x509_cert::serial_number::SerialNumber;
