@@ -22,7 +22,7 @@ pub use algorithm::{
 };
 pub use ca::{CaCertificate, CaKeyUsage, CaTemplate, Issued, Issuer, key_identifier, sha256_hex};
 pub use crl::{CrlTemplate, IssuedCrl, RevocationReason, RevokedEntry};
-pub use csr::CsrTemplate;
+pub use csr::{CsrError, CsrTemplate, VerifiedCsr, verify_csr};
 pub use error::PkiError;
 pub use lint::{check_ca_certificate, check_crl};
 pub use name::SubjectSpec;
