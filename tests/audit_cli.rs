@@ -1,18 +1,11 @@
 //! `hsmca audit verify` on a real log file: intact, then tampered in each way.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
+use common::audit_verify as verify;
 use hsmca::ledger::audit::{AuditEvent, AuditLog};
-
-fn verify(path: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hsmca"))
-        .args(["audit", "verify"])
-        .arg(path)
-        .env_remove("HSMCA_CONFIG")
-        .output()
-        .unwrap()
-}
 
 fn rewrite(path: &Path, lines: &[&str]) {
     std::fs::write(path, format!("{}\n", lines.join("\n"))).unwrap();

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{TestToken, assert_pkilint_clean, python_script, stderr, stdout};
+use common::{TestToken, assert_pkilint_clean, audit_verify, python_script, stderr, stdout};
 
 /// A copy of `deploy/ceremonies/` with an offline root token and an online token.
 struct Ceremonies {
@@ -94,15 +94,6 @@ fn openssl(args: &[&str], files: &[&Path]) -> Output {
         .args(files)
         .output()
         .expect("openssl is not installed")
-}
-
-fn audit_verify(log: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hsmca"))
-        .args(["audit", "verify"])
-        .arg(log)
-        .env_remove("HSMCA_CONFIG")
-        .output()
-        .unwrap()
 }
 
 #[test]

@@ -203,6 +203,16 @@ pub fn openssl_verify(
     output.status.success()
 }
 
+/// `hsmca audit verify LOG`, which needs no config and no HSM.
+pub fn audit_verify(log: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hsmca"))
+        .args(["audit", "verify"])
+        .arg(log)
+        .env_remove("HSMCA_CONFIG")
+        .output()
+        .unwrap()
+}
+
 /// The Python of the test venv (pkilint, cryptography, hvac), made by `tests/run.sh`.
 /// `HSMCA_PYTHON` overrides; a missing venv fails the test, it never skips it.
 pub fn python() -> PathBuf {
