@@ -250,6 +250,20 @@ fn configuration_mistakes_get_one_clear_error_each() {
         error_line(&missing).starts_with("error: cannot read config file /nonexistent/hsmca.toml")
     );
 
+    // A ceremony names its own config; there is no default for it.
+    let out = token.hsmca(&["ceremony", "root", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        error_line(&out),
+        "error: a ceremony needs its config file: hsmca ceremony root --config FILE.toml"
+    );
+    let out = token.hsmca(&["ceremony", "cross-sign", "--config", "/nonexistent/x.toml"]);
+    assert!(
+        error_line(&out).starts_with("error: cannot read ceremony config /nonexistent/x.toml"),
+        "{}",
+        error_line(&out)
+    );
+
     // An unsupported key type is a usage error (exit 2) that lists the choices.
     let config = token.default_config();
     let out = token.hsmca(&[
