@@ -1,4 +1,5 @@
-//! What hsmca has done, durably: the hash-chained audit log (and, with the signing service,
-//! the ledger of issued certificates).
+//! What hsmca has done, durably: the hash-chained audit log and the ledger of issued
+//! certificates.
 
 pub mod audit;
+pub mod certificates;

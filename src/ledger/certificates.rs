@@ -1,0 +1,252 @@
+//! The ledger of issued certificates: one SQLite row per certificate, keyed by serial.
+//!
+//! A row is written only for a certificate that was signed, and the signing service answers
+//! only after its row is durable (`synchronous=FULL`), so nothing issued is unrecorded and
+//! nothing recorded was not issued. Serials are unique across the whole ledger.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// One issued certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedCertificate {
+    /// Serial number, lower-case hex of the DER integer's content octets.
+    pub serial: String,
+    /// The issuer's subject key identifier, hex.
+    pub issuer_key_id: String,
+    /// The subject (RFC 4514).
+    pub subject: String,
+    /// The profile it was issued under.
+    pub profile: String,
+    /// The client identity that asked for it.
+    pub client: String,
+    /// `notBefore`, seconds since the Unix epoch.
+    pub not_before: i64,
+    /// `notAfter`, seconds since the Unix epoch.
+    pub not_after: i64,
+    /// The DER certificate.
+    pub der: Vec<u8>,
+}
+
+/// Why the ledger could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// SQLite failed.
+    #[error("ledger {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The serial is in the ledger already; a serial is never issued twice.
+    #[error("serial {serial} is already in the ledger; serials are never reused")]
+    DuplicateSerial {
+        /// The serial.
+        serial: String,
+    },
+    /// The database file's permissions could not be restricted.
+    #[error("cannot restrict the permissions of ledger {path}: {source}")]
+    Permissions {
+        /// The database file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+}
+
+/// The ledger database.
+pub struct Ledger {
+    connection: Connection,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS certificates (
+    serial        TEXT PRIMARY KEY NOT NULL,
+    issuer_key_id TEXT NOT NULL,
+    subject       TEXT NOT NULL,
+    profile       TEXT NOT NULL,
+    client        TEXT NOT NULL,
+    not_before    INTEGER NOT NULL,
+    not_after     INTEGER NOT NULL,
+    der           BLOB NOT NULL,
+    issued_at     INTEGER NOT NULL DEFAULT (unixepoch())
+) STRICT;
+CREATE INDEX IF NOT EXISTS certificates_by_issuer ON certificates (issuer_key_id);
+";
+
+impl Ledger {
+    /// Opens (creating if needed, mode 0600) the ledger at `path`, in WAL mode with every
+    /// commit synced to disk.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let sqlite = |source| LedgerError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
+        // Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
+        // database file's mode, so the journal is never readable by others either.
+        let restrict = |source| LedgerError::Permissions {
+            path: path.to_owned(),
+            source,
+        };
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(restrict)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(restrict)?;
+        }
+        let connection = Connection::open(path).map_err(sqlite)?;
+        connection
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+            .map_err(sqlite)?;
+        connection.execute_batch(SCHEMA).map_err(sqlite)?;
+        Ok(Ledger {
+            connection,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Records certificates in one durable transaction: all of them or none.
+    pub fn record(&mut self, certificates: &[IssuedCertificate]) -> Result<(), LedgerError> {
+        let path = self.path.clone();
+        let sqlite = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let transaction = self.connection.transaction().map_err(sqlite)?;
+        for certificate in certificates {
+            let inserted = transaction.execute(
+                "INSERT INTO certificates
+                     (serial, issuer_key_id, subject, profile, client, not_before, not_after, der)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    certificate.serial,
+                    certificate.issuer_key_id,
+                    certificate.subject,
+                    certificate.profile,
+                    certificate.client,
+                    certificate.not_before,
+                    certificate.not_after,
+                    certificate.der,
+                ],
+            );
+            match inserted {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(error, _))
+                    if error.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    return Err(LedgerError::DuplicateSerial {
+                        serial: certificate.serial.clone(),
+                    });
+                }
+                Err(source) => return Err(sqlite(source)),
+            }
+        }
+        transaction.commit().map_err(sqlite)
+    }
+
+    /// The certificate with `serial` (lower-case hex), if issued.
+    pub fn find(&self, serial: &str) -> Result<Option<IssuedCertificate>, LedgerError> {
+        self.connection
+            .query_row(
+                "SELECT serial, issuer_key_id, subject, profile, client, not_before, not_after, der
+                 FROM certificates WHERE serial = ?1",
+                params![serial],
+                |row| {
+                    Ok(IssuedCertificate {
+                        serial: row.get(0)?,
+                        issuer_key_id: row.get(1)?,
+                        subject: row.get(2)?,
+                        profile: row.get(3)?,
+                        client: row.get(4)?,
+                        not_before: row.get(5)?,
+                        not_after: row.get(6)?,
+                        der: row.get(7)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|source| LedgerError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// How many certificates the ledger holds.
+    pub fn count(&self) -> Result<u64, LedgerError> {
+        self.connection
+            .query_row("SELECT count(*) FROM certificates", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(|count| count.unsigned_abs())
+            .map_err(|source| LedgerError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(serial: &str) -> IssuedCertificate {
+        IssuedCertificate {
+            serial: serial.into(),
+            issuer_key_id: "6c51eb35".into(),
+            subject: "O=SPIFFE,C=US".into(),
+            profile: "issuing-ca".into(),
+            client: "spiffe://example.org/spire-server".into(),
+            not_before: 1_795_000_000,
+            not_after: 1_795_086_400,
+            der: vec![0x30, 0x03, 0x02, 0x01, 0x01],
+        }
+    }
+
+    #[test]
+    fn rows_survive_reopening_and_the_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        let mut ledger = Ledger::open(&path).unwrap();
+        ledger
+            .record(&[certificate("01"), certificate("02")])
+            .unwrap();
+        drop(ledger);
+        let ledger = Ledger::open(&path).unwrap();
+        assert_eq!(ledger.count().unwrap(), 2);
+        assert_eq!(ledger.find("02").unwrap(), Some(certificate("02")));
+        assert_eq!(ledger.find("03").unwrap(), None);
+        for file in ["ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"] {
+            let mode = std::fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_serial_is_refused_and_its_batch_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
+        ledger.record(&[certificate("01")]).unwrap();
+        let err = ledger
+            .record(&[certificate("02"), certificate("01")])
+            .unwrap_err();
+        assert!(
+            matches!(&err, LedgerError::DuplicateSerial { serial } if serial == "01"),
+            "{err}"
+        );
+        // The transaction rolled back: "02" was not recorded either.
+        assert_eq!(ledger.count().unwrap(), 1);
+        assert_eq!(ledger.find("02").unwrap(), None);
+    }
+}
