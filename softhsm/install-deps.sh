@@ -5,9 +5,10 @@
 #   opensc        - pkcs11-tool (inspects key attributes) and pkcs11-spy (traces PKCS#11 calls)
 #   openssl       - independent verification of signatures and certificates
 #   ca-certificates, curl - used by the quick start against the local mTLS listener
+#   python3-venv  - python3 -m venv, for the test venv of tests/run.sh (pkilint, cryptography)
 set -euo pipefail
 
-packages=(softhsm2 opensc openssl)
+packages=(softhsm2 opensc openssl python3-venv)
 missing=()
 for pkg in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
