@@ -4,7 +4,6 @@
 #   softhsm2      - the PKCS#11 module that stands in for a hardware HSM
 #   opensc        - pkcs11-tool (inspects key attributes) and pkcs11-spy (traces PKCS#11 calls)
 #   openssl       - independent verification of signatures and certificates
-#   ca-certificates, curl - used by the quick start against the local mTLS listener
 #   python3-venv  - python3 -m venv, for the test venv of tests/run.sh (pkilint, cryptography)
 set -euo pipefail
 
