@@ -11,10 +11,11 @@ use super::config::{
 };
 use super::transcript::{CertificateRecord, CrlRecord, KeyRecord};
 use super::{CeremonyError, Context};
+use crate::digest::sha256_hex;
 use crate::hsm::{Hsm, HsmKey, KeyType, PublicKey, SignatureAlgorithm};
 use crate::pki::{
     CaCertificate, CaTemplate, CrlTemplate, CsrTemplate, HsmSigner, Issued, PkiError, RevokedEntry,
-    Signer, SoftwareKey, key_identifier, pem_or_der, sha256_hex, to_pem, verify_signed, x509_time,
+    Signer, SoftwareKey, key_identifier, pem_or_der, to_pem, verify_signed, x509_time,
 };
 
 /// `hsmca ceremony root`: a root key pair in the HSM and its self-signed certificate.

@@ -27,9 +27,10 @@ pub use output::WrittenFile;
 pub use progress::Progress;
 pub use transcript::Transcript;
 
+use crate::digest::sha256_hex;
 use crate::hsm::{Hsm, HsmConfig, HsmError};
 use crate::ledger::audit::{AuditError, AuditEvent, AuditLog};
-use crate::pki::{PkiError, now, sha256_hex};
+use crate::pki::{PkiError, now};
 use output::OutputFiles;
 use transcript::{AuditRecord, ConfigRecord, TokenRecord};
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::CeremonyError;
-use crate::pki::sha256_hex;
+use crate::digest::sha256_hex;
 
 /// A file a ceremony wrote, as the transcript records it.
 #[derive(Clone, Debug, Serialize)]

@@ -150,10 +150,7 @@ impl PublicKey {
 
     /// Lower-case hex SHA-256 of the SubjectPublicKeyInfo: the fingerprint officers compare.
     pub fn sha256_fingerprint(&self) -> String {
-        hex::encode(aws_lc_rs::digest::digest(
-            &aws_lc_rs::digest::SHA256,
-            &self.to_spki_der(),
-        ))
+        crate::digest::sha256_hex(&self.to_spki_der())
     }
 
     /// Verifies a signature in its X.509 encoding on the host, without the HSM.

@@ -20,6 +20,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::digest::sha256_hex;
+
 /// The `prev` of the first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -259,10 +261,6 @@ fn check_record(record: &str, seq: u64, prev: &str) -> Result<String, String> {
         });
     }
     Ok(claimed.to_owned())
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
 }
 
 #[cfg(test)]

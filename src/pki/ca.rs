@@ -53,11 +53,6 @@ pub fn key_identifier(public_key: &PublicKey) -> Vec<u8> {
     digest.as_ref()[..20].to_vec()
 }
 
-/// Lower-case hex SHA-256 of DER bytes: the fingerprint officers compare.
-pub fn sha256_hex(der: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
-}
-
 /// A CA certificate read from a file or just signed.
 #[derive(Clone, Debug)]
 pub struct CaCertificate {
@@ -146,7 +141,7 @@ impl CaCertificate {
 
     /// Lower-case hex SHA-256 of the DER certificate.
     pub fn sha256_fingerprint(&self) -> String {
-        sha256_hex(&self.der)
+        crate::digest::sha256_hex(&self.der)
     }
 
     /// The subject key identifier.

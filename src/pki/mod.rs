@@ -20,7 +20,7 @@ mod time;
 pub use algorithm::{
     from_identifier as algorithm_from_identifier, identifier as algorithm_identifier,
 };
-pub use ca::{CaCertificate, CaKeyUsage, CaTemplate, Issued, Issuer, key_identifier, sha256_hex};
+pub use ca::{CaCertificate, CaKeyUsage, CaTemplate, Issued, Issuer, key_identifier};
 pub use crl::{CrlTemplate, IssuedCrl, RevocationReason, RevokedEntry};
 pub use csr::{CsrError, CsrTemplate, VerifiedCsr, verify_csr};
 pub use error::PkiError;
