@@ -15,7 +15,7 @@ use crate::digest::sha256_hex;
 use crate::hsm::{Hsm, HsmKey, KeyType, PublicKey, SignatureAlgorithm};
 use crate::pki::{
     CaCertificate, CaTemplate, CrlTemplate, CsrTemplate, HsmSigner, Issued, PkiError, RevokedEntry,
-    Signer, SoftwareKey, key_identifier, pem_or_der, to_pem, verify_signed, x509_time,
+    Signer, SoftwareKey, key_identifier, read_pem_or_der, to_pem, verify_signed, x509_time,
 };
 
 /// `hsmca ceremony root`: a root key pair in the HSM and its self-signed certificate.
@@ -217,8 +217,7 @@ pub(crate) fn crl(config: CrlConfig, ctx: &mut Context) -> Result<(), CeremonyEr
     for entry in &spec.revoked {
         let path = ctx.path(&entry.certificate);
         let what = format!("revoked certificate {}", path.display());
-        let bytes = std::fs::read(&path).map_err(|e| PkiError::input(&what, e))?;
-        let der = pem_or_der(&bytes, "CERTIFICATE").map_err(|e| PkiError::input(&what, e))?;
+        let der = read_pem_or_der(&path, &["CERTIFICATE"], &what)?;
         let certificate = <x509_cert::Certificate as der::Decode>::from_der(&der)
             .map_err(|e| PkiError::input(&what, e))?;
         if certificate.tbs_certificate.issuer != *issuer.subject() {
@@ -386,8 +385,7 @@ fn read_issuer(ctx: &mut Context, issuer: &IssuerRef) -> Result<CaCertificate, C
 
 fn read_public_key(path: &Path) -> Result<PublicKey, CeremonyError> {
     let what = format!("public key {}", path.display());
-    let bytes = std::fs::read(path).map_err(|e| PkiError::input(&what, e))?;
-    let der = pem_or_der(&bytes, "PUBLIC KEY").map_err(|e| PkiError::input(&what, e))?;
+    let der = read_pem_or_der(path, &["PUBLIC KEY"], &what)?;
     Ok(PublicKey::from_spki_der(&der).map_err(|e| PkiError::input(&what, e))?)
 }
 

@@ -66,9 +66,7 @@ impl CaCertificate {
     /// `cA=true`, `keyCertSign`, a subject key identifier and a supported key.
     pub fn from_file(path: &Path) -> Result<Self, PkiError> {
         let what = format!("certificate {}", path.display());
-        let bytes = std::fs::read(path).map_err(|e| PkiError::input(&what, e))?;
-        let der =
-            super::pem_or_der(&bytes, "CERTIFICATE").map_err(|e| PkiError::input(&what, e))?;
+        let der = super::read_pem_or_der(path, &["CERTIFICATE"], &what)?;
         Self::from_der(der, &what)
     }
 

@@ -115,13 +115,9 @@ pub fn verify_csr(bytes: &[u8]) -> Result<VerifiedCsr, CsrError> {
     use x509_cert::ext::pkix::name::GeneralName;
     use x509_cert::request::CertReq;
 
-    let der = match super::pem_or_der(bytes, "CERTIFICATE REQUEST") {
-        Err(e) if e.contains("NEW CERTIFICATE REQUEST") => {
-            super::pem_or_der(bytes, "NEW CERTIFICATE REQUEST")
-        }
-        other => other,
-    }
-    .map_err(CsrError::Encoding)?;
+    // "NEW CERTIFICATE REQUEST" is the label older tools (and some Java stacks) still write.
+    let der = super::pem_or_der(bytes, &["CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"])
+        .map_err(CsrError::Encoding)?;
     let request = CertReq::from_der(&der).map_err(|e| CsrError::Encoding(e.to_string()))?;
     if request.info.version != Version::V1 {
         return Err(CsrError::Version(request.info.version as u8));
@@ -213,6 +209,9 @@ mod tests {
             // DER is accepted as well as PEM.
             let (_, der) = der::pem::decode_vec(pem.as_bytes()).unwrap();
             assert!(verify_csr(&der).is_ok());
+            // So is the older "NEW CERTIFICATE REQUEST" label.
+            let old_label = pem.replace("CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST");
+            assert!(verify_csr(old_label.as_bytes()).is_ok());
         }
     }
 

@@ -31,6 +31,8 @@ pub use signer::{HsmSigner, Signer, SoftwareKey};
 pub use spiffe::{SpiffeId, SpiffeIdError};
 pub use time::{has_rfc5280_encoding, now, x509_time};
 
+use std::path::Path;
+
 use x509_cert::serial_number::SerialNumber;
 
 /// A positive 16-byte serial with 126 random bits from the signer's RNG (the HSM's, for
@@ -48,16 +50,25 @@ pub fn to_pem(label: &str, der: &[u8]) -> String {
         .expect("PEM encoding of bytes cannot fail")
 }
 
-/// The DER inside `bytes`: a PEM block labelled `label`, or DER as is.
-pub fn pem_or_der(bytes: &[u8], label: &str) -> Result<Vec<u8>, String> {
+/// The DER inside `bytes`: a PEM block with one of `labels`, or DER as is.
+pub fn pem_or_der(bytes: &[u8], labels: &[&str]) -> Result<Vec<u8>, String> {
     let text = bytes.trim_ascii_start();
     if text.starts_with(b"-----BEGIN") {
         let (found, der) = der::pem::decode_vec(text).map_err(|e| format!("not valid PEM: {e}"))?;
-        if found != label {
-            return Err(format!("holds a {found} PEM block, expected {label}"));
+        if !labels.contains(&found) {
+            return Err(format!(
+                "holds a {found} PEM block, expected {}",
+                labels.join(" or ")
+            ));
         }
         Ok(der)
     } else {
         Ok(bytes.to_vec())
     }
+}
+
+/// Reads a file holding a PEM block with one of `labels`, or DER; `what` names it in errors.
+pub fn read_pem_or_der(path: &Path, labels: &[&str], what: &str) -> Result<Vec<u8>, PkiError> {
+    let bytes = std::fs::read(path).map_err(|e| PkiError::input(what, e))?;
+    pem_or_der(&bytes, labels).map_err(|e| PkiError::input(what, e))
 }
