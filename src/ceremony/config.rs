@@ -7,11 +7,12 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use toml::value::Datetime;
+use toml::value::{Datetime, Offset};
+use x509_cert::time::Time;
 
 use super::CeremonyError;
 use crate::hsm::{HsmConfig, KeyType, SignatureAlgorithm};
-use crate::pki::{CaKeyUsage, RevocationReason, SubjectSpec};
+use crate::pki::{CaKeyUsage, RevocationReason, SubjectSpec, x509_time};
 
 /// `[ceremony]`: who is present and where the records go.
 #[derive(Debug, Deserialize)]
@@ -301,33 +302,32 @@ pub(crate) fn resolve(config_dir: &Path, path: &Path) -> PathBuf {
     }
 }
 
-/// A TOML date or UTC date-time as a [`der::DateTime`]; `field` names it in errors.
-pub(crate) fn utc(field: &str, value: &Datetime) -> Result<der::DateTime, String> {
-    let date = value
-        .date
-        .ok_or_else(|| format!("`{field}` = {value} has no date"))?;
+/// A TOML date (midnight UTC) or UTC date-time, as a certificate or CRL time in the encoding
+/// RFC 5280 asks for; `field` names it in errors.
+pub(crate) fn x509_time_of(field: &str, value: &Datetime) -> Result<Time, CeremonyError> {
+    let invalid = |reason: String| CeremonyError::Invalid(format!("`{field}` = {value}{reason}"));
+    let date = value.date.ok_or_else(|| invalid(" has no date".into()))?;
+    let utc_offset = matches!(
+        value.offset,
+        Some(Offset::Z | Offset::Custom { minutes: 0 })
+    );
+    let plain_date = value.offset.is_none() && value.time.is_none();
+    if !(utc_offset || plain_date) {
+        return Err(invalid(
+            " must be a date (2026-12-01) or a UTC date-time ending in Z (2026-12-01T00:00:00Z)"
+                .into(),
+        ));
+    }
     let time = value.time.unwrap_or(toml::value::Time {
         hour: 0,
         minute: 0,
         second: 0,
         nanosecond: 0,
     });
-    match value.offset {
-        Some(toml::value::Offset::Z) | None if value.time.is_none() => {}
-        Some(toml::value::Offset::Z) => {}
-        Some(toml::value::Offset::Custom { minutes: 0 }) => {}
-        _ => {
-            return Err(format!(
-                "`{field}` = {value} must be a date (2026-12-01) or a UTC date-time ending in Z (2026-12-01T00:00:00Z)"
-            ));
-        }
-    }
     if time.nanosecond != 0 {
-        return Err(format!(
-            "`{field}` = {value}: certificates hold whole seconds only"
-        ));
+        return Err(invalid(": certificates hold whole seconds only".into()));
     }
-    der::DateTime::new(
+    let date_time = der::DateTime::new(
         date.year,
         date.month,
         date.day,
@@ -335,5 +335,44 @@ pub(crate) fn utc(field: &str, value: &Datetime) -> Result<der::DateTime, String
         time.minute,
         time.second,
     )
-    .map_err(|e| format!("`{field}` = {value}: {e}"))
+    .map_err(|e| invalid(format!(": {e}")))?;
+    Ok(x509_time(date_time)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn time_of(text: &str) -> Result<String, String> {
+        let value: Datetime = text.parse().unwrap();
+        x509_time_of("f", &value)
+            .map(|t| t.to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn dates_and_utc_date_times_are_accepted_and_nothing_else() {
+        assert_eq!(time_of("2026-12-01").unwrap(), "2026-12-01T00:00:00Z");
+        assert_eq!(
+            time_of("2026-12-01T10:20:30Z").unwrap(),
+            "2026-12-01T10:20:30Z"
+        );
+        assert_eq!(
+            time_of("2026-12-01T10:20:30+00:00").unwrap(),
+            "2026-12-01T10:20:30Z"
+        );
+        for bad in [
+            "2026-12-01T10:20:30",
+            "2026-12-01T10:20:30+01:00",
+            "10:20:30",
+        ] {
+            let err = time_of(bad).unwrap_err();
+            assert!(err.starts_with(&format!("`f` = {bad}")), "{err}");
+        }
+        assert!(
+            time_of("2026-12-01T10:20:30.5Z")
+                .unwrap_err()
+                .contains("whole seconds")
+        );
+    }
 }

@@ -7,15 +7,15 @@ use x509_cert::name::Name;
 
 use super::config::{
     CertificateSpec, CrlConfig, CrossSignConfig, CsrConfig, IntermediateConfig, IssuerRef,
-    KeyConfig, RootConfig, utc,
+    KeyConfig, RootConfig, x509_time_of,
 };
 use super::transcript::{CertificateRecord, CrlRecord, KeyRecord};
 use super::{CeremonyError, Context};
 use crate::digest::sha256_hex;
 use crate::hsm::{Hsm, HsmKey, KeyType, PublicKey, SignatureAlgorithm};
 use crate::pki::{
-    CaCertificate, CaTemplate, CrlTemplate, CsrTemplate, HsmSigner, Issued, PkiError, RevokedEntry,
-    Signer, SoftwareKey, key_identifier, read_pem_or_der, to_pem, verify_signed, x509_time,
+    CaCertificate, CaTemplate, CrlTemplate, CsrTemplate, HsmSigner, Issued, Issuer, PkiError,
+    RevokedEntry, Signer, SoftwareKey, key_identifier, read_pem_or_der, to_pem, verify_signed,
 };
 
 /// `hsmca ceremony root`: a root key pair in the HSM and its self-signed certificate.
@@ -235,27 +235,19 @@ pub(crate) fn crl(config: CrlConfig, ctx: &mut Context) -> Result<(), CeremonyEr
         })?;
         revoked.push(RevokedEntry {
             serial: certificate.tbs_certificate.serial_number,
-            revoked_at: x509_time(
-                utc("crl.revoked.revoked_at", &entry.revoked_at).map_err(CeremonyError::Invalid)?,
-            )?,
+            revoked_at: x509_time_of("crl.revoked.revoked_at", &entry.revoked_at)?,
             reason: entry.reason,
         });
     }
     let template = CrlTemplate {
         number: spec.number,
-        this_update: x509_time(
-            utc("crl.this_update", &spec.this_update).map_err(CeremonyError::Invalid)?,
-        )?,
-        next_update: x509_time(
-            utc("crl.next_update", &spec.next_update).map_err(CeremonyError::Invalid)?,
-        )?,
+        this_update: x509_time_of("crl.this_update", &spec.this_update)?,
+        next_update: x509_time_of("crl.next_update", &spec.next_update)?,
         signature_algorithm: spec.signature_algorithm,
         revoked,
     };
-    let rehearsal_key = software_key(ctx, issuer.public_key().key_type())?;
-    let mut rehearsal_issuer = issuer.as_issuer();
-    rehearsal_issuer.public_key = rehearsal_key.public_key().clone();
-    let checks = template.issue(&rehearsal_issuer, &rehearsal_key)?.checks;
+    let (rehearsal_key, rehearsal) = rehearsal_issuer(ctx, &issuer)?;
+    let checks = template.issue(&rehearsal, &rehearsal_key)?.checks;
     ctx.progress().done(format!(
         "rehearsal: CRL passed {} checks, signed and verified",
         checks.len()
@@ -343,13 +335,11 @@ fn sign_certificate(
     template: &CaTemplate,
     output: &Path,
 ) -> Result<(), CeremonyError> {
-    let rehearsal_key = software_key(ctx, issuer.public_key().key_type())?;
-    let mut rehearsal_issuer = issuer.as_issuer();
-    rehearsal_issuer.public_key = rehearsal_key.public_key().clone();
+    let (rehearsal_key, rehearsal) = rehearsal_issuer(ctx, issuer)?;
     rehearsed(
         ctx,
         "certificate",
-        template.issue(&rehearsal_issuer, &rehearsal_key)?,
+        template.issue(&rehearsal, &rehearsal_key)?,
     );
     if ctx.dry_run() {
         return Ok(());
@@ -366,6 +356,18 @@ fn sign_certificate(
     let issued = template.issue(&issuer.as_issuer(), &HsmSigner::new(&hsm, key))?;
     report_issued(ctx, &issued);
     ctx.write(output, issued.certificate.to_pem().as_bytes())
+}
+
+/// A throwaway software key of the issuer key's type, and the issuer as the rehearsal sees
+/// it: the real certificate's name, validity and constraints with that key.
+fn rehearsal_issuer(
+    ctx: &Context,
+    issuer: &CaCertificate,
+) -> Result<(SoftwareKey, Issuer), CeremonyError> {
+    let key = software_key(ctx, issuer.public_key().key_type())?;
+    let mut rehearsal = issuer.as_issuer();
+    rehearsal.public_key = key.public_key().clone();
+    Ok((key, rehearsal))
 }
 
 fn read_issuer(ctx: &mut Context, issuer: &IssuerRef) -> Result<CaCertificate, CeremonyError> {
@@ -467,17 +469,12 @@ fn ca_template(
             "`certificate.key_usage` is empty; a CA needs [\"key-cert-sign\", \"crl-sign\"]".into(),
         ));
     }
-    let time = |field, value| -> Result<_, CeremonyError> {
-        Ok(x509_time(
-            utc(field, value).map_err(CeremonyError::Invalid)?,
-        )?)
-    };
     Ok(CaTemplate {
         subject,
         public_key,
         validity: x509_cert::time::Validity {
-            not_before: time("certificate.not_before", &spec.not_before)?,
-            not_after: time("certificate.not_after", &spec.not_after)?,
+            not_before: x509_time_of("certificate.not_before", &spec.not_before)?,
+            not_after: x509_time_of("certificate.not_after", &spec.not_after)?,
         },
         signature_algorithm: spec.signature_algorithm,
         key_usage: spec.key_usage.clone(),
