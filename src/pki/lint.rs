@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use const_oid::ObjectIdentifier;
 use const_oid::db::rfc5280 as oids;
 use der::{Decode, Encode};
+use spki::AlgorithmIdentifierOwned;
 use x509_cert::certificate::{TbsCertificate, Version};
 use x509_cert::crl::TbsCertList;
 use x509_cert::ext::Extension;
@@ -18,6 +19,7 @@ use x509_cert::ext::pkix::{
     AuthorityInfoAccessSyntax, AuthorityKeyIdentifier, BasicConstraints, CrlDistributionPoints,
     CrlReason, KeyUsage, KeyUsages, NameConstraints, SubjectKeyIdentifier,
 };
+use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::{Time, Validity};
 
@@ -46,6 +48,39 @@ impl Checks {
         } else {
             self.failed.push(failure());
         }
+    }
+
+    /// The two checks every signed object shares: its signature field names `algorithm`,
+    /// which the issuer's key can make, and its issuer name is the issuer's subject, byte for
+    /// byte. `named` says which name field is meant in the failure message.
+    fn signed_by(
+        &mut self,
+        issuer: &Issuer,
+        algorithm: SignatureAlgorithm,
+        signature_field: &AlgorithmIdentifierOwned,
+        issuer_field: &Name,
+        named: &str,
+    ) {
+        let key_type = issuer.public_key.key_type();
+        self.check(
+            "signature algorithm matches the issuer key",
+            *signature_field == algorithm::identifier(algorithm) && algorithm.works_with(key_type),
+            || {
+                format!(
+                    "signature algorithm {algorithm} cannot be made by the issuer's {key_type} key"
+                )
+            },
+        );
+        self.check(
+            "issuer name equals the issuer's subject byte for byte",
+            issuer_field.to_der().ok() == issuer.name.to_der().ok(),
+            || {
+                format!(
+                    "{named} {issuer_field} differs from the issuer's subject {}",
+                    issuer.name
+                )
+            },
+        );
     }
 
     fn finish(self, what: String) -> Result<Vec<&'static str>, PkiError> {
@@ -152,27 +187,12 @@ pub fn check_ca_certificate(
             )
         },
     );
-    c.check(
-        "signature algorithm matches the issuer key",
-        tbs.signature == algorithm::identifier(algorithm)
-            && algorithm.works_with(issuer.public_key.key_type()),
-        || {
-            format!(
-                "signature algorithm {algorithm} cannot be made by the issuer's {} key",
-                issuer.public_key.key_type()
-            )
-        },
-    );
-    let issuer_der = issuer.name.to_der().unwrap_or_default();
-    c.check(
-        "issuer name equals the issuer's subject byte for byte",
-        tbs.issuer.to_der().ok() == Some(issuer_der),
-        || {
-            format!(
-                "the issuer name {} differs from the issuer's subject {}",
-                tbs.issuer, issuer.name
-            )
-        },
+    c.signed_by(
+        issuer,
+        algorithm,
+        &tbs.signature,
+        &tbs.issuer,
+        "the issuer name",
     );
     c.check("subject is not empty", !tbs.subject.is_empty(), || {
         "the subject is empty".into()
@@ -373,26 +393,12 @@ pub fn check_crl(
     c.check("version is v2", tbs.version == Version::V2, || {
         "a CRL with extensions must be v2".into()
     });
-    c.check(
-        "signature algorithm matches the issuer key",
-        tbs.signature == algorithm::identifier(algorithm)
-            && algorithm.works_with(issuer.public_key.key_type()),
-        || {
-            format!(
-                "signature algorithm {algorithm} cannot be made by the issuer's {} key",
-                issuer.public_key.key_type()
-            )
-        },
-    );
-    c.check(
-        "issuer name equals the issuer's subject byte for byte",
-        tbs.issuer.to_der().ok() == issuer.name.to_der().ok(),
-        || {
-            format!(
-                "the CRL issuer {} differs from the issuer's subject {}",
-                tbs.issuer, issuer.name
-            )
-        },
+    c.signed_by(
+        issuer,
+        algorithm,
+        &tbs.signature,
+        &tbs.issuer,
+        "the CRL issuer",
     );
     c.check(
         "issuer may sign CRLs (cRLSign)",
