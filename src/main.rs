@@ -237,19 +237,14 @@ fn keygen(
             path: path.to_owned(),
             source,
         };
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|source| match source.kind() {
+        ceremony::create_new_file(path, public_key.to_pem().as_bytes()).map_err(|source| {
+            match source.kind() {
                 std::io::ErrorKind::AlreadyExists => CliError::OutputExists {
                     path: path.to_owned(),
                 },
                 _ => write_error(source),
-            })?;
-        file.write_all(public_key.to_pem().as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(write_error)?;
+            }
+        })?;
         emit(&format!("public key written to {}\n", path.display()))?;
     }
     Ok(())

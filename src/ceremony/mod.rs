@@ -23,7 +23,7 @@ pub use config::{
     CertificateSpec, CrlConfig, CrossSignConfig, CsrConfig, Header, IntermediateConfig, KeyConfig,
     RootConfig,
 };
-pub use output::WrittenFile;
+pub use output::{WrittenFile, create_new_file};
 pub use progress::Progress;
 pub use transcript::Transcript;
 

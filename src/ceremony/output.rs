@@ -11,6 +11,18 @@ use serde::Serialize;
 use super::CeremonyError;
 use crate::digest::sha256_hex;
 
+/// Creates `path` with `contents` (mode 0644: outputs are public) and syncs it to disk.
+/// Fails with [`std::io::ErrorKind::AlreadyExists`] rather than replace a file.
+pub fn create_new_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
 /// A file a ceremony wrote, as the transcript records it.
 #[derive(Clone, Debug, Serialize)]
 pub struct WrittenFile {
@@ -55,19 +67,12 @@ impl OutputFiles {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(path)
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::AlreadyExists => CeremonyError::OutputExists {
-                    path: path.to_owned(),
-                },
-                _ => io(source),
-            })?;
-        file.write_all(contents).map_err(io)?;
-        file.sync_all().map_err(io)?;
+        create_new_file(path, contents).map_err(|source| match source.kind() {
+            std::io::ErrorKind::AlreadyExists => CeremonyError::OutputExists {
+                path: path.to_owned(),
+            },
+            _ => io(source),
+        })?;
         self.written.push(WrittenFile {
             path: path.to_owned(),
             sha256: sha256_hex(contents),

@@ -180,8 +180,11 @@ impl CaCertificate {
     }
 
     fn extension<T: for<'a> Decode<'a> + der::oid::AssociatedOid>(&self) -> Option<T> {
-        lint::find_extension(&self.certificate.tbs_certificate, T::OID)
-            .and_then(|ext| T::from_der(ext.extn_value.as_bytes()).ok())
+        lint::decode(lint::find_extension(
+            &self.certificate.tbs_certificate,
+            T::OID,
+        ))
+        .map(|(value, _critical)| value)
     }
 }
 

@@ -103,7 +103,8 @@ pub(crate) fn find_extension(tbs: &TbsCertificate, oid: ObjectIdentifier) -> Opt
         .find(|ext| ext.extn_id == oid)
 }
 
-fn decode<T: for<'a> Decode<'a>>(ext: Option<&Extension>) -> Option<(T, bool)> {
+/// The extension's value and criticality, when present and decodable.
+pub(crate) fn decode<T: for<'a> Decode<'a>>(ext: Option<&Extension>) -> Option<(T, bool)> {
     let ext = ext?;
     T::from_der(ext.extn_value.as_bytes())
         .ok()
