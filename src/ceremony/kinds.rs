@@ -483,6 +483,7 @@ fn ca_template(
         permitted_dns_domains: spec.permitted_dns_domains.clone(),
         crl_distribution_points: spec.crl_distribution_points.clone(),
         ca_issuers: spec.ca_issuers.clone(),
+        spiffe_id: None,
     })
 }
 

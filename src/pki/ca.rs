@@ -14,7 +14,8 @@ use x509_cert::ext::pkix::crl::dp::DistributionPoint;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 use x509_cert::ext::pkix::{
     AccessDescription, AuthorityInfoAccessSyntax, AuthorityKeyIdentifier, BasicConstraints,
-    CrlDistributionPoints, KeyUsage, KeyUsages, NameConstraints, SubjectKeyIdentifier,
+    CrlDistributionPoints, KeyUsage, KeyUsages, NameConstraints, SubjectAltName,
+    SubjectKeyIdentifier,
 };
 use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
@@ -230,6 +231,9 @@ pub struct CaTemplate {
     pub crl_distribution_points: Vec<String>,
     /// Authority information access URLs of the issuer's certificate (`caIssuers`).
     pub ca_issuers: Vec<String>,
+    /// The SPIFFE trust domain ID (`spiffe://<trust domain>`) of an issuing CA, written as
+    /// its only subjectAltName. Ceremony certificates have none.
+    pub spiffe_id: Option<String>,
 }
 
 impl CaTemplate {
@@ -267,19 +271,8 @@ impl CaTemplate {
                 true,
             )?,
             extension(&KeyUsage(self.key_usage_flags()), true)?,
-            extension(
-                &SubjectKeyIdentifier(octets(key_identifier(&self.public_key))?),
-                false,
-            )?,
-            extension(
-                &AuthorityKeyIdentifier {
-                    key_identifier: Some(octets(issuer.key_identifier.clone())?),
-                    authority_cert_issuer: None,
-                    authority_cert_serial_number: None,
-                },
-                false,
-            )?,
         ];
+        extensions.extend(key_identifier_extensions(&self.public_key, issuer)?);
         if !self.permitted_uri_domains.is_empty() || !self.permitted_dns_domains.is_empty() {
             let subtrees = self
                 .permitted_uri_domains
@@ -335,38 +328,47 @@ impl CaTemplate {
                 .collect::<Result<Vec<_>, PkiError>>()?;
             extensions.push(extension(&AuthorityInfoAccessSyntax(access), false)?);
         }
-        let spki = spki::SubjectPublicKeyInfoOwned::from_der(&self.public_key.to_spki_der())
-            .expect("hsmca's own SubjectPublicKeyInfo always parses");
-        Ok(TbsCertificate {
-            version: Version::V3,
-            serial_number: serial,
-            signature: super::algorithm::identifier(self.signature_algorithm),
-            issuer: issuer.name.clone(),
-            validity: self.validity,
-            subject: self.subject.clone(),
-            subject_public_key_info: spki,
-            issuer_unique_id: None,
-            subject_unique_id: None,
-            extensions: Some(extensions),
-        })
+        if let Some(id) = &self.spiffe_id {
+            extensions.push(subject_alt_name(&[id.clone()], &[], false)?);
+        }
+        Ok(tbs_certificate(
+            serial,
+            self.signature_algorithm,
+            issuer,
+            self.validity,
+            self.subject.clone(),
+            &self.public_key,
+            extensions,
+        ))
     }
 
-    /// Builds, checks, signs and re-checks the certificate. Nothing reaches the signer
-    /// unless every pre-signing check passes.
-    pub fn issue(&self, issuer: &Issuer, signer: &dyn Signer) -> Result<Issued, PkiError> {
-        let serial = super::random_serial(signer)?;
+    /// Builds the certificate with `serial` and runs the pre-signing checks; the result
+    /// waits for the issuer's signature.
+    pub fn prepare(
+        &self,
+        serial: SerialNumber,
+        issuer: &Issuer,
+    ) -> Result<signed::Prepared, PkiError> {
         let tbs = self.to_tbs(serial, issuer)?;
         let checks = lint::check_ca_certificate(&tbs, issuer, self.signature_algorithm)?;
         let tbs_der = tbs
             .to_der()
             .map_err(|e| PkiError::input("certificate", e))?;
-        let der = signed::sign_and_check(
+        Ok(signed::Prepared::new(
             "certificate",
-            &tbs_der,
+            tbs_der,
             self.signature_algorithm,
-            signer,
             &issuer.public_key,
-        )?;
+            checks,
+        ))
+    }
+
+    /// Builds, checks, signs and re-checks the certificate. Nothing reaches the signer
+    /// unless every pre-signing check passes.
+    pub fn issue(&self, issuer: &Issuer, signer: &dyn Signer) -> Result<Issued, PkiError> {
+        let prepared = self.prepare(super::random_serial(signer)?, issuer)?;
+        let checks = prepared.checks().to_vec();
+        let der = prepared.sign_with(signer)?;
         let certificate = CaCertificate::from_der(der, "the signed certificate")?;
         Ok(Issued {
             certificate,
@@ -399,11 +401,78 @@ pub(crate) fn extension<T: Encode + der::oid::AssociatedOid>(
     })
 }
 
-fn octets(bytes: Vec<u8>) -> Result<OctetString, PkiError> {
+/// The subjectAltName extension holding `uris` then `dns_names`.
+pub(crate) fn subject_alt_name(
+    uris: &[String],
+    dns_names: &[String],
+    critical: bool,
+) -> Result<Extension, PkiError> {
+    let names = uris
+        .iter()
+        .map(|uri| ia5(uri).map(GeneralName::UniformResourceIdentifier))
+        .chain(
+            dns_names
+                .iter()
+                .map(|name| ia5(name).map(GeneralName::DnsName)),
+        )
+        .collect::<Result<Vec<_>, _>>()?;
+    extension(&SubjectAltName(names), critical)
+}
+
+/// The key identifier extensions every certificate hsmca signs carries: SKI from the
+/// subject key, AKI naming the issuer's.
+pub(crate) fn key_identifier_extensions(
+    subject_key: &PublicKey,
+    issuer: &Issuer,
+) -> Result<[Extension; 2], PkiError> {
+    Ok([
+        extension(
+            &SubjectKeyIdentifier(octets(key_identifier(subject_key))?),
+            false,
+        )?,
+        extension(
+            &AuthorityKeyIdentifier {
+                key_identifier: Some(octets(issuer.key_identifier.clone())?),
+                authority_cert_issuer: None,
+                authority_cert_serial_number: None,
+            },
+            false,
+        )?,
+    ])
+}
+
+/// A v3 TBS certificate issued by `issuer`.
+pub(crate) fn tbs_certificate(
+    serial: SerialNumber,
+    algorithm: SignatureAlgorithm,
+    issuer: &Issuer,
+    validity: Validity,
+    subject: Name,
+    public_key: &PublicKey,
+    extensions: Vec<Extension>,
+) -> TbsCertificate {
+    let spki = spki::SubjectPublicKeyInfoOwned::from_der(&public_key.to_spki_der())
+        .expect("hsmca's own SubjectPublicKeyInfo always parses");
+    TbsCertificate {
+        version: Version::V3,
+        serial_number: serial,
+        signature: super::algorithm::identifier(algorithm),
+        issuer: issuer.name.clone(),
+        validity,
+        subject,
+        subject_public_key_info: spki,
+        issuer_unique_id: None,
+        subject_unique_id: None,
+        extensions: Some(extensions),
+    }
+}
+
+/// Wraps bytes in an OCTET STRING.
+pub(crate) fn octets(bytes: Vec<u8>) -> Result<OctetString, PkiError> {
     OctetString::new(bytes).map_err(|e| PkiError::input("octet string", e))
 }
 
-fn ia5(value: &str) -> Result<Ia5String, PkiError> {
+pub(crate) fn ia5(value: &str) -> Result<Ia5String, PkiError> {
     Ia5String::new(value)
         .map_err(|_| PkiError::input(format!("{value:?}"), "is not ASCII (IA5String)"))
 }
@@ -448,6 +517,7 @@ mod tests {
             permitted_dns_domains: Vec::new(),
             crl_distribution_points: Vec::new(),
             ca_issuers: Vec::new(),
+            spiffe_id: None,
         }
     }
 

@@ -144,13 +144,14 @@ impl CrlTemplate {
         let tbs = self.to_tbs(issuer)?;
         let checks = lint::check_crl(&tbs, issuer, self.signature_algorithm)?;
         let tbs_der = tbs.to_der().map_err(|e| PkiError::input("CRL", e))?;
-        let der = signed::sign_and_check(
+        let der = signed::Prepared::new(
             "CRL",
-            &tbs_der,
+            tbs_der,
             self.signature_algorithm,
-            signer,
             &issuer.public_key,
-        )?;
+            Vec::new(),
+        )
+        .sign_with(signer)?;
         Ok(IssuedCrl { der, checks })
     }
 }

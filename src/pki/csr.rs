@@ -63,13 +63,14 @@ impl CsrTemplate {
             attributes,
         };
         let info_der = info.to_der().map_err(|e| PkiError::input("CSR", e))?;
-        signed::sign_and_check(
+        signed::Prepared::new(
             "CSR",
-            &info_der,
+            info_der,
             self.signature_algorithm,
-            signer,
             signer.public_key(),
+            Vec::new(),
         )
+        .sign_with(signer)
     }
 }
 

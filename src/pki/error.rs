@@ -10,7 +10,7 @@ pub enum PkiError {
     Hsm(#[from] HsmError),
 
     /// The to-be-signed object broke our profile or RFC 5280; nothing was signed.
-    #[error("{what} fails {} pre-signing check(s), nothing was signed: {}; fix the ceremony configuration", findings.len(), findings.join("; "))]
+    #[error("{what} fails {} pre-signing check(s), nothing was signed: {}", findings.len(), findings.join("; "))]
     Lint {
         /// What was being checked, e.g. `certificate "CN=Mesh Root"`.
         what: String,

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 
 use const_oid::ObjectIdentifier;
 use const_oid::db::rfc5280 as oids;
+use der::flagset::FlagSet;
 use der::{Decode, Encode};
 use spki::AlgorithmIdentifierOwned;
 use x509_cert::certificate::{TbsCertificate, Version};
@@ -17,7 +18,8 @@ use x509_cert::ext::pkix::crl::CrlNumber;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 use x509_cert::ext::pkix::{
     AuthorityInfoAccessSyntax, AuthorityKeyIdentifier, BasicConstraints, CrlDistributionPoints,
-    CrlReason, KeyUsage, KeyUsages, NameConstraints, SubjectKeyIdentifier,
+    CrlReason, ExtendedKeyUsage, KeyUsage, KeyUsages, NameConstraints, SubjectAltName,
+    SubjectKeyIdentifier,
 };
 use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
@@ -25,7 +27,7 @@ use x509_cert::time::{Time, Validity};
 
 use super::ca::{Issuer, key_identifier};
 use super::time::has_rfc5280_encoding;
-use super::{PkiError, algorithm};
+use super::{PkiError, SpiffeId, algorithm};
 use crate::hsm::{PublicKey, SignatureAlgorithm};
 
 /// Collects check results: the names of those that passed, the reasons of those that failed.
@@ -166,14 +168,14 @@ fn is_constraint_host(host: &str) -> bool {
         })
 }
 
-/// Checks a CA certificate about to be signed by `issuer` with `algorithm`. Returns the names
-/// of the passed checks, or every failure.
-pub fn check_ca_certificate(
+/// The checks every certificate hsmca signs must pass, CA or leaf: encoding, serial, issuer,
+/// key, validity, and the key identifiers that chain it to `issuer`.
+fn certificate_basics(
+    c: &mut Checks,
     tbs: &TbsCertificate,
     issuer: &Issuer,
     algorithm: SignatureAlgorithm,
-) -> Result<Vec<&'static str>, PkiError> {
-    let mut c = Checks::new();
+) {
     let exts = tbs.extensions.as_ref();
     c.check("version is v3", tbs.version == Version::V3, || {
         "the version is not v3".into()
@@ -195,9 +197,6 @@ pub fn check_ca_certificate(
         &tbs.issuer,
         "the issuer name",
     );
-    c.check("subject is not empty", !tbs.subject.is_empty(), || {
-        "the subject is empty".into()
-    });
     c.check(
         "subject public key is supported",
         tbs.subject_public_key_info
@@ -250,7 +249,50 @@ pub fn check_ca_certificate(
         issuer.key_usage.contains(KeyUsages::KeyCertSign),
         || "the issuer's key usage lacks keyCertSign".into(),
     );
+    let ski: Option<(SubjectKeyIdentifier, bool)> =
+        decode(find_extension(tbs, oids::ID_CE_SUBJECT_KEY_IDENTIFIER));
+    let expected_ski = tbs
+        .subject_public_key_info
+        .to_der()
+        .ok()
+        .and_then(|der| PublicKey::from_spki_der(&der).ok())
+        .map(|key| key_identifier(&key));
+    c.check(
+        "subjectKeyIdentifier is present, non-critical, derived from the key",
+        ski.as_ref().is_some_and(|(ski, critical)| {
+            !*critical && Some(ski.0.as_bytes().to_vec()) == expected_ski
+        }),
+        || {
+            "subjectKeyIdentifier must be present, non-critical and derived from the subject key"
+                .into()
+        },
+    );
+    let aki: Option<(AuthorityKeyIdentifier, bool)> =
+        decode(find_extension(tbs, oids::ID_CE_AUTHORITY_KEY_IDENTIFIER));
+    c.check(
+        "authorityKeyIdentifier is present, non-critical, the issuer's key identifier",
+        aki.as_ref().is_some_and(|(aki, critical)| {
+            !*critical
+                && aki.authority_cert_issuer.is_none()
+                && aki.authority_cert_serial_number.is_none()
+                && aki.key_identifier.as_ref().map(|id| id.as_bytes()) == Some(issuer.key_identifier.as_slice())
+        }),
+        || "authorityKeyIdentifier must be present, non-critical, and hold only the issuer's key identifier".into(),
+    );
+}
 
+/// Checks a CA certificate about to be signed by `issuer` with `algorithm`. Returns the names
+/// of the passed checks, or every failure.
+pub fn check_ca_certificate(
+    tbs: &TbsCertificate,
+    issuer: &Issuer,
+    algorithm: SignatureAlgorithm,
+) -> Result<Vec<&'static str>, PkiError> {
+    let mut c = Checks::new();
+    certificate_basics(&mut c, tbs, issuer, algorithm);
+    c.check("subject is not empty", !tbs.subject.is_empty(), || {
+        "the subject is empty".into()
+    });
     let basic: Option<(BasicConstraints, bool)> =
         decode(find_extension(tbs, oids::ID_CE_BASIC_CONSTRAINTS));
     c.check(
@@ -286,45 +328,22 @@ pub fn check_ca_certificate(
         || "keyUsage must be critical, include keyCertSign, and add nothing but cRLSign or digitalSignature".into(),
     );
 
-    let ski: Option<(SubjectKeyIdentifier, bool)> =
-        decode(find_extension(tbs, oids::ID_CE_SUBJECT_KEY_IDENTIFIER));
-    let expected_ski = tbs
-        .subject_public_key_info
-        .to_der()
-        .ok()
-        .and_then(|der| PublicKey::from_spki_der(&der).ok())
-        .map(|key| key_identifier(&key));
-    c.check(
-        "subjectKeyIdentifier is present, non-critical, derived from the key",
-        ski.as_ref().is_some_and(|(ski, critical)| {
-            !*critical && Some(ski.0.as_bytes().to_vec()) == expected_ski
-        }),
-        || {
-            "subjectKeyIdentifier must be present, non-critical and derived from the subject key"
-                .into()
-        },
-    );
-    let aki: Option<(AuthorityKeyIdentifier, bool)> =
-        decode(find_extension(tbs, oids::ID_CE_AUTHORITY_KEY_IDENTIFIER));
-    c.check(
-        "authorityKeyIdentifier is present, non-critical, the issuer's key identifier",
-        aki.as_ref().is_some_and(|(aki, critical)| {
-            !*critical
-                && aki.authority_cert_issuer.is_none()
-                && aki.authority_cert_serial_number.is_none()
-                && aki.key_identifier.as_ref().map(|id| id.as_bytes()) == Some(issuer.key_identifier.as_slice())
-        }),
-        || "authorityKeyIdentifier must be present, non-critical, and hold only the issuer's key identifier".into(),
-    );
     c.check(
         "no extendedKeyUsage on a CA",
         find_extension(tbs, oids::ID_CE_EXT_KEY_USAGE).is_none(),
         || "a CA certificate must not carry extendedKeyUsage".into(),
     );
     c.check(
-        "no subjectAltName on a CA made by a ceremony",
-        find_extension(tbs, oids::ID_CE_SUBJECT_ALT_NAME).is_none(),
-        || "ceremony CA certificates carry no subjectAltName".into(),
+        "subjectAltName, if any, is one non-critical SPIFFE trust domain ID",
+        absent_or(
+            find_extension(tbs, oids::ID_CE_SUBJECT_ALT_NAME),
+            |san: &SubjectAltName, critical| {
+                !critical
+                    && matches!(san.0.as_slice(), [GeneralName::UniformResourceIdentifier(uri)]
+                        if SpiffeId::parse(uri.as_str()).is_ok_and(|id| id.is_trust_domain_id()))
+            },
+        ),
+        || "a CA's subjectAltName may only be one URI spiffe://<trust domain>, without a path (SPIFFE X509-SVID)".into(),
     );
 
     c.check(
@@ -349,6 +368,80 @@ pub fn check_ca_certificate(
             }),
         || "nameConstraints must be critical, list permitted subtrees only, and each must be a lower-case host name such as example.org or .example.org (not a URI)".into(),
     );
+    distribution_extensions(&mut c, tbs);
+    c.finish(format!("certificate \"{}\"", tbs.subject))
+}
+
+/// Checks a leaf X509-SVID about to be signed by `issuer` with `algorithm`: the SPIFFE rules
+/// for leaves (one SPIFFE ID with a path, `cA=false`, digitalSignature only, serverAuth and
+/// clientAuth) on top of the checks every certificate passes.
+pub fn check_leaf_certificate(
+    tbs: &TbsCertificate,
+    issuer: &Issuer,
+    algorithm: SignatureAlgorithm,
+) -> Result<Vec<&'static str>, PkiError> {
+    let mut c = Checks::new();
+    certificate_basics(&mut c, tbs, issuer, algorithm);
+    c.check(
+        "basicConstraints is critical with cA=false",
+        decode::<BasicConstraints>(find_extension(tbs, oids::ID_CE_BASIC_CONSTRAINTS))
+            .is_some_and(|(bc, critical)| critical && !bc.ca && bc.path_len_constraint.is_none()),
+        || "a leaf's basicConstraints must be present, critical and cA=false".into(),
+    );
+    c.check(
+        "keyUsage is critical with digitalSignature only",
+        decode::<KeyUsage>(find_extension(tbs, oids::ID_CE_KEY_USAGE))
+            .is_some_and(|(ku, critical)| critical && ku.0 == FlagSet::from(KeyUsages::DigitalSignature)),
+        || "a leaf's keyUsage must be critical and digitalSignature only (never keyCertSign or cRLSign)".into(),
+    );
+    c.check(
+        "extendedKeyUsage is serverAuth and clientAuth",
+        decode::<ExtendedKeyUsage>(find_extension(tbs, oids::ID_CE_EXT_KEY_USAGE)).is_some_and(
+            |(eku, critical)| {
+                !critical
+                    && eku.0.len() == 2
+                    && eku.0.contains(&const_oid::db::rfc5280::ID_KP_SERVER_AUTH)
+                    && eku.0.contains(&const_oid::db::rfc5280::ID_KP_CLIENT_AUTH)
+            },
+        ),
+        || "a leaf's extendedKeyUsage must be non-critical serverAuth and clientAuth".into(),
+    );
+    c.check(
+        "subjectAltName holds one SPIFFE ID with a path, critical when the subject is empty",
+        decode::<SubjectAltName>(find_extension(tbs, oids::ID_CE_SUBJECT_ALT_NAME)).is_some_and(
+            |(san, critical)| {
+                let uris: Vec<_> = san
+                    .0
+                    .iter()
+                    .filter_map(|name| match name {
+                        GeneralName::UniformResourceIdentifier(uri) => Some(uri.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                critical == tbs.subject.is_empty()
+                    && san.0.iter().all(|name| {
+                        matches!(
+                            name,
+                            GeneralName::UniformResourceIdentifier(_) | GeneralName::DnsName(_)
+                        )
+                    })
+                    && matches!(uris.as_slice(), [uri]
+                        if SpiffeId::parse(uri).is_ok_and(|id| !id.is_trust_domain_id()))
+            },
+        ),
+        || "a leaf's subjectAltName must hold exactly one SPIFFE ID with a path (plus DNS names only), and be critical exactly when the subject is empty".into(),
+    );
+    c.check(
+        "no nameConstraints on a leaf",
+        find_extension(tbs, oids::ID_CE_NAME_CONSTRAINTS).is_none(),
+        || "a leaf must not carry nameConstraints".into(),
+    );
+    distribution_extensions(&mut c, tbs);
+    c.finish(format!("certificate \"{}\"", tbs.subject))
+}
+
+/// CRL distribution points and authority information access, which CAs and leaves share.
+fn distribution_extensions(c: &mut Checks, tbs: &TbsCertificate) {
     c.check(
         "CRL distribution points, if any, are non-critical http:// URLs",
         absent_or(
@@ -381,7 +474,6 @@ pub fn check_ca_certificate(
             }),
         || "authority information access must be non-critical caIssuers http:// URLs (RFC 5280 4.2.2.1)".into(),
     );
-    c.finish(format!("certificate \"{}\"", tbs.subject))
 }
 
 /// Checks a CRL about to be signed by `issuer` with `algorithm`.

@@ -10,6 +10,7 @@ mod ca;
 mod crl;
 mod csr;
 mod error;
+mod leaf;
 mod lint;
 mod name;
 mod signed;
@@ -24,9 +25,10 @@ pub use ca::{CaCertificate, CaKeyUsage, CaTemplate, Issued, Issuer, key_identifi
 pub use crl::{CrlTemplate, IssuedCrl, RevocationReason, RevokedEntry};
 pub use csr::{CsrError, CsrTemplate, VerifiedCsr, verify_csr};
 pub use error::PkiError;
-pub use lint::{check_ca_certificate, check_crl};
+pub use leaf::LeafTemplate;
+pub use lint::{check_ca_certificate, check_crl, check_leaf_certificate};
 pub use name::SubjectSpec;
-pub use signed::verify_signed;
+pub use signed::{Prepared, verify_signed};
 pub use signer::{HsmSigner, Signer, SoftwareKey};
 pub use spiffe::{SpiffeId, SpiffeIdError};
 pub use time::{has_rfc5280_encoding, now, x509_time};
@@ -39,9 +41,20 @@ use x509_cert::serial_number::SerialNumber;
 /// HSM keys). The top bit is cleared to keep it positive and the next one set to keep its
 /// length fixed, well inside RFC 5280's 20 octets and above the 64 bits CAs must use.
 pub fn random_serial(signer: &dyn Signer) -> Result<SerialNumber, PkiError> {
-    let mut bytes = signer.random(16)?;
-    bytes[0] = (bytes[0] & 0x3f) | 0x40;
-    SerialNumber::new(&bytes).map_err(|e| PkiError::input("serial number", e))
+    let bytes: [u8; SERIAL_LEN] = signer
+        .random(SERIAL_LEN)?
+        .try_into()
+        .map_err(|_| PkiError::input("serial number", "the RNG returned the wrong length"))?;
+    Ok(serial_from_random(bytes))
+}
+
+/// Bytes of randomness a serial number takes.
+pub const SERIAL_LEN: usize = 16;
+
+/// The serial made of `random` as [`random_serial`] describes.
+pub fn serial_from_random(mut random: [u8; SERIAL_LEN]) -> SerialNumber {
+    random[0] = (random[0] & 0x3f) | 0x40;
+    SerialNumber::new(&random).expect("16 bytes of a positive integer are a valid serial")
 }
 
 /// PEM text for DER bytes under `label`.

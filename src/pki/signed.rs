@@ -17,36 +17,83 @@ struct SignedRef<'a> {
     signature: BitStringRef<'a>,
 }
 
-/// Signs `tbs_der` and returns the DER of the signed object, after checking that the
-/// object carries exactly `tbs_der` and that its signature verifies with `verify_with`.
-pub(crate) fn sign_and_check(
+/// A to-be-signed object that passed its pre-signing checks, waiting for its signature.
+/// The signature may come from a blocking [`Signer`] or from the HSM session pool; either
+/// way [`Prepared::finish`] only returns an object that carries exactly these TBS bytes and
+/// whose signature verifies with the issuer's key.
+#[derive(Clone, Debug)]
+pub struct Prepared {
     what: &'static str,
-    tbs_der: &[u8],
+    tbs_der: Vec<u8>,
     algorithm: SignatureAlgorithm,
-    signer: &dyn Signer,
-    verify_with: &PublicKey,
-) -> Result<Vec<u8>, PkiError> {
-    let signature = signer.sign(algorithm, tbs_der)?;
-    let encoding = |e: der::Error| PkiError::PostSignCheck {
-        what,
-        reason: format!("encoding the signed object failed: {e}"),
-    };
-    let signed = SignedRef {
-        tbs: AnyRef::from_der(tbs_der).map_err(encoding)?,
-        algorithm: algorithm::identifier(algorithm),
-        signature: BitStringRef::from_bytes(&signature).map_err(encoding)?,
-    }
-    .to_der()
-    .map_err(encoding)?;
-    let checked_tbs = verify_signed(&signed, verify_with)
-        .map_err(|reason| PkiError::PostSignCheck { what, reason })?;
-    if checked_tbs != tbs_der {
-        return Err(PkiError::PostSignCheck {
+    verify_with: PublicKey,
+    checks: Vec<&'static str>,
+}
+
+impl Prepared {
+    pub(crate) fn new(
+        what: &'static str,
+        tbs_der: Vec<u8>,
+        algorithm: SignatureAlgorithm,
+        verify_with: &PublicKey,
+        checks: Vec<&'static str>,
+    ) -> Self {
+        Prepared {
             what,
-            reason: "the signed TBS bytes differ from the ones that were checked".into(),
-        });
+            tbs_der,
+            algorithm,
+            verify_with: verify_with.clone(),
+            checks,
+        }
     }
-    Ok(signed)
+
+    /// The exact bytes to sign.
+    pub fn tbs_der(&self) -> &[u8] {
+        &self.tbs_der
+    }
+
+    /// The algorithm the signature must be made with.
+    pub fn algorithm(&self) -> SignatureAlgorithm {
+        self.algorithm
+    }
+
+    /// The names of the pre-signing checks that passed.
+    pub fn checks(&self) -> &[&'static str] {
+        &self.checks
+    }
+
+    /// Signs with `signer` and finishes.
+    pub fn sign_with(self, signer: &dyn Signer) -> Result<Vec<u8>, PkiError> {
+        let signature = signer.sign(self.algorithm, &self.tbs_der)?;
+        self.finish(&signature)
+    }
+
+    /// Assembles the signed object around the checked TBS bytes and `signature`, then checks
+    /// that it carries exactly those bytes and that the signature verifies with the issuer's
+    /// key. Returns the DER of the signed object.
+    pub fn finish(self, signature: &[u8]) -> Result<Vec<u8>, PkiError> {
+        let what = self.what;
+        let encoding = |e: der::Error| PkiError::PostSignCheck {
+            what,
+            reason: format!("encoding the signed object failed: {e}"),
+        };
+        let signed = SignedRef {
+            tbs: AnyRef::from_der(&self.tbs_der).map_err(encoding)?,
+            algorithm: algorithm::identifier(self.algorithm),
+            signature: BitStringRef::from_bytes(signature).map_err(encoding)?,
+        }
+        .to_der()
+        .map_err(encoding)?;
+        let checked_tbs = verify_signed(&signed, &self.verify_with)
+            .map_err(|reason| PkiError::PostSignCheck { what, reason })?;
+        if checked_tbs != self.tbs_der {
+            return Err(PkiError::PostSignCheck {
+                what,
+                reason: "the signed TBS bytes differ from the ones that were checked".into(),
+            });
+        }
+        Ok(signed)
+    }
 }
 
 /// Verifies the signature of a signed object with `public_key` and returns its TBS bytes.
