@@ -3,22 +3,28 @@
 //! The mesh root and the appliance's online intermediate keys live in a PKCS#11 HSM and never
 //! leave it. This crate is organised in layers with one direction of dependency:
 //!
+//! * [`api`]: the signing service: axum over rustls mTLS, the native `/v1` API, health and
+//!   metrics, and the client side of `hsmca request`.
 //! * [`ceremony`]: officer ceremonies from strict configs, with transcripts and audit records.
+//! * [`policy`]: which client may ask for which profile, names, lifetimes and rate.
 //! * [`pki`]: CA certificates, CRLs and CSRs, checked before and after signing, for any signer.
 //! * [`ledger`]: what hsmca has done, durably: the hash-chained audit log and the ledger of
 //!   issued certificates.
 //! * [`hsm`]: PKCS#11 through `cryptoki`: module, token, login, session pool, keys, signing.
 //! * [`config`]: the appliance's TOML configuration file, made of the sections the layers own.
 //! * [`digest`]: the SHA-256 fingerprint format every layer records.
+//! * [`duration`]: `1h30m`-style durations for the configuration and the API.
 //!
-//! Layers still to come (`policy`, `api`) build on these and, like `pki` and `ceremony`, never
-//! reach into PKCS#11 themselves.
+//! Only `hsm` speaks PKCS#11; `api` and `ceremony` reach the HSM through it.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod ceremony;
 pub mod config;
 pub mod digest;
+pub mod duration;
 pub mod hsm;
 pub mod ledger;
 pub mod pki;
+pub mod policy;

@@ -146,37 +146,52 @@ impl AuditLog {
 
     /// Appends a record and makes it durable before returning.
     pub fn append(&mut self, event: &AuditEvent) -> Result<AuditReceipt, AuditError> {
+        let mut receipts = self.append_all(std::slice::from_ref(event))?;
+        Ok(receipts.pop().expect("one receipt per event"))
+    }
+
+    /// Appends records in order with one write and one sync (group commit): all of them are
+    /// durable when this returns. After a failure part of the batch may be on disk: the caller
+    /// must stop appending until the log is reopened, which verifies it again.
+    pub fn append_all(&mut self, events: &[AuditEvent]) -> Result<Vec<AuditReceipt>, AuditError> {
         let time = der::DateTime::from_system_time(SystemTime::now())
             .map(|t| t.to_string())
             .unwrap_or_default();
-        let body = serde_json::to_string(&RecordBody {
-            seq: self.next_seq,
-            time,
-            prev: &self.head,
-            event: &event.event,
-            actor: &event.actor,
-            details: &event.details,
-        })
-        .expect("an audit record always serialises");
-        let hash = sha256_hex(body.as_bytes());
-        let mut line = body;
-        line.pop(); // the closing brace; the hash field closes the record instead
-        line.push_str(HASH_FIELD);
-        line.push_str(&hash);
-        line.push_str("\"}\n");
+        let mut head = self.head.clone();
+        let mut seq = self.next_seq;
+        let mut lines = String::new();
+        let mut receipts = Vec::with_capacity(events.len());
+        for event in events {
+            let body = serde_json::to_string(&RecordBody {
+                seq,
+                time: time.clone(),
+                prev: &head,
+                event: &event.event,
+                actor: &event.actor,
+                details: &event.details,
+            })
+            .expect("an audit record always serialises");
+            let hash = sha256_hex(body.as_bytes());
+            lines.push_str(&body[..body.len() - 1]); // the hash field closes the record instead
+            lines.push_str(HASH_FIELD);
+            lines.push_str(&hash);
+            lines.push_str("\"}\n");
+            receipts.push(AuditReceipt {
+                seq,
+                hash: hash.clone(),
+            });
+            head = hash;
+            seq += 1;
+        }
         let io = |source| AuditError::Io {
             path: self.path.clone(),
             source,
         };
-        self.file.write_all(line.as_bytes()).map_err(io)?;
+        self.file.write_all(lines.as_bytes()).map_err(io)?;
         self.file.sync_data().map_err(io)?;
-        let receipt = AuditReceipt {
-            seq: self.next_seq,
-            hash: hash.clone(),
-        };
-        self.head = hash;
-        self.next_seq += 1;
-        Ok(receipt)
+        self.head = head;
+        self.next_seq = seq;
+        Ok(receipts)
     }
 
     /// The hash of the newest record.

@@ -17,6 +17,8 @@ pub struct IssuedCertificate {
     pub issuer_key_id: String,
     /// The subject (RFC 4514).
     pub subject: String,
+    /// The subjectAltNames, URIs then DNS names.
+    pub sans: Vec<String>,
     /// The profile it was issued under.
     pub profile: String,
     /// The client identity that asked for it.
@@ -56,7 +58,21 @@ pub enum LedgerError {
     },
 }
 
-/// The ledger database.
+/// Where issued certificates are kept. SQLite ([`Ledger`]) is the embedded default; a
+/// backend shared by several replicas (PostgreSQL) implements the same contract.
+pub trait CertificateStore: Send {
+    /// Records certificates durably in one transaction: all of them or none. A serial
+    /// already present fails the whole batch with [`LedgerError::DuplicateSerial`].
+    fn record(&mut self, certificates: &[IssuedCertificate]) -> Result<(), LedgerError>;
+
+    /// The certificate with `serial` (lower-case hex), if issued.
+    fn find(&self, serial: &str) -> Result<Option<IssuedCertificate>, LedgerError>;
+
+    /// How many certificates the store holds.
+    fn count(&self) -> Result<u64, LedgerError>;
+}
+
+/// The SQLite ledger database.
 pub struct Ledger {
     connection: Connection,
     path: PathBuf,
@@ -67,6 +83,7 @@ CREATE TABLE IF NOT EXISTS certificates (
     serial        TEXT PRIMARY KEY NOT NULL,
     issuer_key_id TEXT NOT NULL,
     subject       TEXT NOT NULL,
+    sans          TEXT NOT NULL,
     profile       TEXT NOT NULL,
     client        TEXT NOT NULL,
     not_before    INTEGER NOT NULL,
@@ -113,8 +130,10 @@ impl Ledger {
         })
     }
 
-    /// Records certificates in one durable transaction: all of them or none.
-    pub fn record(&mut self, certificates: &[IssuedCertificate]) -> Result<(), LedgerError> {
+}
+
+impl CertificateStore for Ledger {
+    fn record(&mut self, certificates: &[IssuedCertificate]) -> Result<(), LedgerError> {
         let path = self.path.clone();
         let sqlite = |source| LedgerError::Sqlite {
             path: path.clone(),
@@ -124,12 +143,13 @@ impl Ledger {
         for certificate in certificates {
             let inserted = transaction.execute(
                 "INSERT INTO certificates
-                     (serial, issuer_key_id, subject, profile, client, not_before, not_after, der)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                     (serial, issuer_key_id, subject, sans, profile, client, not_before, not_after, der)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     certificate.serial,
                     certificate.issuer_key_id,
                     certificate.subject,
+                    serde_json::to_string(&certificate.sans).expect("strings serialise"),
                     certificate.profile,
                     certificate.client,
                     certificate.not_before,
@@ -152,23 +172,30 @@ impl Ledger {
         transaction.commit().map_err(sqlite)
     }
 
-    /// The certificate with `serial` (lower-case hex), if issued.
-    pub fn find(&self, serial: &str) -> Result<Option<IssuedCertificate>, LedgerError> {
+    fn find(&self, serial: &str) -> Result<Option<IssuedCertificate>, LedgerError> {
         self.connection
             .query_row(
-                "SELECT serial, issuer_key_id, subject, profile, client, not_before, not_after, der
+                "SELECT serial, issuer_key_id, subject, sans, profile, client, not_before, not_after, der
                  FROM certificates WHERE serial = ?1",
                 params![serial],
                 |row| {
+                    let sans: String = row.get(3)?;
                     Ok(IssuedCertificate {
                         serial: row.get(0)?,
                         issuer_key_id: row.get(1)?,
                         subject: row.get(2)?,
-                        profile: row.get(3)?,
-                        client: row.get(4)?,
-                        not_before: row.get(5)?,
-                        not_after: row.get(6)?,
-                        der: row.get(7)?,
+                        sans: serde_json::from_str(&sans).map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                3,
+                                rusqlite::types::Type::Text,
+                                Box::new(e),
+                            )
+                        })?,
+                        profile: row.get(4)?,
+                        client: row.get(5)?,
+                        not_before: row.get(6)?,
+                        not_after: row.get(7)?,
+                        der: row.get(8)?,
                     })
                 },
             )
@@ -179,8 +206,7 @@ impl Ledger {
             })
     }
 
-    /// How many certificates the ledger holds.
-    pub fn count(&self) -> Result<u64, LedgerError> {
+    fn count(&self) -> Result<u64, LedgerError> {
         self.connection
             .query_row("SELECT count(*) FROM certificates", [], |row| {
                 row.get::<_, i64>(0)
@@ -202,6 +228,7 @@ mod tests {
             serial: serial.into(),
             issuer_key_id: "6c51eb35".into(),
             subject: "O=SPIFFE,C=US".into(),
+            sans: vec!["spiffe://example.org".into()],
             profile: "issuing-ca".into(),
             client: "spiffe://example.org/spire-server".into(),
             not_before: 1_795_000_000,

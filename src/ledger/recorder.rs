@@ -1,0 +1,276 @@
+//! Group commit for the signing service: one thread owns the certificate store and the audit
+//! log, takes every pending entry at once, writes the certificates in one transaction and the
+//! audit records with one sync, and only then answers each caller. A certificate is handed to
+//! its requester only after its row and its audit record are durable; batching keeps that
+//! from costing two disk syncs per request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use super::audit::{AuditEvent, AuditLog, AuditReceipt};
+use super::certificates::{CertificateStore, IssuedCertificate};
+
+/// The most entries written in one group.
+const MAX_GROUP: usize = 1024;
+
+/// Why an entry was not recorded.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The ledger refused or failed to write the certificate row.
+    #[error("the certificate could not be recorded in the ledger: {0}")]
+    Ledger(String),
+    /// The audit log could not be written; the recorder stops until restarted.
+    #[error("the audit log could not be written: {0}")]
+    Audit(String),
+    /// The recorder is stopped (shutting down, or after an audit log failure).
+    #[error("the ledger and audit recorder is stopped")]
+    Stopped,
+}
+
+struct Entry {
+    certificate: Option<IssuedCertificate>,
+    event: AuditEvent,
+    reply: oneshot::Sender<Result<AuditReceipt, RecordError>>,
+}
+
+/// Counters the metrics endpoint reads.
+#[derive(Debug, Default)]
+pub struct RecorderStats {
+    /// Groups written.
+    pub groups: AtomicU64,
+    /// Entries written.
+    pub entries: AtomicU64,
+}
+
+/// The handle callers use; the writer thread runs until the handle is shut down.
+pub struct Recorder {
+    sender: Option<mpsc::UnboundedSender<Entry>>,
+    thread: Option<JoinHandle<()>>,
+    healthy: Arc<AtomicBool>,
+    stats: Arc<RecorderStats>,
+}
+
+impl Recorder {
+    /// Starts the writer thread over `store` and `audit`.
+    pub fn start(store: Box<dyn CertificateStore>, audit: AuditLog) -> std::io::Result<Self> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let stats = Arc::new(RecorderStats::default());
+        let writer = Writer {
+            store,
+            audit,
+            healthy: healthy.clone(),
+            stats: stats.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || writer.run(receiver))?;
+        Ok(Recorder {
+            sender: Some(sender),
+            thread: Some(thread),
+            healthy,
+            stats,
+        })
+    }
+
+    /// Records `event`, and `certificate` if there is one, durably. Returns the audit
+    /// record's receipt once both are on disk.
+    pub async fn record(
+        &self,
+        certificate: Option<IssuedCertificate>,
+        event: AuditEvent,
+    ) -> Result<AuditReceipt, RecordError> {
+        let (reply, response) = oneshot::channel();
+        let sender = self.sender.as_ref().ok_or(RecordError::Stopped)?;
+        sender
+            .send(Entry {
+                certificate,
+                event,
+                reply,
+            })
+            .map_err(|_| RecordError::Stopped)?;
+        response.await.unwrap_or(Err(RecordError::Stopped))
+    }
+
+    /// False once a write has failed: the service must not issue until restarted.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Group and entry counters.
+    pub fn stats(&self) -> &RecorderStats {
+        &self.stats
+    }
+
+    /// Writes everything already queued, then stops the writer thread.
+    pub fn shutdown(&mut self) {
+        drop(self.sender.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Writer {
+    store: Box<dyn CertificateStore>,
+    audit: AuditLog,
+    healthy: Arc<AtomicBool>,
+    stats: Arc<RecorderStats>,
+}
+
+impl Writer {
+    fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Entry>) {
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        while let Some(entry) = receiver.blocking_recv() {
+            group.push(entry);
+            while group.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(entry) => group.push(entry),
+                    Err(_) => break,
+                }
+            }
+            self.write(&mut group);
+        }
+    }
+
+    fn write(&mut self, group: &mut Vec<Entry>) {
+        if !self.healthy.load(Ordering::Relaxed) {
+            for entry in group.drain(..) {
+                let _ = entry.reply.send(Err(RecordError::Stopped));
+            }
+            return;
+        }
+        let ledger_results = self.store_certificates(group);
+        // An entry whose certificate could not be stored is audited as a failure, and its
+        // certificate is never handed out.
+        let events: Vec<AuditEvent> = group
+            .iter()
+            .zip(&ledger_results)
+            .map(|(entry, result)| match result {
+                Ok(()) => entry.event.clone(),
+                Err(error) => AuditEvent {
+                    event: format!("{}.unrecorded", entry.event.event),
+                    actor: entry.event.actor.clone(),
+                    details: json!({ "error": error.to_string(), "request": entry.event.details }),
+                },
+            })
+            .collect();
+        match self.audit.append_all(&events) {
+            Ok(receipts) => {
+                self.stats.groups.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .entries
+                    .fetch_add(group.len() as u64, Ordering::Relaxed);
+                for ((entry, result), receipt) in group.drain(..).zip(ledger_results).zip(receipts)
+                {
+                    let _ = entry.reply.send(result.map(|()| receipt));
+                }
+            }
+            Err(error) => {
+                self.healthy.store(false, Ordering::Relaxed);
+                tracing::error!(%error, "audit log write failed; refusing all further issuance until restart");
+                for entry in group.drain(..) {
+                    let _ = entry.reply.send(Err(RecordError::Audit(error.to_string())));
+                }
+            }
+        }
+    }
+
+    /// Stores the group's certificates in one transaction; if that fails, one by one, so a
+    /// single bad row does not fail its neighbours.
+    fn store_certificates(&mut self, group: &[Entry]) -> Vec<Result<(), RecordError>> {
+        let certificates: Vec<IssuedCertificate> = group
+            .iter()
+            .filter_map(|entry| entry.certificate.clone())
+            .collect();
+        if certificates.is_empty() || self.store.record(&certificates).is_ok() {
+            return group.iter().map(|_| Ok(())).collect();
+        }
+        group
+            .iter()
+            .map(|entry| match &entry.certificate {
+                None => Ok(()),
+                Some(certificate) => self
+                    .store
+                    .record(std::slice::from_ref(certificate))
+                    .map_err(|e| RecordError::Ledger(e.to_string())),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::audit;
+    use crate::ledger::certificates::Ledger;
+
+    fn certificate(serial: &str) -> IssuedCertificate {
+        IssuedCertificate {
+            serial: serial.into(),
+            issuer_key_id: "aa".into(),
+            subject: "O=SPIFFE".into(),
+            sans: vec![],
+            profile: "issuing-ca".into(),
+            client: "c".into(),
+            not_before: 0,
+            not_after: 1,
+            der: vec![1],
+        }
+    }
+
+    fn event(name: &str) -> AuditEvent {
+        AuditEvent {
+            event: name.into(),
+            actor: "c".into(),
+            details: json!({}),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_entries_are_all_durable_and_a_duplicate_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
+        let log = AuditLog::open(&dir.path().join("audit.log")).unwrap();
+        let mut recorder = Recorder::start(Box::new(ledger), log).unwrap();
+        let recorder_ref = &recorder;
+        // All pending at once, so the writer sees groups of many entries.
+        let results = futures::future::join_all(
+            (0..200)
+                .map(|i| {
+                    let serial = if i == 199 {
+                        "0000".to_string()
+                    } else {
+                        format!("{i:04}")
+                    };
+                    async move {
+                        recorder_ref
+                            .record(Some(certificate(&serial)), event("sign.issued"))
+                            .await
+                    }
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await;
+        let failures = results.iter().filter(|r| r.is_err()).count();
+        assert_eq!(failures, 1, "only the repeated serial fails");
+        assert!(recorder.stats().groups.load(Ordering::Relaxed) >= 1);
+        recorder.shutdown();
+        let verified = audit::verify(&dir.path().join("audit.log")).unwrap();
+        assert_eq!(verified.records, 200);
+        let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+        assert_eq!(text.matches("sign.issued.unrecorded").count(), 1);
+        let ledger = Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
+        assert_eq!(ledger.count().unwrap(), 199);
+    }
+}

@@ -1,0 +1,331 @@
+//! Certificate profiles: what the signing API may make of a CSR. A profile decides the shape
+//! of the certificate (an issuing CA or a leaf X509-SVID), which keys it accepts, how long it
+//! may live and what it takes from the request; the CSR's own extension requests
+//! (basicConstraints, keyUsage, EKU) are never copied.
+
+use std::time::Duration;
+
+use const_oid::ObjectIdentifier;
+use const_oid::db::rfc4519;
+use serde::Deserialize;
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::Validity;
+
+use super::ca::{CaKeyUsage, CaTemplate, Issuer};
+use super::{LeafTemplate, PkiError, Prepared, SpiffeId, VerifiedCsr, x509_time};
+use crate::duration::Seconds;
+use crate::hsm::{KeyType, SignatureAlgorithm};
+
+/// The two shapes of certificate the API issues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProfileKind {
+    /// A cluster's issuing CA (SPIRE, istiod, Linkerd): `cA=true`, keyCertSign + cRLSign,
+    /// URI SAN exactly `spiffe://<trust domain>` or none.
+    IssuingCa,
+    /// A workload leaf X509-SVID: one SPIFFE ID with a path, digitalSignature, serverAuth +
+    /// clientAuth.
+    Workload,
+}
+
+/// One `[profiles.<name>]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// The certificate shape.
+    pub kind: ProfileKind,
+    /// The `[issuers.<name>]` that signs under this profile.
+    pub issuer: String,
+    /// Subject key types accepted. Default: P-256, P-384, RSA 2048/3072/4096; Ed25519 only
+    /// when listed, as the mesh consumers do not all accept it.
+    #[serde(default = "Profile::default_key_types")]
+    pub key_types: Vec<KeyType>,
+    /// Lifetime when the request names none.
+    pub default_ttl: Seconds,
+    /// Longest lifetime a request may ask for.
+    pub max_ttl: Seconds,
+    /// `issuing-ca` only: the path length constraint (default 0: the cluster CA issues
+    /// leaves only).
+    pub path_len: Option<u8>,
+    /// `issuing-ca` only: add a critical nameConstraints extension permitting only URIs in
+    /// the requested trust domain.
+    #[serde(default)]
+    pub name_constraints: bool,
+    /// How far `notBefore` is set back to absorb clock skew (default 10 s, as SPIRE does).
+    #[serde(default = "Profile::default_backdate")]
+    pub backdate: Seconds,
+}
+
+/// What a CSR asks for, checked against the profile and the SPIFFE ID rules; the policy
+/// decides next whether this client may have it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestedNames {
+    /// The SPIFFE ID: a trust domain ID for an issuing CA, a workload ID for a leaf.
+    pub spiffe_id: Option<SpiffeId>,
+    /// DNS names (leaves only).
+    pub dns_names: Vec<String>,
+}
+
+/// Why a request does not fit its profile. `code` is stable for clients; `message` says
+/// what to change.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ProfileRefusal {
+    /// Machine-readable reason, e.g. `key_type_not_allowed`.
+    pub code: &'static str,
+    /// What was wrong, for the requester.
+    pub message: String,
+}
+
+fn refuse(code: &'static str, message: impl Into<String>) -> ProfileRefusal {
+    ProfileRefusal {
+        code,
+        message: message.into(),
+    }
+}
+
+/// The subject attributes a profile copies from a CSR; anything else is refused rather than
+/// silently dropped, so the requester sees exactly what it will get.
+const SUBJECT_ATTRIBUTES: [(ObjectIdentifier, &str); 8] = [
+    (rfc4519::C, "C"),
+    (rfc4519::ST, "ST"),
+    (rfc4519::L, "L"),
+    (rfc4519::O, "O"),
+    (rfc4519::OU, "OU"),
+    (rfc4519::CN, "CN"),
+    (rfc4519::SERIAL_NUMBER, "serialNumber"),
+    (rfc4519::X_500_UNIQUE_IDENTIFIER, "x500UniqueIdentifier"),
+];
+
+/// A certificate ready to be prepared: which shape, built from the request.
+#[derive(Clone, Debug)]
+pub enum Template {
+    /// An issuing CA.
+    Ca(CaTemplate),
+    /// A leaf X509-SVID.
+    Leaf(LeafTemplate),
+}
+
+impl Template {
+    /// Builds the TBS certificate with `serial` and runs the pre-signing checks.
+    pub fn prepare(&self, serial: SerialNumber, issuer: &Issuer) -> Result<Prepared, PkiError> {
+        match self {
+            Template::Ca(template) => template.prepare(serial, issuer),
+            Template::Leaf(template) => template.prepare(serial, issuer),
+        }
+    }
+}
+
+impl Profile {
+    fn default_key_types() -> Vec<KeyType> {
+        vec![
+            KeyType::EcdsaP256,
+            KeyType::EcdsaP384,
+            KeyType::Rsa2048,
+            KeyType::Rsa3072,
+            KeyType::Rsa4096,
+        ]
+    }
+
+    fn default_backdate() -> Seconds {
+        Seconds(10)
+    }
+
+    /// Checks the profile's own settings; `name` is its config name.
+    pub fn validate(&self, name: &str) -> Result<(), String> {
+        if self.default_ttl > self.max_ttl {
+            return Err(format!(
+                "profile {name}: default_ttl {} is longer than max_ttl {}",
+                self.default_ttl, self.max_ttl
+            ));
+        }
+        if self.max_ttl.0 == 0 || self.key_types.is_empty() {
+            return Err(format!(
+                "profile {name}: max_ttl must be above zero and key_types must not be empty"
+            ));
+        }
+        if self.kind == ProfileKind::Workload && (self.path_len.is_some() || self.name_constraints)
+        {
+            return Err(format!(
+                "profile {name}: path_len and name_constraints apply to issuing-ca profiles only"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the CSR's key, subject and SANs against this profile and the SPIFFE rules.
+    pub fn requested_names(&self, csr: &VerifiedCsr) -> Result<RequestedNames, ProfileRefusal> {
+        let key_type = csr.public_key.key_type();
+        if !self.key_types.contains(&key_type) {
+            let allowed: Vec<String> = self.key_types.iter().map(|t| t.to_string()).collect();
+            return Err(refuse(
+                "key_type_not_allowed",
+                format!(
+                    "this profile does not accept {key_type} keys; it accepts {}",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        check_subject(&csr.subject)?;
+        let spiffe_id = match csr.uri_sans.as_slice() {
+            [] => None,
+            [uri] => Some(SpiffeId::parse(uri).map_err(|e| {
+                refuse(
+                    "invalid_spiffe_id",
+                    format!("the URI SAN {uri:?} is not a valid SPIFFE ID: {e}"),
+                )
+            })?),
+            _ => {
+                return Err(refuse(
+                    "san_not_allowed",
+                    format!(
+                        "the CSR asks for {} URI SANs; a certificate holds at most one SPIFFE ID",
+                        csr.uri_sans.len()
+                    ),
+                ));
+            }
+        };
+        match self.kind {
+            ProfileKind::IssuingCa => {
+                if !csr.dns_sans.is_empty() {
+                    return Err(refuse(
+                        "san_not_allowed",
+                        "an issuing CA carries no DNS names; remove them from the CSR",
+                    ));
+                }
+                if let Some(id) = spiffe_id.as_ref().filter(|id| !id.is_trust_domain_id()) {
+                    return Err(refuse(
+                        "san_not_allowed",
+                        format!(
+                            "an issuing CA's URI SAN must be exactly spiffe://{} without a path, not {id}",
+                            id.trust_domain()
+                        ),
+                    ));
+                }
+            }
+            ProfileKind::Workload => match &spiffe_id {
+                Some(id) if !id.is_trust_domain_id() => {}
+                _ => {
+                    return Err(refuse(
+                        "san_not_allowed",
+                        "a workload certificate needs exactly one URI SAN, a SPIFFE ID with a path (spiffe://td/workload)",
+                    ));
+                }
+            },
+        }
+        Ok(RequestedNames {
+            spiffe_id,
+            dns_names: csr.dns_sans.clone(),
+        })
+    }
+
+    /// The lifetime a request gets: its own `ttl`, or the profile's default; refused above
+    /// the profile's maximum.
+    pub fn ttl(&self, requested: Option<Seconds>) -> Result<Seconds, ProfileRefusal> {
+        let ttl = requested.unwrap_or(self.default_ttl);
+        if ttl.0 == 0 {
+            return Err(refuse("invalid_ttl", "the ttl must be above zero"));
+        }
+        if ttl > self.max_ttl {
+            return Err(refuse(
+                "ttl_over_max",
+                format!(
+                    "the ttl {ttl} is over this profile's max_ttl {}",
+                    self.max_ttl
+                ),
+            ));
+        }
+        Ok(ttl)
+    }
+
+    /// The certificate for `csr`, valid from `now - backdate` for `ttl`, both clamped to the
+    /// issuer's validity: a certificate never outlives its issuer.
+    pub fn template(
+        &self,
+        csr: &VerifiedCsr,
+        names: &RequestedNames,
+        ttl: Seconds,
+        issuer: &Issuer,
+        signature_algorithm: SignatureAlgorithm,
+        now: Duration,
+    ) -> Result<Template, ProfileRefusal> {
+        let issuer_from = issuer.validity.not_before.to_unix_duration();
+        let issuer_until = issuer.validity.not_after.to_unix_duration();
+        let not_before = now.saturating_sub(self.backdate.duration()).max(issuer_from);
+        let not_after = (now + ttl.duration()).min(issuer_until);
+        if not_after <= now {
+            return Err(refuse(
+                "issuer_expired",
+                "the issuer has expired; no certificate can be issued under it",
+            ));
+        }
+        let time = |at: Duration| {
+            der::DateTime::from_unix_duration(Duration::from_secs(at.as_secs()))
+                .map_err(|e| e.to_string())
+                .and_then(|t| x509_time(t).map_err(|e| e.to_string()))
+                .map_err(|e| refuse("invalid_ttl", format!("the validity cannot be encoded: {e}")))
+        };
+        let validity = Validity {
+            not_before: time(not_before)?,
+            not_after: time(not_after)?,
+        };
+        let subject = csr.subject.clone();
+        let spiffe_id = names.spiffe_id.as_ref().map(|id| id.to_string());
+        Ok(match self.kind {
+            ProfileKind::IssuingCa => Template::Ca(CaTemplate {
+                subject,
+                public_key: csr.public_key.clone(),
+                validity,
+                signature_algorithm,
+                key_usage: vec![CaKeyUsage::KeyCertSign, CaKeyUsage::CrlSign],
+                path_length: Some(self.path_len.unwrap_or(0)),
+                permitted_uri_domains: match (&names.spiffe_id, self.name_constraints) {
+                    (Some(id), true) => vec![id.trust_domain().to_owned()],
+                    _ => Vec::new(),
+                },
+                permitted_dns_domains: Vec::new(),
+                crl_distribution_points: Vec::new(),
+                ca_issuers: Vec::new(),
+                spiffe_id,
+            }),
+            ProfileKind::Workload => Template::Leaf(LeafTemplate {
+                subject,
+                public_key: csr.public_key.clone(),
+                validity,
+                signature_algorithm,
+                spiffe_id: spiffe_id.expect("requested_names requires a workload SPIFFE ID"),
+                dns_names: names.dns_names.clone(),
+            }),
+        })
+    }
+}
+
+/// Refuses subject attributes outside [`SUBJECT_ATTRIBUTES`] and multi-valued RDNs.
+fn check_subject(subject: &Name) -> Result<(), ProfileRefusal> {
+    for rdn in subject.0.iter() {
+        if rdn.0.len() != 1 {
+            return Err(refuse(
+                "subject_not_allowed",
+                "multi-valued RDNs are not accepted in the subject",
+            ));
+        }
+        for attribute in rdn.0.iter() {
+            if !SUBJECT_ATTRIBUTES
+                .iter()
+                .any(|(oid, _)| *oid == attribute.oid)
+            {
+                let allowed: Vec<&str> = SUBJECT_ATTRIBUTES.iter().map(|(_, n)| *n).collect();
+                return Err(refuse(
+                    "subject_not_allowed",
+                    format!(
+                        "the subject attribute {} is not accepted; use only {}",
+                        attribute.oid,
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

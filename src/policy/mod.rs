@@ -1,0 +1,314 @@
+//! Who may ask for what. Deny by default: a client identity without an entry gets nothing,
+//! and an entry grants only the profiles, trust domains, SPIFFE paths, DNS suffixes, lifetime
+//! and request rate it lists. Every denial names the rule that refused it.
+
+mod rate;
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+pub use rate::RateLimiter;
+
+use crate::duration::Seconds;
+use crate::pki::RequestedNames;
+
+/// One `[[clients]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientPolicy {
+    /// A name for logs and audit records.
+    pub name: String,
+    /// The client's identity as `server.client_identity` extracts it from its TLS
+    /// certificate: a SPIFFE ID, a DNS name, a subject CN or a SHA-256 fingerprint.
+    pub identity: String,
+    /// Profiles this client may use.
+    pub profiles: Vec<String>,
+    /// Trust domains it may request SPIFFE IDs in (`example.org`).
+    #[serde(default)]
+    pub trust_domains: Vec<String>,
+    /// For workload certificates: the SPIFFE ID paths it may request, by whole segments
+    /// (`/ns/prod` allows `/ns/prod` and `/ns/prod/sa/web`, not `/ns/production`). Empty
+    /// allows any path in its trust domains.
+    #[serde(default)]
+    pub spiffe_path_prefixes: Vec<String>,
+    /// DNS SANs it may request: each must equal a suffix without its leading dot or end with
+    /// the suffix (`.svc.cluster.local`). Empty allows none.
+    #[serde(default)]
+    pub dns_suffixes: Vec<String>,
+    /// The longest lifetime it may request, whatever the profile allows.
+    pub max_ttl: Seconds,
+    /// Sustained requests per minute (default 600).
+    #[serde(default = "ClientPolicy::default_rate")]
+    pub requests_per_minute: u32,
+    /// Requests allowed in a burst above the sustained rate (default 100).
+    #[serde(default = "ClientPolicy::default_burst")]
+    pub burst: u32,
+}
+
+impl ClientPolicy {
+    fn default_rate() -> u32 {
+        600
+    }
+
+    fn default_burst() -> u32 {
+        100
+    }
+}
+
+/// A refusal by policy: the rule (`client.profiles`, `client.trust_domains`, ...) and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("denied by policy rule {rule}: {message}")]
+pub struct Denial {
+    /// The rule that refused, named after its config key.
+    pub rule: &'static str,
+    /// What was asked and what the rule allows.
+    pub message: String,
+}
+
+fn deny(rule: &'static str, message: impl Into<String>) -> Denial {
+    Denial {
+        rule,
+        message: message.into(),
+    }
+}
+
+/// The policy of every configured client, looked up by identity.
+#[derive(Debug)]
+pub struct Policy {
+    clients: HashMap<String, ClientPolicy>,
+}
+
+impl Policy {
+    /// Builds the policy, refusing duplicate identities and rules that can never match.
+    pub fn new(
+        clients: &[ClientPolicy],
+        known_profile: impl Fn(&str) -> bool,
+    ) -> Result<Self, String> {
+        let mut map = HashMap::new();
+        for client in clients {
+            for profile in &client.profiles {
+                if !known_profile(profile) {
+                    return Err(format!(
+                        "client {}: profile {profile:?} is not defined in [profiles]",
+                        client.name
+                    ));
+                }
+            }
+            for td in &client.trust_domains {
+                crate::pki::SpiffeId::parse(&format!("spiffe://{td}"))
+                    .ok()
+                    .filter(|id| id.is_trust_domain_id())
+                    .ok_or_else(|| {
+                        format!(
+                            "client {}: trust domain {td:?} is not a valid SPIFFE trust domain",
+                            client.name
+                        )
+                    })?;
+            }
+            for prefix in &client.spiffe_path_prefixes {
+                if !prefix.starts_with('/') || prefix.ends_with('/') {
+                    return Err(format!(
+                        "client {}: spiffe_path_prefixes entry {prefix:?} must start with '/' and not end with one",
+                        client.name
+                    ));
+                }
+            }
+            if client.requests_per_minute == 0 {
+                return Err(format!(
+                    "client {}: requests_per_minute must be above zero",
+                    client.name
+                ));
+            }
+            if map.insert(client.identity.clone(), client.clone()).is_some() {
+                return Err(format!(
+                    "client identity {:?} is listed twice in [[clients]]",
+                    client.identity
+                ));
+            }
+        }
+        Ok(Policy { clients: map })
+    }
+
+    /// The entry for `identity`, or the denial every unknown client gets.
+    pub fn client(&self, identity: &str) -> Result<&ClientPolicy, Denial> {
+        self.clients.get(identity).ok_or_else(|| {
+            deny(
+                "clients",
+                format!("client identity {identity:?} has no [[clients]] entry"),
+            )
+        })
+    }
+
+    /// All entries.
+    pub fn clients(&self) -> impl Iterator<Item = &ClientPolicy> {
+        self.clients.values()
+    }
+}
+
+impl ClientPolicy {
+    /// May this client use `profile`?
+    pub fn allow_profile(&self, profile: &str) -> Result<(), Denial> {
+        if self.profiles.iter().any(|p| p == profile) {
+            Ok(())
+        } else {
+            Err(deny(
+                "client.profiles",
+                format!(
+                    "client {} may not use profile {profile:?}; it may use {}",
+                    self.name,
+                    list(&self.profiles)
+                ),
+            ))
+        }
+    }
+
+    /// May this client have these names for this lifetime?
+    pub fn allow_request(&self, names: &RequestedNames, ttl: Seconds) -> Result<(), Denial> {
+        if ttl > self.max_ttl {
+            return Err(deny(
+                "client.max_ttl",
+                format!(
+                    "the ttl {ttl} is over client {}'s max_ttl {}",
+                    self.name, self.max_ttl
+                ),
+            ));
+        }
+        if let Some(id) = &names.spiffe_id {
+            if !self.trust_domains.iter().any(|td| td == id.trust_domain()) {
+                return Err(deny(
+                    "client.trust_domains",
+                    format!(
+                        "client {} may not request trust domain {:?}; it may request {}",
+                        self.name,
+                        id.trust_domain(),
+                        list(&self.trust_domains)
+                    ),
+                ));
+            }
+            let path = id.path();
+            if !path.is_empty()
+                && !self.spiffe_path_prefixes.is_empty()
+                && !self.spiffe_path_prefixes.iter().any(|prefix| {
+                    path == prefix
+                        || path
+                            .strip_prefix(prefix.as_str())
+                            .is_some_and(|rest| rest.starts_with('/'))
+                })
+            {
+                return Err(deny(
+                    "client.spiffe_path_prefixes",
+                    format!(
+                        "client {} may not request the path {path:?}; it may request paths under {}",
+                        self.name,
+                        list(&self.spiffe_path_prefixes)
+                    ),
+                ));
+            }
+        }
+        for name in &names.dns_names {
+            let allowed = self.dns_suffixes.iter().any(|suffix| {
+                name.eq_ignore_ascii_case(suffix.trim_start_matches('.'))
+                    || (suffix.starts_with('.')
+                        && name.len() > suffix.len()
+                        && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
+            });
+            if !allowed {
+                return Err(deny(
+                    "client.dns_suffixes",
+                    format!(
+                        "client {} may not request the DNS name {name:?}; it may request names under {}",
+                        self.name,
+                        list(&self.dns_suffixes)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::SpiffeId;
+
+    fn client() -> ClientPolicy {
+        toml::from_str(
+            r#"
+            name = "spire"
+            identity = "spiffe://mesh.example/spire"
+            profiles = ["issuing-ca", "workload"]
+            trust_domains = ["prod.example"]
+            spiffe_path_prefixes = ["/ns/prod"]
+            dns_suffixes = [".svc.cluster.local"]
+            max_ttl = "48h"
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn names(id: &str, dns: &[&str]) -> RequestedNames {
+        RequestedNames {
+            spiffe_id: Some(SpiffeId::parse(id).unwrap()),
+            dns_names: dns.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    fn rule(result: Result<(), Denial>) -> &'static str {
+        result.unwrap_err().rule
+    }
+
+    #[test]
+    fn each_rule_refuses_by_name_and_allows_what_it_lists() {
+        let c = client();
+        let day = Seconds(86_400);
+        c.allow_profile("workload").unwrap();
+        assert_eq!(rule(c.allow_profile("admin")), "client.profiles");
+        c.allow_request(&names("spiffe://prod.example", &[]), day)
+            .unwrap();
+        c.allow_request(
+            &names("spiffe://prod.example/ns/prod/sa/web", &["web.svc.cluster.local"]),
+            day,
+        )
+        .unwrap();
+        assert_eq!(
+            rule(c.allow_request(&names("spiffe://prod.example", &[]), Seconds(3 * 86_400))),
+            "client.max_ttl"
+        );
+        assert_eq!(
+            rule(c.allow_request(&names("spiffe://other.example", &[]), day)),
+            "client.trust_domains"
+        );
+        assert_eq!(
+            rule(c.allow_request(&names("spiffe://prod.example/ns/production", &[]), day)),
+            "client.spiffe_path_prefixes"
+        );
+        assert_eq!(
+            rule(c.allow_request(
+                &names("spiffe://prod.example/ns/prod", &["evil.example.com"]),
+                day
+            )),
+            "client.dns_suffixes"
+        );
+    }
+
+    #[test]
+    fn unknown_clients_and_bad_entries_are_refused() {
+        let policy = Policy::new(&[client()], |p| p == "issuing-ca" || p == "workload").unwrap();
+        assert_eq!(policy.client("spiffe://x/y").unwrap_err().rule, "clients");
+        assert!(Policy::new(&[client()], |p| p == "workload").is_err());
+        assert!(Policy::new(&[client(), client()], |_| true).is_err());
+        let mut bad = client();
+        bad.trust_domains = vec!["Prod.Example".into()];
+        assert!(Policy::new(&[bad], |_| true).is_err());
+    }
+}
