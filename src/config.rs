@@ -3,18 +3,41 @@
 //! One TOML file, one section per layer. Unknown keys are rejected everywhere so that a typo
 //! in a security setting is an error, not a silently ignored line.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::api::{IssuerConfig, ServerConfig, StorageConfig, TrustConfig};
 use crate::hsm::HsmConfig;
+use crate::pki::Profile;
+use crate::policy::ClientPolicy;
 
-/// The whole configuration file.
+/// The whole configuration file. `hsmca hsm …` needs only `[hsm]`; `hsmca serve` needs every
+/// section. Relative paths are taken from the directory of the file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The `[hsm]` section: which PKCS#11 module and token, and how to log in.
     pub hsm: HsmConfig,
+    /// `[server]`: listener, TLS, client identities, limits and timeouts.
+    pub server: Option<ServerConfig>,
+    /// `[storage]`: the certificate ledger and the audit log.
+    pub storage: Option<StorageConfig>,
+    /// `[trust]`: the roots published in the bundles.
+    pub trust: Option<TrustConfig>,
+    /// `[issuers.<name>]`: online intermediates, each a certificate and an HSM key.
+    #[serde(default)]
+    pub issuers: BTreeMap<String, IssuerConfig>,
+    /// `[profiles.<name>]`: certificate profiles.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Profile>,
+    /// `[[clients]]`: who may ask for what; a client not listed gets nothing.
+    #[serde(default)]
+    pub clients: Vec<ClientPolicy>,
+    /// The directory relative paths are resolved against (the file's own).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 /// Why a configuration file could not be used.
@@ -45,15 +68,35 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse {
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
             message,
-        })
+        })?;
+        config.base_dir = path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        Ok(config)
+    }
+
+    /// `path` as written in this file, resolved against its directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        resolve(&self.base_dir, path)
     }
 
     /// Parses configuration text; the error is one line: where, then what.
     pub fn parse(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| describe_toml_error(text, &e))
+    }
+}
+
+/// Resolves `path` against `config_dir`, the directory of the file that names it.
+pub(crate) fn resolve(config_dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        config_dir.join(path)
     }
 }
 

@@ -14,6 +14,7 @@
 //! * [`config`]: the appliance's TOML configuration file, made of the sections the layers own.
 //! * [`digest`]: the SHA-256 fingerprint format every layer records.
 //! * [`duration`]: `1h30m`-style durations for the configuration and the API.
+//! * [`files`]: output files created exclusively, with the mode they need from the start.
 //!
 //! Only `hsm` speaks PKCS#11; `api` and `ceremony` reach the HSM through it.
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod ceremony;
 pub mod config;
 pub mod digest;
 pub mod duration;
+pub mod files;
 pub mod hsm;
 pub mod ledger;
 pub mod pki;

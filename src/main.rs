@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use hsmca::ceremony::{self, CeremonyError, Progress};
 use hsmca::config::{Config, ConfigError};
 use hsmca::hsm::{Hsm, HsmError, KeyType};
+use hsmca::api::client::{Client, Layout, RequestKeyType, RequestOptions};
+use hsmca::api::{Service, StartError};
 use hsmca::ledger::audit::{self, AuditError};
 
 /// hsmca: HSM-backed identity signing appliance for service meshes.
@@ -46,6 +48,64 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Run the signing service (mTLS API) from the appliance config.
+    Serve,
+    /// Make a new CA key on this machine, have the appliance certify it, and write the files
+    /// the mesh loads. The private key never leaves this machine.
+    Request {
+        /// The appliance, e.g. https://127.0.0.1:8443.
+        #[arg(long)]
+        server: String,
+        /// This client's TLS certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// This client's TLS private key (PEM, mode 0600).
+        #[arg(long)]
+        key: PathBuf,
+        /// The CA certificate(s) to trust for the appliance's TLS certificate (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The profile to ask for.
+        #[arg(long, default_value = "issuing-ca")]
+        profile: String,
+        /// The SPIFFE trust domain of the new CA (its URI SAN is spiffe://<trust domain>).
+        #[arg(long)]
+        trust_domain: String,
+        /// The lifetime to ask for (e.g. 720h); the profile's default when absent.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// The subject CN; default "<trust domain> issuing CA", or Linkerd's
+        /// identity.linkerd.cluster.local.
+        #[arg(long)]
+        common_name: Option<String>,
+        /// The key to make.
+        #[arg(long, value_enum, default_value = "ecdsa-p256")]
+        key_type: RequestKeyType,
+        /// Where to write the files; existing files are never overwritten.
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Which files to write: plain, istio (cacerts) or linkerd (identity issuer).
+        #[arg(long, value_enum, default_value = "plain")]
+        layout: Layout,
+    },
+    /// Write development TLS material for the API (a throwaway TLS CA, a localhost server
+    /// certificate, client certificates). Not for production.
+    DevTls {
+        /// Directory to write into; existing files are never overwritten.
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// A client as NAME=URI (its identity); writes NAME.pem and NAME-key.pem.
+        #[arg(long = "client", value_name = "NAME=URI", value_parser = parse_client)]
+        clients: Vec<(String, String)>,
+    },
+}
+
+fn parse_client(value: &str) -> Result<(String, String), String> {
+    value
+        .split_once('=')
+        .filter(|(name, uri)| !name.is_empty() && !uri.is_empty())
+        .map(|(name, uri)| (name.to_owned(), uri.to_owned()))
+        .ok_or_else(|| format!("{value:?} is not NAME=URI"))
 }
 
 #[derive(Clone, Copy, Subcommand)]
@@ -121,6 +181,10 @@ enum CliError {
     Audit(#[from] AuditError),
     #[error(transparent)]
     Ceremony(#[from] CeremonyError),
+    #[error("hsmca serve cannot start: {0}")]
+    Start(#[from] StartError),
+    #[error("{0}")]
+    Message(String),
     #[error("a ceremony needs its config file: hsmca ceremony {0} --config FILE.toml")]
     CeremonyConfigMissing(&'static str),
     #[error(
@@ -184,6 +248,51 @@ fn run(cli: Cli) -> Result<(), CliError> {
             ceremony::run(kind, &path, dry_run, &Progress::stdout())?;
             Ok(())
         }
+        Command::Serve => {
+            let path = cli.config.unwrap_or_else(|| DEFAULT_CONFIG.into());
+            serve(&Config::load(&path)?)
+        }
+        Command::Request {
+            server,
+            cert,
+            key,
+            ca,
+            profile,
+            trust_domain,
+            ttl,
+            common_name,
+            key_type,
+            out_dir,
+            layout,
+        } => {
+            let client = Client::new(&server, &cert, &key, &ca).map_err(CliError::Message)?;
+            let options = RequestOptions {
+                profile,
+                trust_domain,
+                common_name,
+                ttl,
+                key_type,
+                layout,
+                out_dir,
+            };
+            let written = runtime()?
+                .block_on(hsmca::api::client::request(&client, &options))
+                .map_err(CliError::Message)?;
+            let mut report = String::from("certificate issued; wrote:\n");
+            for path in written {
+                let _ = writeln!(report, "  {}", path.display());
+            }
+            emit(&report)
+        }
+        Command::DevTls { out_dir, clients } => {
+            let written =
+                hsmca::api::dev_tls::write(&out_dir, &clients).map_err(CliError::Message)?;
+            let mut report = String::from("development TLS material (not for production):\n");
+            for path in written {
+                let _ = writeln!(report, "  {}", path.display());
+            }
+            emit(&report)
+        }
         Command::Audit {
             command: AuditCommand::Verify { file },
         } => {
@@ -196,6 +305,32 @@ fn run(cli: Cli) -> Result<(), CliError> {
             ))
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Message(format!("cannot start the async runtime: {e}")))
+}
+
+fn serve(config: &Config) -> Result<(), CliError> {
+    let server = config.server.as_ref().ok_or_else(|| {
+        CliError::Message(
+            "hsmca serve cannot start: the config file has no [server] section".into(),
+        )
+    })?;
+    // TLS material first: a bad key file should not cost an HSM login.
+    let tls = hsmca::api::server_config(server, |p| config.resolve(p))
+        .map_err(|e| CliError::Message(format!("hsmca serve cannot start: {e}")))?;
+    let runtime = runtime()?;
+    let service = {
+        let _guard = runtime.enter();
+        Service::start(config)?
+    };
+    runtime
+        .block_on(hsmca::api::serve(service, tls))
+        .map_err(|e| CliError::Message(format!("hsmca serve: {e}")))
 }
 
 fn keygen(
@@ -237,7 +372,7 @@ fn keygen(
             path: path.to_owned(),
             source,
         };
-        ceremony::create_new_file(path, public_key.to_pem().as_bytes()).map_err(|source| {
+        hsmca::files::create_new_file(path, public_key.to_pem().as_bytes(), hsmca::files::PUBLIC).map_err(|source| {
             match source.kind() {
                 std::io::ErrorKind::AlreadyExists => CliError::OutputExists {
                     path: path.to_owned(),

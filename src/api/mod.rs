@@ -1,1 +1,25 @@
-//! The signing service.
+//! The signing service: axum over rustls mTLS. Intermediate CAs submit CSRs to `/v1/sign`
+//! and get certificates signed in the HSM under their policy; everyone reads the bundles.
+//! Health (`/healthz`, `/readyz`) and Prometheus `/metrics` sit on the same listener.
+//!
+//! This layer never speaks PKCS#11: it signs through [`crate::hsm::SignerPool`], builds and
+//! checks certificates with [`crate::pki`], asks [`crate::policy`] who may do what, and
+//! records through [`crate::ledger`].
+
+mod bundle;
+pub mod client;
+pub mod dev_tls;
+mod config;
+mod error;
+mod metrics;
+mod routes;
+mod serials;
+mod server;
+mod service;
+mod tls;
+
+pub use config::{IdentitySource, IssuerConfig, ServerConfig, StorageConfig, TrustConfig};
+pub use error::ApiError;
+pub use server::serve;
+pub use service::{Service, StartError};
+pub use tls::{read_certificates, read_private_key, server_config};

@@ -293,15 +293,6 @@ pub(crate) fn parse<T: for<'de> Deserialize<'de>>(
     })
 }
 
-/// Resolves `path` against the directory of the config file.
-pub(crate) fn resolve(config_dir: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_owned()
-    } else {
-        config_dir.join(path)
-    }
-}
-
 /// A TOML date (midnight UTC) or UTC date-time, as a certificate or CRL time in the encoding
 /// RFC 5280 asks for; `field` names it in errors.
 pub(crate) fn x509_time_of(field: &str, value: &Datetime) -> Result<Time, CeremonyError> {

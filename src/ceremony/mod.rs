@@ -23,7 +23,7 @@ pub use config::{
     CertificateSpec, CrlConfig, CrossSignConfig, CsrConfig, Header, IntermediateConfig, KeyConfig,
     RootConfig,
 };
-pub use output::{WrittenFile, create_new_file};
+pub use output::WrittenFile;
 pub use progress::Progress;
 pub use transcript::Transcript;
 
@@ -130,7 +130,7 @@ pub(crate) struct Context<'a> {
 impl<'a> Context<'a> {
     /// A path from the config, resolved against the config's directory.
     pub(crate) fn path(&self, path: &Path) -> PathBuf {
-        config::resolve(&self.config_dir, path)
+        crate::config::resolve(&self.config_dir, path)
     }
 
     /// Takes the `[ceremony]` header: checks the officers, reserves `outputs` and the

@@ -1,27 +1,12 @@
 //! Ceremony outputs: every file is checked to be absent before anything happens, then
 //! created exclusively, so a ceremony never overwrites an earlier result.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::CeremonyError;
 use crate::digest::sha256_hex;
-
-/// Creates `path` with `contents` (mode 0644: outputs are public) and syncs it to disk.
-/// Fails with [`std::io::ErrorKind::AlreadyExists`] rather than replace a file.
-pub fn create_new_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
-}
 
 /// A file a ceremony wrote, as the transcript records it.
 #[derive(Clone, Debug, Serialize)]
@@ -67,7 +52,7 @@ impl OutputFiles {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        create_new_file(path, contents).map_err(|source| match source.kind() {
+        crate::files::create_new_file(path, contents, crate::files::PUBLIC).map_err(|source| match source.kind() {
             std::io::ErrorKind::AlreadyExists => CeremonyError::OutputExists {
                 path: path.to_owned(),
             },

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,6 +38,16 @@ pub struct SignerPool {
     queue_depth: usize,
     op_timeout: Duration,
     context: Arc<TokenContext>,
+    load: Arc<PoolLoad>,
+}
+
+/// How loaded the pool is right now, for metrics.
+#[derive(Debug, Default)]
+struct PoolLoad {
+    /// Jobs waiting for a session.
+    queued: AtomicUsize,
+    /// Sessions working on jobs.
+    busy: AtomicUsize,
 }
 
 impl SignerPool {
@@ -56,14 +67,16 @@ impl SignerPool {
         }
         let (sender, receiver) = sync_channel(queue_depth);
         let receiver = Arc::new(Mutex::new(receiver));
+        let load = Arc::new(PoolLoad::default());
         let workers = slots
             .into_iter()
             .enumerate()
             .map(|(index, slot)| {
                 let receiver = receiver.clone();
+                let load = load.clone();
                 std::thread::Builder::new()
                     .name(format!("hsm-session-{index}"))
-                    .spawn(move || Worker::new(slot).run(&receiver))
+                    .spawn(move || Worker::new(slot).run(&receiver, &load))
                     .map_err(|e| HsmError::Config(format!("cannot start HSM worker thread: {e}")))
             })
             .collect::<Result<_, _>>()?;
@@ -79,6 +92,7 @@ impl SignerPool {
             queue_depth,
             op_timeout,
             context,
+            load,
         })
     }
 
@@ -109,6 +123,7 @@ impl SignerPool {
             },
             TrySendError::Disconnected(_) => HsmError::ShutDown,
         })?;
+        self.load.queued.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout_at(deadline.into(), response).await {
             Ok(Ok(result)) => result,
             // Either the deadline passed while waiting, or the worker dropped the job
@@ -127,6 +142,21 @@ impl SignerPool {
     /// The HSM's health, for readiness checks.
     pub fn health(&self) -> HealthReport {
         self.context.health.report()
+    }
+
+    /// Jobs waiting for a session right now.
+    pub fn queued(&self) -> usize {
+        self.load.queued.load(Ordering::Relaxed)
+    }
+
+    /// Sessions signing right now.
+    pub fn busy(&self) -> usize {
+        self.load.busy.load(Ordering::Relaxed)
+    }
+
+    /// The most jobs that may wait before callers get [`HsmError::Busy`].
+    pub fn queue_depth(&self) -> usize {
+        self.queue_depth
     }
 }
 
@@ -178,7 +208,7 @@ impl Worker {
         }
     }
 
-    fn run(mut self, receiver: &Mutex<Receiver<Job>>) {
+    fn run(mut self, receiver: &Mutex<Receiver<Job>>, load: &PoolLoad) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut replies = Vec::with_capacity(MAX_BATCH);
         loop {
@@ -196,6 +226,13 @@ impl Worker {
                     }
                 }
             }
+            // The job may be counted a moment after it was taken; saturate, never wrap.
+            let _ = load
+                .queued
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(batch.len()))
+                });
+            load.busy.fetch_add(1, Ordering::Relaxed);
             let mut oldest_reply: Option<Instant> = None;
             for job in batch.drain(..) {
                 // Skip work nobody waits for any more: the caller timed out or went away.
@@ -215,6 +252,7 @@ impl Worker {
                 }
             }
             send_replies(&mut replies);
+            load.busy.fetch_sub(1, Ordering::Relaxed);
         }
     }
 

@@ -70,6 +70,11 @@ pub trait CertificateStore: Send {
 
     /// How many certificates the store holds.
     fn count(&self) -> Result<u64, LedgerError>;
+
+    /// The `spiffe_sequence` of the trust bundle whose contents hash to `bundle_sha256`: the
+    /// last one if the bundle is unchanged, else one more than the last (starting at 1), so
+    /// the sequence grows with every change of the bundle, across restarts.
+    fn bundle_sequence(&mut self, bundle_sha256: &str) -> Result<u64, LedgerError>;
 }
 
 /// The SQLite ledger database.
@@ -92,6 +97,11 @@ CREATE TABLE IF NOT EXISTS certificates (
     issued_at     INTEGER NOT NULL DEFAULT (unixepoch())
 ) STRICT;
 CREATE INDEX IF NOT EXISTS certificates_by_issuer ON certificates (issuer_key_id);
+CREATE TABLE IF NOT EXISTS bundles (
+    sequence      INTEGER PRIMARY KEY NOT NULL,
+    sha256        TEXT NOT NULL,
+    published_at  INTEGER NOT NULL DEFAULT (unixepoch())
+) STRICT;
 ";
 
 impl Ledger {
@@ -217,6 +227,36 @@ impl CertificateStore for Ledger {
                 source,
             })
     }
+
+    fn bundle_sequence(&mut self, bundle_sha256: &str) -> Result<u64, LedgerError> {
+        let path = self.path.clone();
+        let sqlite = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let transaction = self.connection.transaction().map_err(sqlite)?;
+        let last: Option<(i64, String)> = transaction
+            .query_row(
+                "SELECT sequence, sha256 FROM bundles ORDER BY sequence DESC LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(sqlite)?;
+        let sequence = match last {
+            Some((sequence, sha256)) if sha256 == bundle_sha256 => sequence,
+            Some((sequence, _)) => sequence + 1,
+            None => 1,
+        };
+        transaction
+            .execute(
+                "INSERT OR IGNORE INTO bundles (sequence, sha256) VALUES (?1, ?2)",
+                params![sequence, bundle_sha256],
+            )
+            .map_err(sqlite)?;
+        transaction.commit().map_err(sqlite)?;
+        Ok(sequence.unsigned_abs())
+    }
 }
 
 #[cfg(test)]
@@ -258,6 +298,20 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{file}");
         }
+    }
+
+    #[test]
+    fn the_bundle_sequence_grows_with_each_change_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        let mut ledger = Ledger::open(&path).unwrap();
+        assert_eq!(ledger.bundle_sequence("a").unwrap(), 1);
+        assert_eq!(ledger.bundle_sequence("a").unwrap(), 1);
+        assert_eq!(ledger.bundle_sequence("b").unwrap(), 2);
+        drop(ledger);
+        let mut ledger = Ledger::open(&path).unwrap();
+        assert_eq!(ledger.bundle_sequence("b").unwrap(), 2);
+        assert_eq!(ledger.bundle_sequence("a").unwrap(), 3);
     }
 
     #[test]

@@ -59,6 +59,17 @@ pub fn serial_from_random(mut random: [u8; SERIAL_LEN]) -> SerialNumber {
     SerialNumber::new(&random).expect("16 bytes of a positive integer are a valid serial")
 }
 
+/// The subjectAltName of a certificate, when present and decodable.
+pub fn find_san(
+    tbs: &x509_cert::certificate::TbsCertificate,
+) -> Option<x509_cert::ext::pkix::SubjectAltName> {
+    lint::decode(lint::find_extension(
+        tbs,
+        const_oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME,
+    ))
+    .map(|(san, _critical)| san)
+}
+
 /// PEM text for DER bytes under `label`.
 pub fn to_pem(label: &str, der: &[u8]) -> String {
     der::pem::encode_string(label, der::pem::LineEnding::LF, der)

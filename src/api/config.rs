@@ -1,0 +1,119 @@
+//! The `[server]`, `[storage]`, `[trust]` and `[issuers.<name>]` sections `hsmca serve` reads.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::duration::Seconds;
+use crate::hsm::SignatureAlgorithm;
+
+/// Which part of a client certificate is the client's identity in `[[clients]]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdentitySource {
+    /// The URI SAN (a SPIFFE ID); the certificate must have exactly one.
+    #[default]
+    UriSan,
+    /// The DNS SAN; the certificate must have exactly one.
+    DnsSan,
+    /// The subject's common name; the certificate must have exactly one.
+    CommonName,
+    /// The lower-case hex SHA-256 of the whole DER certificate.
+    Fingerprint,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address and port to listen on (default `127.0.0.1:8443`).
+    #[serde(default = "ServerConfig::default_listen")]
+    pub listen: SocketAddr,
+    /// The server's TLS certificate chain (PEM, leaf first).
+    pub certificate: PathBuf,
+    /// The server's TLS private key (PEM, PKCS#8, SEC1 or PKCS#1); must not be readable by
+    /// group or others.
+    pub key: PathBuf,
+    /// The CA certificates client certificates must chain to (PEM). Keep this apart from the
+    /// mesh root: the mesh root vouches for workloads, this bundle for API clients.
+    pub client_ca: PathBuf,
+    /// Also accept TLS 1.2 (default: TLS 1.3 only).
+    #[serde(default)]
+    pub tls12: bool,
+    /// What names a client in `[[clients]]` (default `uri-san`).
+    #[serde(default)]
+    pub client_identity: IdentitySource,
+    /// Largest request body accepted (default 64 KiB).
+    #[serde(default = "ServerConfig::default_max_body")]
+    pub max_body_bytes: usize,
+    /// Time a request may take from its headers to its answer (default 10 s).
+    #[serde(default = "ServerConfig::default_request_timeout")]
+    pub request_timeout: Seconds,
+    /// Time for the TLS handshake and the request headers to arrive (default 5 s).
+    #[serde(default = "ServerConfig::default_header_timeout")]
+    pub header_read_timeout: Seconds,
+    /// How long SIGTERM waits for in-flight requests (default 30 s).
+    #[serde(default = "ServerConfig::default_shutdown_grace")]
+    pub shutdown_grace: Seconds,
+}
+
+impl ServerConfig {
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8443))
+    }
+    fn default_max_body() -> usize {
+        64 * 1024
+    }
+    fn default_request_timeout() -> Seconds {
+        Seconds(10)
+    }
+    fn default_header_timeout() -> Seconds {
+        Seconds(5)
+    }
+    fn default_shutdown_grace() -> Seconds {
+        Seconds(30)
+    }
+}
+
+/// `[storage]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The SQLite ledger of issued certificates (created 0600 if absent).
+    pub ledger: PathBuf,
+    /// The hash-chained audit log (created 0600 if absent; may be the ceremonies' log).
+    pub audit_log: PathBuf,
+}
+
+/// `[trust]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Root certificates published by `/v1/bundle` and `/v1/bundle/spiffe` (PEM files).
+    pub roots: Vec<PathBuf>,
+    /// Intermediate certificates between an issuer and its root, if any (PEM files).
+    #[serde(default)]
+    pub intermediates: Vec<PathBuf>,
+    /// How often bundle consumers should refresh (`spiffe_refresh_hint`, default 5 min).
+    #[serde(default = "TrustConfig::default_refresh_hint")]
+    pub spiffe_refresh_hint: Seconds,
+}
+
+impl TrustConfig {
+    fn default_refresh_hint() -> Seconds {
+        Seconds(300)
+    }
+}
+
+/// `[issuers.<name>]`: an online intermediate.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Its certificate (from the intermediate ceremony).
+    pub certificate: PathBuf,
+    /// The label of its private key in the HSM.
+    pub key_label: String,
+    /// The signature algorithm (default: the key type's usual one).
+    pub signature_algorithm: Option<SignatureAlgorithm>,
+}

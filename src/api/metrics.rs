@@ -1,0 +1,244 @@
+//! Prometheus metrics in the text exposition format, kept in atomics and one small map: the
+//! service's own counters and histograms, plus gauges read at scrape time.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Adds one observation.
+    pub fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&bound| seconds <= bound) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let total = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {total}");
+    }
+}
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    /// A certificate was issued.
+    Issued,
+    /// Refused: bad input or policy.
+    Refused,
+    /// The service could not serve it (HSM busy or down, ledger failure).
+    Unavailable,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Issued => "issued",
+            Outcome::Refused => "refused",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The service's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, Outcome), u64>>,
+    /// Time from a signing request's arrival to its answer.
+    pub request_latency: Histogram,
+    /// Time the HSM pool took to sign, queueing included.
+    pub hsm_sign_latency: Histogram,
+    /// Time to make the ledger row and audit record durable.
+    pub record_latency: Histogram,
+    tls_refusals: AtomicU64,
+}
+
+/// Gauges read from the other layers when scraped.
+pub struct Gauges {
+    /// HSM sessions signing now.
+    pub pool_busy: usize,
+    /// Jobs waiting for an HSM session.
+    pub queue_depth: usize,
+    /// HSM sessions in the pool.
+    pub pool_sessions: usize,
+    /// Sessions reopened after HSM faults since start.
+    pub session_resets: u64,
+    /// 1 when the HSM is healthy.
+    pub hsm_up: bool,
+    /// Ledger and audit groups written, and entries in them.
+    pub record_groups: u64,
+    /// Entries written.
+    pub record_entries: u64,
+    /// Each issuer's notAfter, seconds since the epoch.
+    pub issuer_not_after: Vec<(String, u64)>,
+}
+
+impl Metrics {
+    /// Counts a signing request for `profile` that ended with `outcome`.
+    pub fn count_request(&self, profile: &str, outcome: Outcome) {
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        *requests.entry((profile.to_owned(), outcome)).or_default() += 1;
+    }
+
+    /// Counts a TLS handshake refused for its client certificate.
+    pub fn count_tls_refusal(&self) {
+        self.tls_refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The exposition text.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP hsmca_sign_requests_total Signing requests by profile and outcome.\n# TYPE hsmca_sign_requests_total counter\n");
+        let requests = self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for ((profile, outcome), count) in &requests {
+            let _ = writeln!(
+                out,
+                "hsmca_sign_requests_total{{profile=\"{}\",outcome=\"{}\"}} {count}",
+                escape(profile),
+                outcome.label()
+            );
+        }
+        out.push_str("# HELP hsmca_certificates_issued_total Certificates issued, by profile.\n# TYPE hsmca_certificates_issued_total counter\n");
+        for ((profile, outcome), count) in &requests {
+            if *outcome == Outcome::Issued {
+                let _ = writeln!(
+                    out,
+                    "hsmca_certificates_issued_total{{profile=\"{}\"}} {count}",
+                    escape(profile)
+                );
+            }
+        }
+        for (name, help, histogram) in [
+            (
+                "hsmca_sign_request_duration_seconds",
+                "Signing request latency, arrival to answer.",
+                &self.request_latency,
+            ),
+            (
+                "hsmca_hsm_sign_duration_seconds",
+                "HSM signing latency, queueing included.",
+                &self.hsm_sign_latency,
+            ),
+            (
+                "hsmca_record_duration_seconds",
+                "Time to make the ledger row and audit record durable.",
+                &self.record_latency,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            histogram.render(&mut out, name, "");
+        }
+        let tls = self.tls_refusals.load(Ordering::Relaxed);
+        for (name, kind, help, value) in [
+            (
+                "hsmca_tls_client_refusals_total",
+                "counter",
+                "TLS handshakes refused for a missing or untrusted client certificate.",
+                tls,
+            ),
+            (
+                "hsmca_hsm_pool_busy",
+                "gauge",
+                "HSM sessions signing now.",
+                gauges.pool_busy as u64,
+            ),
+            (
+                "hsmca_hsm_pool_sessions",
+                "gauge",
+                "HSM sessions in the pool.",
+                gauges.pool_sessions as u64,
+            ),
+            (
+                "hsmca_hsm_queue_depth",
+                "gauge",
+                "Signing jobs waiting for an HSM session.",
+                gauges.queue_depth as u64,
+            ),
+            (
+                "hsmca_hsm_session_resets_total",
+                "counter",
+                "HSM sessions reopened after faults.",
+                gauges.session_resets,
+            ),
+            (
+                "hsmca_hsm_up",
+                "gauge",
+                "1 when the HSM answers normally.",
+                u64::from(gauges.hsm_up),
+            ),
+            (
+                "hsmca_record_groups_total",
+                "counter",
+                "Group commits of ledger rows and audit records.",
+                gauges.record_groups,
+            ),
+            (
+                "hsmca_record_entries_total",
+                "counter",
+                "Ledger and audit entries written.",
+                gauges.record_entries,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        out.push_str("# HELP hsmca_issuer_not_after_seconds Each issuer's notAfter, Unix time.\n# TYPE hsmca_issuer_not_after_seconds gauge\n");
+        for (issuer, not_after) in &gauges.issuer_not_after {
+            let _ = writeln!(
+                out,
+                "hsmca_issuer_not_after_seconds{{issuer=\"{}\"}} {not_after}",
+                escape(issuer)
+            );
+        }
+        out
+    }
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,176 @@
+//! The listener: TLS handshakes with a deadline, client identities attached to each request,
+//! HTTP/1.1 with a header-read timeout, and a graceful stop on SIGTERM or SIGINT that lets
+//! in-flight requests finish and flushes the audit log before exiting.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use super::routes::{ClientIdentity, router};
+use super::service::Service;
+use super::tls;
+use crate::ledger::audit::AuditEvent;
+
+/// Serves until SIGTERM or SIGINT; returns once in-flight requests are done (or the grace
+/// period is over) and the ledger and audit log are flushed.
+pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::io::Result<()> {
+    let listener = TcpListener::bind(service.server.listen).await?;
+    let service = Arc::new(service);
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config));
+    let graceful = GracefulShutdown::new();
+    let app = router(service.clone());
+    service
+        .audit_service_event(
+            "service.started",
+            json!({
+                "listen": listener.local_addr()?.to_string(),
+                "issuers": service.issuers.keys().collect::<Vec<_>>(),
+                "profiles": service.profiles.keys().collect::<Vec<_>>(),
+                "clients": service.policy.clients().count(),
+                "version": env!("CARGO_PKG_VERSION"),
+            }),
+        )
+        .await;
+    tracing::info!(listen = %listener.local_addr()?, "hsmca serving");
+    // The line operators and tests wait for.
+    println!("hsmca: serving on https://{}", listener.local_addr()?);
+
+    let mut stop = std::pin::pin!(shutdown_signal());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            },
+            signal = &mut stop => {
+                tracing::info!(signal, "stopping: no new connections, finishing in-flight requests");
+                break;
+            }
+        };
+        let connection = handle(
+            stream,
+            peer,
+            acceptor.clone(),
+            service.clone(),
+            app.clone(),
+            graceful.watcher(),
+        );
+        tokio::spawn(connection);
+    }
+    drop(listener);
+    let grace = service.server.shutdown_grace.duration();
+    let finished = tokio::time::timeout(grace, graceful.shutdown()).await.is_ok();
+    if !finished {
+        tracing::warn!(
+            grace_seconds = grace.as_secs(),
+            "grace period over; closing connections still open"
+        );
+    }
+    service
+        .audit_service_event("service.stopped", json!({ "drained": finished }))
+        .await;
+    // Every handler has returned, so this is the last reference: dropping it stops the
+    // ledger writer after it has written what is queued, and closes the HSM sessions.
+    match Arc::try_unwrap(service) {
+        Ok(mut service) => service.recorder.shutdown(),
+        Err(_) => tracing::warn!("requests still running at exit; their records were written as they finished"),
+    }
+    Ok(())
+}
+
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    service: Arc<Service>,
+    app: axum::Router,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let _ = stream.set_nodelay(true);
+    let handshake_deadline = service.server.header_read_timeout.duration();
+    let tls = match tokio::time::timeout(handshake_deadline, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            refused_handshake(&service, peer, &error).await;
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let identity = {
+        let (_, connection) = tls.get_ref();
+        match connection.peer_certificates().and_then(|chain| chain.first()) {
+            Some(certificate) => {
+                tls::client_identity(certificate.as_ref(), service.server.client_identity)
+            }
+            None => Err("no client certificate".into()),
+        }
+    };
+    let identity = ClientIdentity(identity);
+    let service_fn = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(identity.clone());
+        app.clone().oneshot(request.map(axum::body::Body::new))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(service.server.header_read_timeout.duration())
+        .keep_alive(true);
+    let connection = builder.serve_connection(TokioIo::new(tls), service_fn);
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+/// A handshake refused for the client's certificate is audited; other handshake failures
+/// (scanners, wrong protocol) are only logged.
+async fn refused_handshake(service: &Service, peer: SocketAddr, error: &std::io::Error) {
+    let reason = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|tls_error| match tls_error {
+            rustls::Error::NoCertificatesPresented => {
+                Some("no client certificate presented".to_string())
+            }
+            rustls::Error::InvalidCertificate(why) => {
+                Some(format!("client certificate refused: {why:?}"))
+            }
+            _ => None,
+        });
+    let Some(reason) = reason else {
+        tracing::debug!(%peer, %error, "TLS handshake failed");
+        return;
+    };
+    tracing::info!(%peer, %reason, "TLS client refused");
+    service.metrics.count_tls_refusal();
+    let event = AuditEvent {
+        event: "tls.refused".into(),
+        actor: peer.ip().to_string(),
+        details: json!({ "peer": peer.to_string(), "reason": reason }),
+    };
+    if let Err(error) = service.recorder.record(None, event).await {
+        tracing::error!(%error, "cannot audit a refused TLS client");
+    }
+}
+
+/// Resolves with the signal's name on SIGTERM or SIGINT.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,373 @@
+//! The running service: everything `hsmca serve` checks and opens at start, and the state the
+//! handlers share. A configuration that cannot work is refused here, with the fix, before the
+//! listener opens.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::hsm::{HealthState, Hsm, HsmKey, SignatureAlgorithm, SignerPool};
+use crate::ledger::audit::{AuditEvent, AuditLog};
+use crate::ledger::certificates::{CertificateStore, Ledger};
+use crate::ledger::recorder::Recorder;
+use crate::pki::{self, CaCertificate, Profile};
+use crate::policy::{Policy, RateLimiter};
+
+use super::config::{ServerConfig, TrustConfig};
+use super::metrics::{Gauges, Metrics};
+use super::{bundle, serials::SerialSource};
+
+/// Why the service cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is incomplete or inconsistent.
+    #[error("{0}")]
+    Config(String),
+    /// An issuer cannot be used.
+    #[error("issuer {issuer}: {reason}")]
+    Issuer {
+        /// The `[issuers.<name>]`.
+        issuer: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// The HSM cannot be opened or used.
+    #[error(transparent)]
+    Hsm(#[from] crate::hsm::HsmError),
+    /// The ledger cannot be opened.
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::certificates::LedgerError),
+    /// The audit log cannot be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::ledger::audit::AuditError),
+}
+
+/// An online intermediate, checked and ready to sign.
+pub struct IssuerState {
+    /// Its name in the configuration.
+    pub name: String,
+    /// Its certificate.
+    pub certificate: CaCertificate,
+    /// Its key in the HSM, found by label and checked against the certificate.
+    pub key: HsmKey,
+    /// The algorithm it signs with.
+    pub algorithm: SignatureAlgorithm,
+    /// What the pre-signing checks need to know about it.
+    pub view: pki::Issuer,
+    /// Its certificate and any intermediates above it, up to but not including the root.
+    pub chain: Vec<CaCertificate>,
+}
+
+impl IssuerState {
+    /// The chain as PEM, issuer first.
+    pub fn chain_pem(&self) -> String {
+        self.chain.iter().map(CaCertificate::to_pem).collect()
+    }
+}
+
+/// The trust bundle as served.
+pub struct Bundle {
+    /// The roots.
+    pub roots: Vec<CaCertificate>,
+    /// Concatenated PEM.
+    pub pem: String,
+    /// The SPIFFE bundle document.
+    pub spiffe: serde_json::Value,
+}
+
+/// Shared state of the running service.
+pub struct Service {
+    /// The `[server]` section.
+    pub server: ServerConfig,
+    /// The HSM session pool.
+    pub pool: SignerPool,
+    /// Online intermediates by name.
+    pub issuers: BTreeMap<String, IssuerState>,
+    /// Profiles by name.
+    pub profiles: BTreeMap<String, Profile>,
+    /// Client policy.
+    pub policy: Policy,
+    /// Per-client request rates.
+    pub limiter: RateLimiter,
+    /// Ledger and audit log writer.
+    pub recorder: Recorder,
+    /// Serial numbers from the HSM's RNG.
+    pub serials: SerialSource,
+    /// The trust bundle.
+    pub bundle: Bundle,
+    /// Metrics.
+    pub metrics: Metrics,
+    readiness: Mutex<Option<(Instant, Result<(), Vec<String>>)>>,
+}
+
+/// How long a readiness probe result is reused, so probes cannot load the HSM.
+const READINESS_TTL: Duration = Duration::from_secs(1);
+
+impl Service {
+    /// Checks the configuration and opens the HSM, issuers, ledger and audit log.
+    pub fn start(config: &Config) -> Result<Self, StartError> {
+        let missing = |section: &str| {
+            StartError::Config(format!(
+                "`hsmca serve` needs a [{section}] section in the config file"
+            ))
+        };
+        let server = config.server.clone().ok_or_else(|| missing("server"))?;
+        let storage = config.storage.as_ref().ok_or_else(|| missing("storage"))?;
+        let trust = config.trust.as_ref().ok_or_else(|| missing("trust"))?;
+        if config.issuers.is_empty() {
+            return Err(missing("issuers.<name>"));
+        }
+        if config.profiles.is_empty() {
+            return Err(missing("profiles.<name>"));
+        }
+        if server.max_body_bytes == 0 {
+            return Err(StartError::Config(
+                "server.max_body_bytes must be above zero".into(),
+            ));
+        }
+        for (name, profile) in &config.profiles {
+            profile.validate(name).map_err(StartError::Config)?;
+            if !config.issuers.contains_key(&profile.issuer) {
+                return Err(StartError::Config(format!(
+                    "profile {name}: issuer {:?} is not defined in [issuers]",
+                    profile.issuer
+                )));
+            }
+        }
+        let policy = Policy::new(&config.clients, |p| config.profiles.contains_key(p))
+            .map_err(StartError::Config)?;
+        if config.clients.is_empty() {
+            tracing::warn!("no [[clients]] configured: every signing request will be refused");
+        }
+        let (roots, intermediates) = load_trust(config, trust)?;
+
+        let hsm = Hsm::open(&config.hsm)?;
+        let now = pki::now().unix_duration();
+        let mut issuers = BTreeMap::new();
+        for (name, issuer) in &config.issuers {
+            let fail = |reason: String| StartError::Issuer {
+                issuer: name.clone(),
+                reason,
+            };
+            let certificate = CaCertificate::from_file(&config.resolve(&issuer.certificate))
+                .map_err(|e| fail(e.to_string()))?;
+            let key = hsm
+                .find_key(&issuer.key_label, Some(certificate.public_key()))
+                .map_err(|e| fail(e.to_string()))?;
+            let algorithm = issuer
+                .signature_algorithm
+                .unwrap_or_else(|| key.key_type().default_algorithm());
+            if !algorithm.works_with(key.key_type()) {
+                return Err(fail(format!(
+                    "signature_algorithm {algorithm} cannot be made by its {} key",
+                    key.key_type()
+                )));
+            }
+            let validity = certificate.validity();
+            let (from, until) = (
+                validity.not_before.to_unix_duration(),
+                validity.not_after.to_unix_duration(),
+            );
+            if now < from {
+                return Err(fail(format!(
+                    "its certificate is not valid before {}",
+                    validity.not_before
+                )));
+            }
+            for (profile_name, profile) in config.profiles.iter().filter(|(_, p)| &p.issuer == name)
+            {
+                if until < now + profile.max_ttl.duration() {
+                    return Err(fail(format!(
+                        "its certificate expires {} (or has expired), inside profile {profile_name}'s max_ttl {}; rotate the issuer or lower max_ttl",
+                        validity.not_after, profile.max_ttl
+                    )));
+                }
+            }
+            let chain = chain_to_root(&certificate, &intermediates, &roots).map_err(fail)?;
+            issuers.insert(
+                name.clone(),
+                IssuerState {
+                    name: name.clone(),
+                    view: certificate.as_issuer(),
+                    certificate,
+                    key,
+                    algorithm,
+                    chain,
+                },
+            );
+        }
+
+        let mut ledger = Ledger::open(&config.resolve(&storage.ledger))?;
+        let pem = bundle::pem_bundle(&roots);
+        let sequence = ledger.bundle_sequence(&crate::digest::sha256_hex(pem.as_bytes()))?;
+        let spiffe = bundle::spiffe_bundle(&roots, sequence, trust.spiffe_refresh_hint.0);
+        let audit = AuditLog::open(&config.resolve(&storage.audit_log))?;
+        let recorder = Recorder::start(Box::new(ledger), audit)
+            .map_err(|e| StartError::Config(format!("cannot start the ledger writer: {e}")))?;
+        let pool = hsm.start_pool(&config.hsm.pool)?;
+        let hsm = Arc::new(hsm);
+        Ok(Service {
+            server,
+            pool,
+            issuers,
+            profiles: config.profiles.clone(),
+            policy,
+            limiter: RateLimiter::default(),
+            recorder,
+            serials: SerialSource::new(hsm),
+            bundle: Bundle {
+                roots,
+                pem,
+                spiffe,
+            },
+            metrics: Metrics::default(),
+            readiness: Mutex::new(None),
+        })
+    }
+
+    /// Records a service event (start, stop) in the audit log.
+    pub async fn audit_service_event(&self, event: &str, details: serde_json::Value) {
+        let event = AuditEvent {
+            event: event.into(),
+            actor: "hsmca".into(),
+            details,
+        };
+        if let Err(error) = self.recorder.record(None, event).await {
+            tracing::error!(%error, "cannot audit a service event");
+        }
+    }
+
+    /// Ready to issue: the HSM signs with every issuer key, and the ledger and audit log are
+    /// writable. Probed at most once a second.
+    pub async fn readiness(&self) -> Result<(), Vec<String>> {
+        if let Some((at, result)) = self
+            .readiness
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            && at.elapsed() < READINESS_TTL
+        {
+            return result.clone();
+        }
+        let mut failures = Vec::new();
+        if !self.recorder.is_healthy() {
+            failures.push("the ledger or audit log failed a write; restart hsmca after fixing the storage".to_string());
+        }
+        for issuer in self.issuers.values() {
+            if let Err(error) = self
+                .pool
+                .sign(&issuer.key, issuer.algorithm, b"hsmca readiness probe".to_vec())
+                .await
+            {
+                failures.push(format!("issuer {} cannot sign: {error}", issuer.name));
+            }
+        }
+        if let HealthState::Degraded { last_error, .. } = self.pool.health().state {
+            if failures.is_empty() {
+                tracing::info!(%last_error, "HSM recovered after an earlier fault");
+            } else {
+                failures.push(format!("HSM degraded: {last_error}"));
+            }
+        }
+        let result = if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures)
+        };
+        *self.readiness.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), result.clone()));
+        result
+    }
+
+    /// The gauges for a metrics scrape.
+    pub fn gauges(&self) -> Gauges {
+        let health = self.pool.health();
+        let stats = self.recorder.stats();
+        Gauges {
+            pool_busy: self.pool.busy(),
+            queue_depth: self.pool.queued(),
+            pool_sessions: self.pool.sessions(),
+            session_resets: health.session_resets,
+            hsm_up: matches!(health.state, HealthState::Ok),
+            record_groups: stats.groups.load(std::sync::atomic::Ordering::Relaxed),
+            record_entries: stats.entries.load(std::sync::atomic::Ordering::Relaxed),
+            issuer_not_after: self
+                .issuers
+                .values()
+                .map(|issuer| {
+                    (
+                        issuer.name.clone(),
+                        issuer
+                            .certificate
+                            .validity()
+                            .not_after
+                            .to_unix_duration()
+                            .as_secs(),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Loads the roots (self-signed) and intermediates of `[trust]`.
+fn load_trust(
+    config: &Config,
+    trust: &TrustConfig,
+) -> Result<(Vec<CaCertificate>, Vec<CaCertificate>), StartError> {
+    if trust.roots.is_empty() {
+        return Err(StartError::Config(
+            "trust.roots must list at least one root certificate".into(),
+        ));
+    }
+    let load = |path: &std::path::PathBuf| {
+        CaCertificate::from_file(&config.resolve(path))
+            .map_err(|e| StartError::Config(format!("[trust]: {e}")))
+    };
+    let roots = trust.roots.iter().map(load).collect::<Result<Vec<_>, _>>()?;
+    for (root, path) in roots.iter().zip(&trust.roots) {
+        let self_signed = root.is_self_issued()
+            && pki::verify_signed(root.der(), root.public_key()).is_ok();
+        if !self_signed {
+            return Err(StartError::Config(format!(
+                "trust.roots: {} is not a self-signed root",
+                path.display()
+            )));
+        }
+    }
+    let intermediates = trust
+        .intermediates
+        .iter()
+        .map(load)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((roots, intermediates))
+}
+
+/// The path from `issuer` up to one of `roots`, each link's signature verified: the issuer
+/// and the intermediates above it, without the root.
+fn chain_to_root(
+    issuer: &CaCertificate,
+    intermediates: &[CaCertificate],
+    roots: &[CaCertificate],
+) -> Result<Vec<CaCertificate>, String> {
+    let signed_by = |child: &CaCertificate, parent: &CaCertificate| {
+        child.certificate().tbs_certificate.issuer == *parent.subject()
+            && pki::verify_signed(child.der(), parent.public_key()).is_ok()
+    };
+    let mut chain = vec![issuer.clone()];
+    while chain.len() <= intermediates.len() + 1 {
+        let last = chain.last().expect("the chain starts with the issuer");
+        if roots.iter().any(|root| signed_by(last, root)) {
+            return Ok(chain);
+        }
+        match intermediates.iter().find(|parent| signed_by(last, parent)) {
+            Some(parent) => chain.push(parent.clone()),
+            None => break,
+        }
+    }
+    Err(format!(
+        "its certificate does not chain to any of trust.roots (issuer {}); add the root, or the intermediates between, to [trust]",
+        issuer.certificate().tbs_certificate.issuer
+    ))
+}
