@@ -104,7 +104,15 @@ mod tests {
         ] {
             assert_eq!(Seconds::parse(text), Ok(Seconds(seconds)), "{text}");
         }
-        for bad in ["", "h", "1x", "1h30", "-5s", "1.5h", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "h",
+            "1x",
+            "1h30",
+            "-5s",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
             assert!(Seconds::parse(bad).is_err(), "{bad:?} was accepted");
         }
         assert_eq!(Seconds(5400).to_string(), "90m");

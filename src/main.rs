@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use hsmca::api::client::{Client, Layout, RequestKeyType, RequestOptions};
+use hsmca::api::{Service, StartError};
 use hsmca::ceremony::{self, CeremonyError, Progress};
 use hsmca::config::{Config, ConfigError};
 use hsmca::hsm::{Hsm, HsmError, KeyType};
-use hsmca::api::client::{Client, Layout, RequestKeyType, RequestOptions};
-use hsmca::api::{Service, StartError};
 use hsmca::ledger::audit::{self, AuditError};
 
 /// hsmca: HSM-backed identity signing appliance for service meshes.
@@ -372,13 +372,12 @@ fn keygen(
             path: path.to_owned(),
             source,
         };
-        hsmca::files::create_new_file(path, public_key.to_pem().as_bytes(), hsmca::files::PUBLIC).map_err(|source| {
-            match source.kind() {
-                std::io::ErrorKind::AlreadyExists => CliError::OutputExists {
-                    path: path.to_owned(),
-                },
-                _ => write_error(source),
-            }
+        hsmca::files::create_new_file(path, public_key.to_pem().as_bytes(), hsmca::files::PUBLIC)
+            .map_err(|source| match source.kind() {
+            std::io::ErrorKind::AlreadyExists => CliError::OutputExists {
+                path: path.to_owned(),
+            },
+            _ => write_error(source),
         })?;
         emit(&format!("public key written to {}\n", path.display()))?;
     }

@@ -61,7 +61,10 @@ impl Client {
             ),
             None => (authority, 443),
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let mut roots = rustls::RootCertStore::empty();
         for certificate in read_certificates(ca, "--ca")? {
             roots.add(certificate).map_err(|e| format!("--ca: {e}"))?;
@@ -142,7 +145,12 @@ impl Client {
     }
 
     /// `POST /v1/sign`.
-    pub async fn sign(&self, csr_pem: &str, profile: &str, ttl: Option<&str>) -> Result<Response, String> {
+    pub async fn sign(
+        &self,
+        csr_pem: &str,
+        profile: &str,
+        ttl: Option<&str>,
+    ) -> Result<Response, String> {
         let mut request = json!({ "csr": csr_pem, "profile": profile });
         if let Some(ttl) = ttl {
             request["ttl"] = json!(ttl);
@@ -219,10 +227,13 @@ pub async fn request(client: &Client, options: &RequestOptions) -> Result<Vec<Pa
         return Err("Linkerd's issuer key must be ecdsa-p256".into());
     }
     let key = generate_key(options.key_type)?;
-    let common_name = options.common_name.clone().unwrap_or_else(|| match options.layout {
-        Layout::Linkerd => "identity.linkerd.cluster.local".into(),
-        _ => format!("{} issuing CA", options.trust_domain),
-    });
+    let common_name = options
+        .common_name
+        .clone()
+        .unwrap_or_else(|| match options.layout {
+            Layout::Linkerd => "identity.linkerd.cluster.local".into(),
+            _ => format!("{} issuing CA", options.trust_domain),
+        });
     let csr = csr_pem(&key, &options.trust_domain, &common_name)?;
     let response = client
         .sign(&csr, &options.profile, options.ttl.as_deref())
@@ -247,7 +258,12 @@ pub async fn request(client: &Client, options: &RequestOptions) -> Result<Vec<Pa
         Layout::Plain => vec![key.serialize_pem(), certificate, chain, roots],
         Layout::Istio => {
             let root = issuing_root(&chain, &roots)?;
-            vec![key.serialize_pem(), certificate, format!("{chain}{root}"), roots]
+            vec![
+                key.serialize_pem(),
+                certificate,
+                format!("{chain}{root}"),
+                roots,
+            ]
         }
         Layout::Linkerd => vec![key.serialize_pem(), chain, roots],
     };
@@ -267,7 +283,12 @@ pub async fn request(client: &Client, options: &RequestOptions) -> Result<Vec<Pa
 fn file_names(layout: Layout) -> &'static [&'static str] {
     match layout {
         Layout::Plain => &["key.pem", "cert.pem", "chain.pem", "roots.pem"],
-        Layout::Istio => &["ca-key.pem", "ca-cert.pem", "cert-chain.pem", "root-cert.pem"],
+        Layout::Istio => &[
+            "ca-key.pem",
+            "ca-cert.pem",
+            "cert-chain.pem",
+            "root-cert.pem",
+        ],
         Layout::Linkerd => &["issuer.key", "issuer.crt", "ca.crt"],
     }
 }
@@ -313,9 +334,7 @@ fn issuing_root(chain: &str, roots: &str) -> Result<String, String> {
     let parse = |pem: &str| -> Result<Vec<x509_cert::Certificate>, String> {
         x509_cert::Certificate::load_pem_chain(pem.as_bytes()).map_err(|e| e.to_string())
     };
-    let top = parse(chain)?
-        .pop()
-        .ok_or("the answer's chain is empty")?;
+    let top = parse(chain)?.pop().ok_or("the answer's chain is empty")?;
     let root = parse(roots)?
         .into_iter()
         .find(|root| root.tbs_certificate.subject == top.tbs_certificate.issuer)

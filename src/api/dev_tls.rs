@@ -19,9 +19,10 @@ pub fn write(dir: &Path, clients: &[(String, String)]) -> Result<Vec<PathBuf>, S
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let ca_key = KeyPair::generate().map_err(failed)?;
     let mut ca_params = CertificateParams::default();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "hsmca development TLS CA (not for production)");
+    ca_params.distinguished_name.push(
+        DnType::CommonName,
+        "hsmca development TLS CA (not for production)",
+    );
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca_params.self_signed(&ca_key).map_err(failed)?;

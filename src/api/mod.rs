@@ -8,8 +8,8 @@
 
 mod bundle;
 pub mod client;
-pub mod dev_tls;
 mod config;
+pub mod dev_tls;
 mod error;
 mod metrics;
 mod routes;

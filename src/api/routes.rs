@@ -51,7 +51,7 @@ pub fn router(service: Arc<Service>) -> Router {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SignRequest {
-    /// The CSR, PEM (or base64 DER).
+    /// The CSR: PEM, or base64 of the DER.
     csr: String,
     /// The profile name.
     profile: String,
@@ -91,7 +91,9 @@ async fn sign(
     };
     let response = match result {
         Ok(body) => {
-            service.metrics.count_request(profile_label, Outcome::Issued);
+            service
+                .metrics
+                .count_request(profile_label, Outcome::Issued);
             (StatusCode::OK, Json(body)).into_response()
         }
         Err(error) => {
@@ -190,7 +192,8 @@ async fn issue(
             )
         });
     }
-    let csr = pki::verify_csr(request.csr.as_bytes()).map_err(|e| {
+    let csr_bytes = csr_bytes(&request.csr)?;
+    let csr = pki::verify_csr(&csr_bytes).map_err(|e| {
         let code = match e {
             CsrError::Key(_) => "weak_or_unsupported_key",
             CsrError::Signature(_) => "bad_csr_signature",
@@ -201,8 +204,14 @@ async fn issue(
     let names = profile
         .requested_names(&csr)
         .map_err(|e| ApiError::bad_request(e.code, e.message))?;
+    // Without a requested ttl the profile's default applies, shortened to the client's
+    // maximum; a ttl asked for explicitly is refused above either maximum.
     let ttl = profile
-        .ttl(request.ttl)
+        .ttl(Some(
+            request
+                .ttl
+                .unwrap_or(profile.default_ttl.min(client.max_ttl)),
+        ))
         .map_err(|e| ApiError::bad_request(e.code, e.message))?;
     client.allow_request(&names, ttl).map_err(policy_denied)?;
 
@@ -294,6 +303,21 @@ async fn issue(
         "serial": serial_hex,
         "not_after": rfc3339(not_after),
     }))
+}
+
+/// The CSR as sent: PEM text, or base64 of the DER.
+fn csr_bytes(csr: &str) -> Result<Vec<u8>, ApiError> {
+    use base64ct::{Base64, Encoding};
+    let text = csr.trim();
+    if text.starts_with("-----BEGIN") {
+        return Ok(text.as_bytes().to_vec());
+    }
+    Base64::decode_vec(text).map_err(|_| {
+        ApiError::bad_request(
+            "bad_csr",
+            "the csr field is neither a PEM CERTIFICATE REQUEST nor base64 DER",
+        )
+    })
 }
 
 /// Reads a JSON body of at most `server.max_body_bytes`.
@@ -389,11 +413,7 @@ fn rfc3339(unix_seconds: u64) -> String {
 }
 
 fn pem_response(pem: String) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/x-pem-file")],
-        pem,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response()
 }
 
 async fn bundle_pem(State(service): State<Arc<Service>>) -> Response {
@@ -412,7 +432,12 @@ async fn chain(State(service): State<Arc<Service>>, Path(issuer): Path<String>) 
             "unknown_issuer",
             format!(
                 "there is no issuer {issuer:?}; issuers: {}",
-                service.issuers.keys().cloned().collect::<Vec<_>>().join(", ")
+                service
+                    .issuers
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
         .into_response(),

@@ -34,11 +34,10 @@ impl SerialSource {
                 return Ok(serial_from_random(bytes));
             }
             let hsm = self.hsm.clone();
-            let fresh = tokio::task::spawn_blocking(move || {
-                hsm.random(SERIAL_LEN * SERIALS_PER_FETCH)
-            })
-            .await
-            .map_err(|_| HsmError::ShutDown)??;
+            let fresh =
+                tokio::task::spawn_blocking(move || hsm.random(SERIAL_LEN * SERIALS_PER_FETCH))
+                    .await
+                    .map_err(|_| HsmError::ShutDown)??;
             self.buffer
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

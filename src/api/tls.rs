@@ -93,7 +93,7 @@ pub fn client_identity(certificate: &[u8], source: IdentitySource) -> Result<Str
             .iter()
             .flat_map(|rdn| rdn.0.iter())
             .filter(|attribute| attribute.oid == const_oid::db::rfc4519::CN)
-            .filter_map(|attribute| directory_string(&attribute.value))
+            .filter_map(|attribute| crate::pki::directory_string(&attribute.value))
             .collect(),
         IdentitySource::UriSan | IdentitySource::DnsSan => {
             let san = crate::pki::find_san(tbs);
@@ -131,17 +131,4 @@ fn describe(source: IdentitySource) -> &'static str {
         IdentitySource::CommonName => "subject CN",
         IdentitySource::Fingerprint => "fingerprint",
     }
-}
-
-fn directory_string(value: &der::Any) -> Option<String> {
-    use der::asn1::{PrintableStringRef, Utf8StringRef};
-    value
-        .decode_as::<Utf8StringRef<'_>>()
-        .map(|s| s.to_string())
-        .or_else(|_| {
-            value
-                .decode_as::<PrintableStringRef<'_>>()
-                .map(|s| s.to_string())
-        })
-        .ok()
 }

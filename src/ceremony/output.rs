@@ -52,11 +52,13 @@ impl OutputFiles {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        crate::files::create_new_file(path, contents, crate::files::PUBLIC).map_err(|source| match source.kind() {
-            std::io::ErrorKind::AlreadyExists => CeremonyError::OutputExists {
-                path: path.to_owned(),
-            },
-            _ => io(source),
+        crate::files::create_new_file(path, contents, crate::files::PUBLIC).map_err(|source| {
+            match source.kind() {
+                std::io::ErrorKind::AlreadyExists => CeremonyError::OutputExists {
+                    path: path.to_owned(),
+                },
+                _ => io(source),
+            }
         })?;
         self.written.push(WrittenFile {
             path: path.to_owned(),

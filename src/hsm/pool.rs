@@ -6,8 +6,8 @@
 //! queue is full and a timeout error when their job does not finish in time.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -117,13 +117,17 @@ impl SignerPool {
             deadline,
             reply,
         };
-        sender.try_send(job).map_err(|err| match err {
-            TrySendError::Full(_) => HsmError::Busy {
-                queue_depth: self.queue_depth,
-            },
-            TrySendError::Disconnected(_) => HsmError::ShutDown,
-        })?;
+        // Counted before it is sent, so a worker never takes a job that is not counted yet.
         self.load.queued.fetch_add(1, Ordering::Relaxed);
+        sender.try_send(job).map_err(|err| {
+            self.load.queued.fetch_sub(1, Ordering::Relaxed);
+            match err {
+                TrySendError::Full(_) => HsmError::Busy {
+                    queue_depth: self.queue_depth,
+                },
+                TrySendError::Disconnected(_) => HsmError::ShutDown,
+            }
+        })?;
         match tokio::time::timeout_at(deadline.into(), response).await {
             Ok(Ok(result)) => result,
             // Either the deadline passed while waiting, or the worker dropped the job
@@ -226,12 +230,7 @@ impl Worker {
                     }
                 }
             }
-            // The job may be counted a moment after it was taken; saturate, never wrap.
-            let _ = load
-                .queued
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    Some(n.saturating_sub(batch.len()))
-                });
+            load.queued.fetch_sub(batch.len(), Ordering::Relaxed);
             load.busy.fetch_add(1, Ordering::Relaxed);
             let mut oldest_reply: Option<Instant> = None;
             for job in batch.drain(..) {

@@ -139,7 +139,6 @@ impl Ledger {
             path: path.to_owned(),
         })
     }
-
 }
 
 impl CertificateStore for Ledger {

@@ -4,8 +4,8 @@
 //! its requester only after its row and its audit record are durable; batching keeps that
 //! from costing two disk syncs per request.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use serde_json::json;
@@ -48,8 +48,8 @@ pub struct RecorderStats {
 
 /// The handle callers use; the writer thread runs until the handle is shut down.
 pub struct Recorder {
-    sender: Option<mpsc::UnboundedSender<Entry>>,
-    thread: Option<JoinHandle<()>>,
+    sender: Mutex<Option<mpsc::UnboundedSender<Entry>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     healthy: Arc<AtomicBool>,
     stats: Arc<RecorderStats>,
 }
@@ -70,8 +70,8 @@ impl Recorder {
             .name("ledger-writer".into())
             .spawn(move || writer.run(receiver))?;
         Ok(Recorder {
-            sender: Some(sender),
-            thread: Some(thread),
+            sender: Mutex::new(Some(sender)),
+            thread: Mutex::new(Some(thread)),
             healthy,
             stats,
         })
@@ -85,13 +85,17 @@ impl Recorder {
         event: AuditEvent,
     ) -> Result<AuditReceipt, RecordError> {
         let (reply, response) = oneshot::channel();
-        let sender = self.sender.as_ref().ok_or(RecordError::Stopped)?;
-        sender
-            .send(Entry {
-                certificate,
-                event,
-                reply,
-            })
+        let entry = Entry {
+            certificate,
+            event,
+            reply,
+        };
+        self.sender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .ok_or(RecordError::Stopped)?
+            .send(entry)
             .map_err(|_| RecordError::Stopped)?;
         response.await.unwrap_or(Err(RecordError::Stopped))
     }
@@ -106,10 +110,12 @@ impl Recorder {
         &self.stats
     }
 
-    /// Writes everything already queued, then stops the writer thread.
-    pub fn shutdown(&mut self) {
-        drop(self.sender.take());
-        if let Some(thread) = self.thread.take() {
+    /// Writes everything already queued, then stops the writer thread; later entries are
+    /// refused as [`RecordError::Stopped`].
+    pub fn shutdown(&self) {
+        drop(self.sender.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
             let _ = thread.join();
         }
     }
@@ -242,7 +248,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
         let log = AuditLog::open(&dir.path().join("audit.log")).unwrap();
-        let mut recorder = Recorder::start(Box::new(ledger), log).unwrap();
+        let recorder = Recorder::start(Box::new(ledger), log).unwrap();
         let recorder_ref = &recorder;
         // All pending at once, so the writer sees groups of many entries.
         let results = futures::future::join_all(

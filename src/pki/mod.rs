@@ -28,7 +28,7 @@ pub use csr::{CsrError, CsrTemplate, VerifiedCsr, verify_csr};
 pub use error::PkiError;
 pub use leaf::LeafTemplate;
 pub use lint::{check_ca_certificate, check_crl, check_leaf_certificate};
-pub use name::SubjectSpec;
+pub use name::{SubjectSpec, directory_string, rebuild_requested_name};
 pub use profile::{Profile, ProfileKind, ProfileRefusal, RequestedNames, Template};
 pub use signed::{Prepared, verify_signed};
 pub use signer::{HsmSigner, Signer, SoftwareKey};

@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use const_oid::ObjectIdentifier;
-use const_oid::db::rfc4519;
 use serde::Deserialize;
 use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
@@ -61,6 +59,8 @@ pub struct Profile {
 /// decides next whether this client may have it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestedNames {
+    /// The subject, rebuilt from the CSR's with only the attributes hsmca writes.
+    pub subject: Name,
     /// The SPIFFE ID: a trust domain ID for an issuing CA, a workload ID for a leaf.
     pub spiffe_id: Option<SpiffeId>,
     /// DNS names (leaves only).
@@ -84,19 +84,6 @@ fn refuse(code: &'static str, message: impl Into<String>) -> ProfileRefusal {
         message: message.into(),
     }
 }
-
-/// The subject attributes a profile copies from a CSR; anything else is refused rather than
-/// silently dropped, so the requester sees exactly what it will get.
-const SUBJECT_ATTRIBUTES: [(ObjectIdentifier, &str); 8] = [
-    (rfc4519::C, "C"),
-    (rfc4519::ST, "ST"),
-    (rfc4519::L, "L"),
-    (rfc4519::O, "O"),
-    (rfc4519::OU, "OU"),
-    (rfc4519::CN, "CN"),
-    (rfc4519::SERIAL_NUMBER, "serialNumber"),
-    (rfc4519::X_500_UNIQUE_IDENTIFIER, "x500UniqueIdentifier"),
-];
 
 /// A certificate ready to be prepared: which shape, built from the request.
 #[derive(Clone, Debug)]
@@ -167,7 +154,8 @@ impl Profile {
                 ),
             ));
         }
-        check_subject(&csr.subject)?;
+        let subject = super::name::rebuild_requested_name(&csr.subject)
+            .map_err(|message| refuse("subject_not_allowed", message))?;
         let spiffe_id = match csr.uri_sans.as_slice() {
             [] => None,
             [uri] => Some(SpiffeId::parse(uri).map_err(|e| {
@@ -188,6 +176,12 @@ impl Profile {
         };
         match self.kind {
             ProfileKind::IssuingCa => {
+                if subject.is_empty() {
+                    return Err(refuse(
+                        "subject_required",
+                        "an issuing CA needs a subject (SPIRE sends C=US, O=SPIFFE)",
+                    ));
+                }
                 if !csr.dns_sans.is_empty() {
                     return Err(refuse(
                         "san_not_allowed",
@@ -215,13 +209,14 @@ impl Profile {
             },
         }
         Ok(RequestedNames {
+            subject,
             spiffe_id,
             dns_names: csr.dns_sans.clone(),
         })
     }
 
-    /// The lifetime a request gets: its own `ttl`, or the profile's default; refused above
-    /// the profile's maximum.
+    /// The lifetime a request gets: `requested`, or the profile's default; refused above the
+    /// profile's maximum.
     pub fn ttl(&self, requested: Option<Seconds>) -> Result<Seconds, ProfileRefusal> {
         let ttl = requested.unwrap_or(self.default_ttl);
         if ttl.0 == 0 {
@@ -252,7 +247,9 @@ impl Profile {
     ) -> Result<Template, ProfileRefusal> {
         let issuer_from = issuer.validity.not_before.to_unix_duration();
         let issuer_until = issuer.validity.not_after.to_unix_duration();
-        let not_before = now.saturating_sub(self.backdate.duration()).max(issuer_from);
+        let not_before = now
+            .saturating_sub(self.backdate.duration())
+            .max(issuer_from);
         let not_after = (now + ttl.duration()).min(issuer_until);
         if not_after <= now {
             return Err(refuse(
@@ -264,13 +261,18 @@ impl Profile {
             der::DateTime::from_unix_duration(Duration::from_secs(at.as_secs()))
                 .map_err(|e| e.to_string())
                 .and_then(|t| x509_time(t).map_err(|e| e.to_string()))
-                .map_err(|e| refuse("invalid_ttl", format!("the validity cannot be encoded: {e}")))
+                .map_err(|e| {
+                    refuse(
+                        "invalid_ttl",
+                        format!("the validity cannot be encoded: {e}"),
+                    )
+                })
         };
         let validity = Validity {
             not_before: time(not_before)?,
             not_after: time(not_after)?,
         };
-        let subject = csr.subject.clone();
+        let subject = names.subject.clone();
         let spiffe_id = names.spiffe_id.as_ref().map(|id| id.to_string());
         Ok(match self.kind {
             ProfileKind::IssuingCa => Template::Ca(CaTemplate {
@@ -299,33 +301,4 @@ impl Profile {
             }),
         })
     }
-}
-
-/// Refuses subject attributes outside [`SUBJECT_ATTRIBUTES`] and multi-valued RDNs.
-fn check_subject(subject: &Name) -> Result<(), ProfileRefusal> {
-    for rdn in subject.0.iter() {
-        if rdn.0.len() != 1 {
-            return Err(refuse(
-                "subject_not_allowed",
-                "multi-valued RDNs are not accepted in the subject",
-            ));
-        }
-        for attribute in rdn.0.iter() {
-            if !SUBJECT_ATTRIBUTES
-                .iter()
-                .any(|(oid, _)| *oid == attribute.oid)
-            {
-                let allowed: Vec<&str> = SUBJECT_ATTRIBUTES.iter().map(|(_, n)| *n).collect();
-                return Err(refuse(
-                    "subject_not_allowed",
-                    format!(
-                        "the subject attribute {} is not accepted; use only {}",
-                        attribute.oid,
-                        allowed.join(", ")
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
 }

@@ -120,7 +120,10 @@ impl Policy {
                     client.name
                 ));
             }
-            if map.insert(client.identity.clone(), client.clone()).is_some() {
+            if map
+                .insert(client.identity.clone(), client.clone())
+                .is_some()
+            {
                 return Err(format!(
                     "client identity {:?} is listed twice in [[clients]]",
                     client.identity
@@ -258,6 +261,7 @@ mod tests {
 
     fn names(id: &str, dns: &[&str]) -> RequestedNames {
         RequestedNames {
+            subject: Default::default(),
             spiffe_id: Some(SpiffeId::parse(id).unwrap()),
             dns_names: dns.iter().map(|d| d.to_string()).collect(),
         }
@@ -276,7 +280,10 @@ mod tests {
         c.allow_request(&names("spiffe://prod.example", &[]), day)
             .unwrap();
         c.allow_request(
-            &names("spiffe://prod.example/ns/prod/sa/web", &["web.svc.cluster.local"]),
+            &names(
+                "spiffe://prod.example/ns/prod/sa/web",
+                &["web.svc.cluster.local"],
+            ),
             day,
         )
         .unwrap();

@@ -3,6 +3,8 @@
 //! A test that needs SoftHSM2 fails loudly when it is missing; it never skips.
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod appliance;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;

@@ -1,0 +1,326 @@
+//! A running `hsmca serve` for tests: a fresh SoftHSM2 token with the development hierarchy
+//! (deploy/dev-ceremony.sh), development TLS material, a config, and the real binary as a
+//! child process on a free port.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use hsmca::api::client::Client;
+
+use super::{TestToken, repo_path};
+
+/// The trust domain the test clients may request.
+pub const TRUST_DOMAIN: &str = "mesh.example";
+
+/// The clients `hsmca dev-tls` makes for the tests, as NAME=URI.
+const CLIENTS: [&str; 3] = [
+    "istiod=spiffe://mesh.example/istiod",
+    "spire=spiffe://mesh.example/spire",
+    "stranger=spiffe://mesh.example/stranger",
+];
+
+/// The policy and profiles of the test appliance: `istiod` may use every profile in
+/// mesh.example under /ns/prod; `spire` only issuing CAs for 48 h; `stranger` has no entry.
+const POLICY: &str = r#"
+[profiles.issuing-ca]
+kind = "issuing-ca"
+issuer = "online-p256"
+default_ttl = "720h"
+max_ttl = "2160h"
+name_constraints = true
+
+[profiles.issuing-ca-rsa]
+kind = "issuing-ca"
+issuer = "online-rsa2048"
+default_ttl = "720h"
+max_ttl = "2160h"
+
+[profiles.workload]
+kind = "workload"
+issuer = "online-p256"
+default_ttl = "1h"
+max_ttl = "24h"
+
+[[clients]]
+name = "istiod"
+identity = "spiffe://mesh.example/istiod"
+profiles = ["issuing-ca", "issuing-ca-rsa", "workload"]
+trust_domains = ["mesh.example"]
+spiffe_path_prefixes = ["/ns/prod"]
+dns_suffixes = [".svc.cluster.local"]
+max_ttl = "2160h"
+
+[[clients]]
+name = "spire"
+identity = "spiffe://mesh.example/spire"
+profiles = ["issuing-ca"]
+trust_domains = ["mesh.example"]
+max_ttl = "48h"
+"#;
+
+/// A prepared (and possibly running) appliance.
+pub struct Appliance {
+    pub token: TestToken,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    stdout: Option<mpsc::Receiver<String>>,
+    pub url: String,
+}
+
+impl Appliance {
+    /// Token, development ceremony, TLS material for the clients and for a second, untrusted
+    /// TLS CA (`other-tls/`), and the config; not started.
+    pub fn prepare() -> Self {
+        let token = TestToken::create("hsmca-dev");
+        let dir = tempfile::tempdir().unwrap();
+        let ceremony = Command::new(repo_path("deploy/dev-ceremony.sh"))
+            .arg(dir.path().join("ceremony"))
+            .arg("hsmca-dev")
+            .arg(token.pin_file())
+            .env("HSMCA", env!("CARGO_BIN_EXE_hsmca"))
+            .env("SOFTHSM2_CONF", token.softhsm_conf())
+            .output()
+            .unwrap();
+        assert!(
+            ceremony.status.success(),
+            "dev ceremony failed: {}",
+            String::from_utf8_lossy(&ceremony.stderr)
+        );
+        for (out, clients) in [("tls", &CLIENTS[..]), ("other-tls", &CLIENTS[..1])] {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_hsmca"));
+            command
+                .arg("dev-tls")
+                .arg("--out-dir")
+                .arg(dir.path().join(out));
+            for client in clients {
+                command.args(["--client", client]);
+            }
+            let output = command.output().unwrap();
+            assert!(output.status.success(), "{output:?}");
+        }
+        let appliance = Appliance {
+            token,
+            dir,
+            child: None,
+            stdout: None,
+            url: String::new(),
+        };
+        appliance.write_config("");
+        appliance
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path("hsmca.toml")
+    }
+
+    /// Writes `hsmca.toml`: the standard config with `edit` applied to its text.
+    pub fn write_config_with(&self, edit: impl Fn(String) -> String) {
+        let text = format!(
+            r#"[hsm]
+module = "{module}"
+token_label = "hsmca-dev"
+pin_file = "{pin}"
+
+[hsm.pool]
+op_timeout_ms = 2000
+
+[server]
+listen = "127.0.0.1:0"
+certificate = "tls/server.pem"
+key = "tls/server-key.pem"
+client_ca = "tls/tls-ca.pem"
+shutdown_grace = "20s"
+
+[storage]
+ledger = "ledger.sqlite"
+audit_log = "audit.log"
+
+[trust]
+roots = ["ceremony/out/root-2026.pem"]
+
+[issuers.online-p256]
+certificate = "ceremony/out/online-p256-2026.pem"
+key_label = "online-p256-2026"
+
+[issuers.online-rsa2048]
+certificate = "ceremony/out/online-rsa2048-2026.pem"
+key_label = "online-rsa2048-2026"
+{POLICY}"#,
+            module = super::SOFTHSM_MODULE,
+            pin = self.token.pin_file().display(),
+        );
+        std::fs::write(self.config_path(), edit(text)).unwrap();
+    }
+
+    /// Writes the standard config with `extra` appended.
+    pub fn write_config(&self, extra: &str) {
+        self.write_config_with(|text| format!("{text}{extra}"));
+    }
+
+    /// `hsmca serve` with this config, the token's SoftHSM2 config and `HSMCA_LOG`.
+    pub fn serve_command(&self) -> Command {
+        let mut command = self.token.hsmca_command(&["serve"]);
+        command
+            .arg("--config")
+            .arg(self.config_path())
+            .env("HSMCA_LOG", "hsmca=info");
+        command
+    }
+
+    /// Starts the service and waits until it says where it listens. Panics with its output
+    /// if it exits instead.
+    pub fn start(&mut self) {
+        let mut child = self
+            .serve_command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (lines, receiver) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = self.path("serve.log");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = std::fs::File::create(log).unwrap();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(file, "{line}");
+            }
+        });
+        let url = loop {
+            match receiver.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("hsmca: serving on ") {
+                        break url.to_owned();
+                    }
+                }
+                Err(_) => {
+                    let status = child.try_wait().unwrap();
+                    let _ = child.kill();
+                    panic!(
+                        "hsmca serve did not start (exit {status:?}):\n{}",
+                        self.server_log()
+                    );
+                }
+            }
+        };
+        self.url = url;
+        self.child = Some(child);
+        self.stdout = Some(receiver);
+    }
+
+    /// What the service logged so far.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.path("serve.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        let mut child = self.child.take().expect("the appliance is running");
+        child.wait().unwrap()
+    }
+
+    /// Sends a signal to the running service (`kill -s NAME`).
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("the appliance is running");
+        let status = Command::new("kill")
+            .args(["-s", name, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// A client presenting `name`'s certificate from `tls_dir` (`tls` or `other-tls`).
+    pub fn client_from(&self, tls_dir: &str, name: &str) -> Client {
+        let dir = self.path(tls_dir);
+        Client::new(
+            &self.url,
+            &dir.join(format!("{name}.pem")),
+            &dir.join(format!("{name}-key.pem")),
+            &self.path("tls/tls-ca.pem"),
+        )
+        .unwrap()
+    }
+
+    /// A client of the trusted TLS CA.
+    pub fn client(&self, name: &str) -> Client {
+        self.client_from("tls", name)
+    }
+
+    /// The audit log's records as JSON.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path("audit.log"))
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    pub fn root_pem(&self) -> PathBuf {
+        self.path("ceremony/out/root-2026.pem")
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A CSR shaped like SPIRE's for an issuing CA: subject C=US, O=SPIFFE, URI SAN
+/// `spiffe://<td>`; `key` is the requester's key.
+pub fn spire_csr(key: &rcgen::KeyPair, uri_sans: &[&str]) -> String {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CountryName, "US");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "SPIFFE");
+    params.subject_alt_names = uri_sans
+        .iter()
+        .map(|uri| rcgen::SanType::URI(uri.to_string().try_into().unwrap()))
+        .collect();
+    params.serialize_request(key).unwrap().pem().unwrap()
+}
+
+pub fn p256() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
+}
+
+pub fn rsa2048() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).unwrap()
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A tokio runtime for the test's client calls.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}

@@ -1,0 +1,370 @@
+//! The signing appliance end to end: the real `hsmca serve` as a child process on a fresh
+//! SoftHSM2 token with the development hierarchy, real mTLS, and its certificates checked by
+//! openssl, pyca `cryptography` and pkilint.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::appliance::{Appliance, TRUST_DOMAIN, p256, rsa2048, runtime, spire_csr, write};
+use common::{assert_pkilint_clean, audit_verify, python_script, stderr, stdout};
+use hsmca::ledger::certificates::{CertificateStore, Ledger};
+use serde_json::Value;
+
+/// `openssl verify` of `cert` against `roots`, with `untrusted` intermediates.
+fn openssl_verify_chain(roots: &Path, untrusted: &Path, cert: &Path) {
+    let output = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(roots)
+        .arg("-untrusted")
+        .arg(untrusted)
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "openssl verify {}: {}{}",
+        cert.display(),
+        stdout(&output),
+        stderr(&output)
+    );
+}
+
+fn assert_script_ok(script: &str, args: &[&Path]) {
+    let output = python_script(script, args);
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+}
+
+/// Issues under `profile` and writes certificate, chain and roots into `dir` as
+/// `<name>.pem`, `<name>-chain.pem`, `<name>-roots.pem`; returns the answer.
+fn issue(
+    appliance: &Appliance,
+    client: &str,
+    csr: &str,
+    profile: &str,
+    dir: &Path,
+    name: &str,
+) -> Value {
+    let response = runtime()
+        .block_on(appliance.client(client).sign(csr, profile, None))
+        .unwrap();
+    let answer = response.json().unwrap();
+    assert_eq!(response.status, 200, "{answer}");
+    write(
+        dir,
+        &format!("{name}.pem"),
+        answer["certificate"].as_str().unwrap(),
+    );
+    write(
+        dir,
+        &format!("{name}-chain.pem"),
+        answer["chain"].as_str().unwrap(),
+    );
+    write(
+        dir,
+        &format!("{name}-roots.pem"),
+        answer["roots"].as_str().unwrap(),
+    );
+    answer
+}
+
+#[test]
+fn issued_certificates_pass_openssl_pyca_and_pkilint_and_are_all_recorded() {
+    let mut appliance = Appliance::prepare();
+    appliance.start();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path();
+    let td_id = format!("spiffe://{TRUST_DOMAIN}");
+    let workload_id = format!("spiffe://{TRUST_DOMAIN}/ns/prod/sa/web");
+
+    let mut serials = Vec::new();
+    for (client, name, key, profile) in [
+        ("spire", "spire-p256", p256(), "issuing-ca"),
+        ("spire", "spire-rsa", rsa2048(), "issuing-ca"),
+        ("istiod", "spire-p256-under-rsa", p256(), "issuing-ca-rsa"),
+    ] {
+        let answer = issue(
+            &appliance,
+            client,
+            &spire_csr(&key, &[&td_id]),
+            profile,
+            dir,
+            name,
+        );
+        serials.push(answer["serial"].as_str().unwrap().to_owned());
+        let cert = dir.join(format!("{name}.pem"));
+        let chain = dir.join(format!("{name}-chain.pem"));
+        openssl_verify_chain(&appliance.root_pem(), &chain, &cert);
+        assert_script_ok("chain_check.py", &[&appliance.root_pem(), &chain]);
+        // The issuing CA sits under the online intermediate (the chain's second certificate).
+        let issuer = write(
+            dir,
+            &format!("{name}-issuer.pem"),
+            &pem_blocks(&std::fs::read_to_string(&chain).unwrap())[1],
+        );
+        assert_script_ok("ca_rules.py", &[&issuer, &cert, Path::new("0")]);
+        assert_pkilint_clean("certificate", &[&cert]);
+        let text = openssl_text(&cert);
+        assert!(text.contains("URI:spiffe://mesh.example\n"), "{text}");
+        assert!(
+            text.contains("Subject: C=US, O=SPIFFE")
+                || text.contains("Subject: C = US, O = SPIFFE"),
+            "{text}"
+        );
+    }
+    // Only the P-256 issuing-ca profile adds name constraints.
+    assert!(
+        openssl_text(&dir.join("spire-p256.pem"))
+            .contains("Permitted:\n                  URI:mesh.example")
+    );
+    assert!(!openssl_text(&dir.join("spire-p256-under-rsa.pem")).contains("Name Constraints"));
+
+    // A workload leaf, with a DNS name inside the client's suffixes.
+    let leaf_key = p256();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["web.prod.svc.cluster.local".into()]).unwrap();
+    params.subject_alt_names.insert(
+        0,
+        rcgen::SanType::URI(workload_id.clone().try_into().unwrap()),
+    );
+    let csr = params.serialize_request(&leaf_key).unwrap().pem().unwrap();
+    let answer = issue(&appliance, "istiod", &csr, "workload", dir, "leaf");
+    serials.push(answer["serial"].as_str().unwrap().to_owned());
+    let leaf = dir.join("leaf.pem");
+    openssl_verify_chain(&appliance.root_pem(), &dir.join("leaf-chain.pem"), &leaf);
+    assert_script_ok(
+        "chain_check.py",
+        &[&appliance.root_pem(), &dir.join("leaf-chain.pem")],
+    );
+    assert_script_ok("leaf_rules.py", &[&leaf, Path::new(&workload_id)]);
+    assert_pkilint_clean("certificate", &[&leaf]);
+    // The default TTL is the profile's 1 h; notBefore is backdated.
+    let not_after = answer["not_after"].as_str().unwrap();
+    assert!(not_after.ends_with('Z'), "{not_after}");
+
+    // hsmca request --layout istio: the files load together.
+    let istio = dir.join("istio");
+    let output = appliance
+        .token
+        .hsmca_command(&[
+            "request",
+            "--server",
+            &appliance.url,
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "--layout",
+            "istio",
+        ])
+        .arg("--cert")
+        .arg(appliance.path("tls/istiod.pem"))
+        .arg("--key")
+        .arg(appliance.path("tls/istiod-key.pem"))
+        .arg("--ca")
+        .arg(appliance.path("tls/tls-ca.pem"))
+        .arg("--out-dir")
+        .arg(&istio)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    openssl_verify_chain(
+        &istio.join("root-cert.pem"),
+        &istio.join("cert-chain.pem"),
+        &istio.join("ca-cert.pem"),
+    );
+    assert_eq!(
+        public_key_of(
+            &["x509", "-noout", "-pubkey", "-in"],
+            &istio.join("ca-cert.pem")
+        ),
+        public_key_of(&["pkey", "-pubout", "-in"], &istio.join("ca-key.pem")),
+        "ca-key.pem does not match ca-cert.pem"
+    );
+    let cert_chain = pem_blocks(&std::fs::read_to_string(istio.join("cert-chain.pem")).unwrap());
+    assert_eq!(
+        cert_chain.len(),
+        3,
+        "cert-chain.pem is ca-cert, intermediate, root"
+    );
+    assert_eq!(
+        cert_chain[0],
+        std::fs::read_to_string(istio.join("ca-cert.pem")).unwrap()
+    );
+    assert_eq!(
+        cert_chain[2],
+        std::fs::read_to_string(istio.join("root-cert.pem")).unwrap()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let key_mode = std::fs::metadata(istio.join("ca-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    let linkerd = dir.join("linkerd");
+    let output = appliance
+        .token
+        .hsmca_command(&[
+            "request",
+            "--server",
+            &appliance.url,
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "--layout",
+            "linkerd",
+        ])
+        .arg("--cert")
+        .arg(appliance.path("tls/istiod.pem"))
+        .arg("--key")
+        .arg(appliance.path("tls/istiod-key.pem"))
+        .arg("--ca")
+        .arg(appliance.path("tls/tls-ca.pem"))
+        .arg("--out-dir")
+        .arg(&linkerd)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    openssl_verify_chain(
+        &linkerd.join("ca.crt"),
+        &linkerd.join("issuer.crt"),
+        &linkerd.join("issuer.crt"),
+    );
+    assert!(
+        openssl_text(&linkerd.join("issuer.crt")).contains("CN = identity.linkerd.cluster.local")
+    );
+
+    // Bundles and chains as published.
+    let rt = runtime();
+    let client = appliance.client("stranger"); // reading the bundle needs no policy entry
+    let bundle = rt
+        .block_on(client.send("GET", "/v1/bundle", None, vec![]))
+        .unwrap();
+    assert_eq!(bundle.status, 200);
+    assert_eq!(
+        String::from_utf8(bundle.body).unwrap(),
+        std::fs::read_to_string(appliance.root_pem()).unwrap()
+    );
+    let spiffe = rt
+        .block_on(client.send("GET", "/v1/bundle/spiffe", None, vec![]))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(spiffe["spiffe_sequence"], 1);
+    assert_eq!(spiffe["spiffe_refresh_hint"], 300);
+    let key = &spiffe["keys"][0];
+    assert_eq!(
+        (
+            key["use"].as_str(),
+            key["kty"].as_str(),
+            key["crv"].as_str()
+        ),
+        (Some("x509-svid"), Some("EC"), Some("P-256"))
+    );
+    assert!(key.get("kid").is_none());
+    let chain = rt
+        .block_on(client.send("GET", "/v1/chain/online-rsa2048", None, vec![]))
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(chain.body).unwrap(),
+        std::fs::read_to_string(appliance.path("ceremony/out/online-rsa2048-2026.pem")).unwrap()
+    );
+    let unknown = rt
+        .block_on(client.send("GET", "/v1/chain/nope", None, vec![]))
+        .unwrap();
+    assert_eq!(
+        (
+            unknown.status,
+            unknown.json().unwrap()["error"]["code"].as_str()
+        ),
+        (404, Some("unknown_issuer"))
+    );
+    let ready = rt
+        .block_on(client.send("GET", "/readyz", None, vec![]))
+        .unwrap();
+    assert_eq!(ready.status, 200);
+    let metrics = String::from_utf8(
+        rt.block_on(client.send("GET", "/metrics", None, vec![]))
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert!(
+        metrics.contains("hsmca_certificates_issued_total{profile=\"issuing-ca\"} 4"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("hsmca_hsm_queue_depth 0"), "{metrics}");
+
+    let status = appliance.stop();
+    assert!(
+        status.success(),
+        "exit {status:?}\n{}",
+        appliance.server_log()
+    );
+    // Every certificate a client received has its ledger row and its audit record.
+    let ledger = Ledger::open(&appliance.path("ledger.sqlite")).unwrap();
+    assert_eq!(ledger.count().unwrap(), 6);
+    let records = appliance.audit_records();
+    for serial in &serials {
+        let row = ledger.find(serial).unwrap().expect("ledger row");
+        assert!(
+            records
+                .iter()
+                .any(|r| r["event"] == "sign.issued" && r["details"]["serial"] == serial.as_str())
+        );
+        assert!(!row.der.is_empty());
+    }
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["event"] == "sign.issued")
+            .count(),
+        6
+    );
+    assert_eq!(records.last().unwrap()["event"], "service.stopped");
+    let verified = audit_verify(&appliance.path("audit.log"));
+    assert!(verified.status.success(), "{}", stderr(&verified));
+}
+
+fn openssl_text(cert: &Path) -> String {
+    let output = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    stdout(&output)
+}
+
+/// The public key (PEM) in `file`, as `openssl ARGS… file` prints it.
+fn public_key_of(args: &[&str], file: &Path) -> String {
+    let output = Command::new("openssl")
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output)
+}
+
+/// The PEM blocks of `text`, each with its trailing newline.
+fn pem_blocks(text: &str) -> Vec<String> {
+    text.split_inclusive("-----END CERTIFICATE-----\n")
+        .filter(|block| block.contains("BEGIN"))
+        .map(str::to_owned)
+        .collect()
+}
