@@ -368,3 +368,345 @@ fn pem_blocks(text: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// A CSR made by openssl with `key_args` (e.g. `["-newkey", "rsa:1024"]`), as PEM.
+fn openssl_csr(dir: &Path, name: &str, key_args: &[&str]) -> String {
+    let csr = dir.join(format!("{name}.csr"));
+    let output = Command::new("openssl")
+        .args(["req", "-new", "-nodes", "-subj", "/C=US/O=SPIFFE"])
+        .args(["-addext", "subjectAltName=URI:spiffe://mesh.example"])
+        .args(key_args)
+        .arg("-keyout")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-out")
+        .arg(&csr)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "openssl req: {}", stderr(&output));
+    std::fs::read_to_string(csr).unwrap()
+}
+
+fn workload_csr(id: &str) -> String {
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(id.to_string().try_into().unwrap())];
+    params.serialize_request(&p256()).unwrap().pem().unwrap()
+}
+
+#[test]
+fn bad_requests_are_refused_with_a_clear_error_and_audited() {
+    use base64ct::{Base64, Encoding};
+    let mut appliance = Appliance::prepare();
+    // A client with a tiny rate, to see the rate rule refuse.
+    appliance.write_config(
+        r#"
+[[clients]]
+name = "limited"
+identity = "spiffe://mesh.example/limited"
+profiles = ["issuing-ca"]
+trust_domains = ["mesh.example"]
+max_ttl = "24h"
+requests_per_minute = 1
+burst = 2
+"#,
+    );
+    appliance.start();
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let td_csr = spire_csr(&p256(), &["spiffe://mesh.example"]);
+    let der = der::pem::decode_vec(td_csr.as_bytes()).unwrap().1;
+    let mut forged = der.clone();
+    let at = forged.windows(6).position(|w| w == b"SPIFFE").unwrap();
+    forged[at + 5] = b'F';
+    let sign = |client: &str, csr: &str, profile: &str, ttl: Option<&str>| {
+        rt.block_on(appliance.client(client).sign(csr, profile, ttl))
+            .unwrap()
+    };
+    let raw = |content_type: &str, body: Vec<u8>| {
+        rt.block_on(
+            appliance
+                .client("istiod")
+                .send("POST", "/v1/sign", Some(content_type), body),
+        )
+        .unwrap()
+    };
+    let cases = vec![
+        (
+            "another profile",
+            sign(
+                "spire",
+                &workload_csr("spiffe://mesh.example/ns/prod/a"),
+                "workload",
+                None,
+            ),
+            403,
+            "policy_denied",
+            "client.profiles",
+        ),
+        (
+            "another trust domain",
+            sign(
+                "spire",
+                &spire_csr(&p256(), &["spiffe://other.example"]),
+                "issuing-ca",
+                None,
+            ),
+            403,
+            "policy_denied",
+            "client.trust_domains",
+        ),
+        (
+            "ttl over the client's max",
+            sign("spire", &td_csr, "issuing-ca", Some("72h")),
+            403,
+            "policy_denied",
+            "client.max_ttl",
+        ),
+        (
+            "ttl over the profile's max",
+            sign("istiod", &td_csr, "issuing-ca", Some("9000h")),
+            400,
+            "ttl_over_max",
+            "max_ttl",
+        ),
+        (
+            "path outside the prefixes",
+            sign(
+                "istiod",
+                &workload_csr("spiffe://mesh.example/ns/dev/a"),
+                "workload",
+                None,
+            ),
+            403,
+            "policy_denied",
+            "client.spiffe_path_prefixes",
+        ),
+        (
+            "unknown client",
+            sign("stranger", &td_csr, "issuing-ca", None),
+            403,
+            "policy_denied",
+            "rule clients",
+        ),
+        (
+            "unknown profile",
+            sign("istiod", &td_csr, "nope", None),
+            400,
+            "unknown_profile",
+            "nope",
+        ),
+        (
+            "forged CSR signature",
+            sign(
+                "istiod",
+                &Base64::encode_string(&forged),
+                "issuing-ca",
+                None,
+            ),
+            400,
+            "bad_csr_signature",
+            "proof of possession",
+        ),
+        (
+            "RSA-1024 key",
+            sign(
+                "istiod",
+                &openssl_csr(tmp.path(), "rsa1024", &["-newkey", "rsa:1024"]),
+                "issuing-ca",
+                None,
+            ),
+            400,
+            "weak_or_unsupported_key",
+            "1024",
+        ),
+        (
+            "P-192 key",
+            sign(
+                "istiod",
+                &openssl_csr(
+                    tmp.path(),
+                    "p192",
+                    &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime192v1"],
+                ),
+                "issuing-ca",
+                None,
+            ),
+            400,
+            "weak_or_unsupported_key",
+            "key",
+        ),
+        (
+            "garbage",
+            sign("istiod", "hello, CA", "issuing-ca", None),
+            400,
+            "bad_csr",
+            "neither a PEM",
+        ),
+        (
+            "truncated DER",
+            sign(
+                "istiod",
+                &Base64::encode_string(&der[..der.len() / 2]),
+                "issuing-ca",
+                None,
+            ),
+            400,
+            "bad_csr",
+            "CSR",
+        ),
+        (
+            "1 MiB body",
+            raw("application/json", vec![b' '; 1 << 20]),
+            413,
+            "body_too_large",
+            "65536",
+        ),
+        (
+            "wrong content type",
+            raw("text/plain", b"{}".to_vec()),
+            415,
+            "unsupported_media_type",
+            "application/json",
+        ),
+        (
+            "not a sign request",
+            raw(
+                "application/json",
+                br#"{"csr":"x","profile":"workload","admin":true}"#.to_vec(),
+            ),
+            400,
+            "bad_json",
+            "unknown field",
+        ),
+        (
+            "upper-case trust domain",
+            sign(
+                "istiod",
+                &spire_csr(&p256(), &["spiffe://Mesh.example"]),
+                "issuing-ca",
+                None,
+            ),
+            400,
+            "invalid_spiffe_id",
+            "lower-case",
+        ),
+        (
+            "dot-dot segment",
+            sign(
+                "istiod",
+                &workload_csr("spiffe://mesh.example/ns/prod/../x"),
+                "workload",
+                None,
+            ),
+            400,
+            "invalid_spiffe_id",
+            "'..'",
+        ),
+        (
+            "query",
+            sign(
+                "istiod",
+                &workload_csr("spiffe://mesh.example/ns/prod?x=1"),
+                "workload",
+                None,
+            ),
+            400,
+            "invalid_spiffe_id",
+            "query",
+        ),
+        (
+            "trailing slash",
+            sign(
+                "istiod",
+                &workload_csr("spiffe://mesh.example/ns/prod/"),
+                "workload",
+                None,
+            ),
+            400,
+            "invalid_spiffe_id",
+            "trailing",
+        ),
+        (
+            "a path on a CA",
+            sign(
+                "istiod",
+                &spire_csr(&p256(), &["spiffe://mesh.example/ca"]),
+                "issuing-ca",
+                None,
+            ),
+            400,
+            "san_not_allowed",
+            "without a path",
+        ),
+        (
+            "DNS name outside the suffixes",
+            sign(
+                "istiod",
+                &{
+                    let mut params =
+                        rcgen::CertificateParams::new(vec!["evil.example.com".into()]).unwrap();
+                    params.subject_alt_names.insert(
+                        0,
+                        rcgen::SanType::URI(
+                            "spiffe://mesh.example/ns/prod/a"
+                                .to_string()
+                                .try_into()
+                                .unwrap(),
+                        ),
+                    );
+                    params.serialize_request(&p256()).unwrap().pem().unwrap()
+                },
+                "workload",
+                None,
+            ),
+            403,
+            "policy_denied",
+            "client.dns_suffixes",
+        ),
+    ];
+    let mut refusals = 0;
+    for (what, response, status, code, mention) in cases {
+        let answer = response.json().unwrap();
+        assert_eq!(response.status, status, "{what}: {answer}");
+        refusals += 1;
+        assert_eq!(answer["error"]["code"], code, "{what}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(mention),
+            "{what}: {message:?} should mention {mention:?}"
+        );
+    }
+    // The rate rule: `limited` has a burst of 2, then waits.
+    for _ in 0..2 {
+        assert_eq!(sign("limited", &td_csr, "issuing-ca", None).status, 200);
+    }
+    let limited = sign("limited", &td_csr, "issuing-ca", None);
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.json().unwrap()["error"]["code"], "rate_limited");
+    assert!(limited.retry_after.is_some());
+    refusals += 1;
+
+    assert!(appliance.stop().success());
+    let records = appliance.audit_records();
+    let refused: Vec<_> = records
+        .iter()
+        .filter(|r| r["event"] == "sign.refused")
+        .collect();
+    assert_eq!(refused.len(), refusals, "one audit record per refusal");
+    assert!(
+        refused
+            .iter()
+            .any(|r| r["details"]["code"] == "bad_csr_signature")
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|r| r["details"]["code"] == "body_too_large")
+    );
+    let ledger = Ledger::open(&appliance.path("ledger.sqlite")).unwrap();
+    assert_eq!(
+        ledger.count().unwrap(),
+        2,
+        "only the two accepted requests are in the ledger"
+    );
+    assert!(audit_verify(&appliance.path("audit.log")).status.success());
+}

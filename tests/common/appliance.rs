@@ -16,14 +16,16 @@ use super::{TestToken, repo_path};
 pub const TRUST_DOMAIN: &str = "mesh.example";
 
 /// The clients `hsmca dev-tls` makes for the tests, as NAME=URI.
-const CLIENTS: [&str; 3] = [
+const CLIENTS: [&str; 4] = [
     "istiod=spiffe://mesh.example/istiod",
     "spire=spiffe://mesh.example/spire",
     "stranger=spiffe://mesh.example/stranger",
+    "limited=spiffe://mesh.example/limited",
 ];
 
 /// The policy and profiles of the test appliance: `istiod` may use every profile in
-/// mesh.example under /ns/prod; `spire` only issuing CAs for 48 h; `stranger` has no entry.
+/// mesh.example under /ns/prod; `spire` only issuing CAs for 48 h; `stranger` has no entry;
+/// `limited` is added by the tests that need it.
 const POLICY: &str = r#"
 [profiles.issuing-ca]
 kind = "issuing-ca"
