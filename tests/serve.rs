@@ -710,3 +710,161 @@ burst = 2
     );
     assert!(audit_verify(&appliance.path("audit.log")).status.success());
 }
+
+/// Connects with TLS presenting no client certificate, sends a request and returns what came
+/// back: an HTTP answer, or the error that ended the connection.
+fn request_without_client_certificate(appliance: &Appliance) -> Result<String, String> {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in hsmca::api::read_certificates(&appliance.path("tls/tls-ca.pem"), "ca").unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let address = appliance.url.trim_start_matches("https://").to_owned();
+    runtime().block_on(async move {
+        let stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        tls.write_all(b"GET /v1/bundle HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&answer).into_owned())
+    })
+}
+
+#[test]
+fn tls_refuses_clients_without_a_certificate_from_the_client_ca_and_audits_them() {
+    let mut appliance = Appliance::prepare();
+    appliance.start();
+    let anonymous = request_without_client_certificate(&appliance);
+    assert!(
+        anonymous
+            .as_ref()
+            .is_err_and(|e| e.contains("CertificateRequired")),
+        "{anonymous:?}"
+    );
+    // Same identity, but a certificate from a TLS CA the appliance does not trust.
+    let outsider = runtime().block_on(appliance.client_from("other-tls", "istiod").send(
+        "GET",
+        "/v1/bundle",
+        None,
+        vec![],
+    ));
+    let error = outsider.unwrap_err();
+    assert!(error.contains("alert"), "{error}");
+    // The trusted one still gets in.
+    let trusted = runtime()
+        .block_on(
+            appliance
+                .client("istiod")
+                .send("GET", "/v1/bundle", None, vec![]),
+        )
+        .unwrap();
+    assert_eq!(trusted.status, 200);
+    assert!(appliance.stop().success());
+    let refused: Vec<String> = appliance
+        .audit_records()
+        .iter()
+        .filter(|r| r["event"] == "tls.refused")
+        .map(|r| r["details"]["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused[0].contains("no client certificate"), "{refused:?}");
+    // Both development TLS CAs have the same name, so webpki finds the trusted one and the
+    // outsider's signature fails under it.
+    assert!(
+        refused[1].contains("client certificate refused: BadSignature"),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn serve_refuses_to_start_on_a_broken_configuration_and_says_why() {
+    let appliance = Appliance::prepare();
+    let cases: Vec<(&str, Box<dyn Fn(String) -> String>, &str)> = vec![
+        (
+            "issuer key missing from the HSM",
+            Box::new(|c| c.replace("key_label = \"online-p256-2026\"", "key_label = \"gone\"")),
+            "issuer online-p256",
+        ),
+        (
+            "issuer certificate not matching its key",
+            Box::new(|c| {
+                c.replace(
+                    "key_label = \"online-p256-2026\"",
+                    "key_label = \"online-rsa2048-2026\"",
+                )
+            }),
+            "issuer online-p256",
+        ),
+        (
+            "issuer expiring inside the max TTL",
+            Box::new(|c| c.replacen("max_ttl = \"2160h\"", "max_ttl = \"50000h\"", 1)),
+            "inside profile issuing-ca's max_ttl",
+        ),
+        (
+            "unknown config key",
+            Box::new(|c| c.replace("[storage]", "[storage]\nledgr = \"x\"")),
+            "unknown field `ledgr`",
+        ),
+        (
+            "profile naming an unknown issuer",
+            Box::new(|c| c.replacen("issuer = \"online-p256\"", "issuer = \"online-p384\"", 1)),
+            "issuer \"online-p384\" is not defined",
+        ),
+        (
+            "client naming an unknown profile",
+            Box::new(|c| c.replace("profiles = [\"issuing-ca\"]", "profiles = [\"issuing\"]")),
+            "profile \"issuing\" is not defined",
+        ),
+        (
+            "server key readable by others",
+            Box::new(|c| c),
+            "readable by group or others",
+        ),
+    ];
+    for (what, edit, expected) in cases {
+        appliance.write_config_with(edit);
+        let key = appliance.path("tls/server-key.pem");
+        let readable = what == "server key readable by others";
+        if readable {
+            set_mode(&key, 0o644);
+        }
+        let output = appliance.serve_command().output().unwrap();
+        if readable {
+            set_mode(&key, 0o600);
+        }
+        let message = stderr(&output);
+        assert!(!output.status.success(), "{what}: started anyway");
+        assert!(message.contains(expected), "{what}: {message}");
+        assert!(stdout(&output).is_empty(), "{what}: {}", stdout(&output));
+    }
+    // A PIN file readable by others is refused before any login.
+    appliance.write_config("");
+    set_mode(&appliance.token.pin_file(), 0o644);
+    let output = appliance.serve_command().output().unwrap();
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("chmod 600"), "{}", stderr(&output));
+    assert!(!stderr(&output).contains(&appliance.token.user_pin()));
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}

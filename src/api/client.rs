@@ -119,10 +119,18 @@ impl Client {
         let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("the request failed: {e}"))?;
+        let response = match sender.send_request(request).await {
+            Ok(response) => response,
+            // The connection's own error says why (a TLS alert, say); the request's only that
+            // it was cancelled.
+            Err(error) => {
+                let cause = match driver.await {
+                    Ok(Err(connection_error)) => with_sources(&connection_error),
+                    _ => with_sources(&error),
+                };
+                return Err(format!("the request failed: {cause}"));
+            }
+        };
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -163,6 +171,18 @@ impl Client {
         )
         .await
     }
+}
+
+/// An error and its sources, outermost first.
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The files `hsmca request` writes, named as the consuming system expects.
