@@ -797,7 +797,8 @@ fn tls_refuses_clients_without_a_certificate_from_the_client_ca_and_audits_them(
 #[test]
 fn serve_refuses_to_start_on_a_broken_configuration_and_says_why() {
     let appliance = Appliance::prepare();
-    let cases: Vec<(&str, Box<dyn Fn(String) -> String>, &str)> = vec![
+    type ConfigEdit = Box<dyn Fn(String) -> String>;
+    let cases: Vec<(&str, ConfigEdit, &str)> = vec![
         (
             "issuer key missing from the HSM",
             Box::new(|c| c.replace("key_label = \"online-p256-2026\"", "key_label = \"gone\"")),
@@ -867,4 +868,157 @@ fn serve_refuses_to_start_on_a_broken_configuration_and_says_why() {
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn sigterm_during_a_burst_finishes_in_flight_requests_and_loses_no_record() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut appliance = Appliance::prepare();
+    appliance.start();
+    let pid = appliance.pid();
+    let client = appliance.client("istiod");
+    let csr = spire_csr(&p256(), &["spiffe://mesh.example"]);
+    let issued = Arc::new(AtomicUsize::new(0));
+    let rt = runtime();
+    // 300 requests at once; SIGTERM goes out when the 20th certificate has come back.
+    let results: Vec<Result<(u16, Value), String>> = rt.block_on(async {
+        let tasks: Vec<_> = (0..300)
+            .map(|_| {
+                let (client, csr, issued) = (client.clone(), csr.clone(), issued.clone());
+                tokio::spawn(async move {
+                    let response = client.sign(&csr, "issuing-ca", Some("1h")).await?;
+                    if response.status == 200 && issued.fetch_add(1, Ordering::SeqCst) == 19 {
+                        common::appliance::send_signal(pid, "TERM");
+                    }
+                    Ok((response.status, response.json()?))
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        results
+    });
+    let status = appliance.wait();
+    assert!(
+        status.success(),
+        "exit {status:?}\n{}",
+        appliance.server_log()
+    );
+
+    let answered: Vec<&Value> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, answer)| answer)
+        .collect();
+    let failed_otherwise: Vec<_> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .filter(|(status, _)| *status != 200)
+        .collect();
+    assert!(answered.len() >= 20, "{} certificates", answered.len());
+    assert!(
+        failed_otherwise.is_empty(),
+        "answers other than 200 or a closed connection: {failed_otherwise:?}"
+    );
+    let ledger = Ledger::open(&appliance.path("ledger.sqlite")).unwrap();
+    let records = appliance.audit_records();
+    for answer in &answered {
+        let serial = answer["serial"].as_str().unwrap();
+        let row = ledger
+            .find(serial)
+            .unwrap()
+            .expect("every certificate handed out has its row");
+        assert_eq!(
+            hsmca::pki::to_pem("CERTIFICATE", &row.der),
+            answer["certificate"].as_str().unwrap()
+        );
+        assert!(
+            records
+                .iter()
+                .any(|r| r["event"] == "sign.issued" && r["details"]["serial"] == serial),
+            "serial {serial} has no audit record"
+        );
+    }
+    assert_eq!(records.last().unwrap()["event"], "service.stopped");
+    assert!(audit_verify(&appliance.path("audit.log")).status.success());
+    let tmp = tempfile::tempdir().unwrap();
+    let cert = write(
+        tmp.path(),
+        "cert.pem",
+        answered[0]["certificate"].as_str().unwrap(),
+    );
+    let chain = write(
+        tmp.path(),
+        "chain.pem",
+        answered[0]["chain"].as_str().unwrap(),
+    );
+    openssl_verify_chain(&appliance.root_pem(), &chain, &cert);
+}
+
+#[test]
+fn an_hsm_outage_fails_readiness_and_signing_with_503_and_the_service_recovers() {
+    let mut appliance = Appliance::prepare();
+    appliance.start();
+    let rt = runtime();
+    let client = appliance.client("istiod");
+    let csr = spire_csr(&p256(), &["spiffe://mesh.example"]);
+    assert_eq!(
+        rt.block_on(client.sign(&csr, "issuing-ca", None))
+            .unwrap()
+            .status,
+        200
+    );
+
+    // The token disappears from the module's token directory.
+    let tokens = appliance.token.dir.path().join("tokens");
+    let away = appliance.token.dir.path().join("tokens.away");
+    std::fs::rename(&tokens, &away).unwrap();
+    let ready = rt
+        .block_on(client.send("GET", "/readyz", None, vec![]))
+        .unwrap();
+    assert_eq!(ready.status, 503);
+    let ready = ready.json().unwrap();
+    assert!(
+        ready["failures"].to_string().contains("cannot sign"),
+        "{ready}"
+    );
+    let refused = rt.block_on(client.sign(&csr, "issuing-ca", None)).unwrap();
+    assert_eq!(refused.status, 503, "{:?}", refused.json());
+    assert_eq!(refused.json().unwrap()["error"]["code"], "hsm_unavailable");
+    assert!(refused.retry_after.is_some());
+
+    // It comes back: the service finds it again without a restart.
+    std::fs::rename(&away, &tokens).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let ready = rt
+            .block_on(client.send("GET", "/readyz", None, vec![]))
+            .unwrap();
+        if ready.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready 15 s after the token returned: {:?}\n{}",
+            ready.json(),
+            appliance.server_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let answer = rt.block_on(client.sign(&csr, "issuing-ca", None)).unwrap();
+    assert_eq!(answer.status, 200, "{:?}", answer.json());
+    assert!(appliance.stop().success());
+    let records = appliance.audit_records();
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["event"] == "sign.failed" && r["details"]["code"] == "hsm_unavailable")
+            .count(),
+        1
+    );
+    assert!(audit_verify(&appliance.path("audit.log")).status.success());
 }

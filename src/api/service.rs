@@ -98,8 +98,11 @@ pub struct Service {
     pub bundle: Bundle,
     /// Metrics.
     pub metrics: Metrics,
-    readiness: Mutex<Option<(Instant, Result<(), Vec<String>>)>>,
+    readiness: Mutex<Option<(Instant, Readiness)>>,
 }
+
+/// A readiness verdict: ready, or every reason not to be.
+type Readiness = Result<(), Vec<String>>;
 
 /// How long a readiness probe result is reused, so probes cannot load the HSM.
 const READINESS_TTL: Duration = Duration::from_secs(1);
@@ -236,7 +239,7 @@ impl Service {
 
     /// Ready to issue: the HSM signs with every issuer key, and the ledger and audit log are
     /// writable. Probed at most once a second.
-    pub async fn readiness(&self) -> Result<(), Vec<String>> {
+    pub async fn readiness(&self) -> Readiness {
         if let Some((at, result)) = self
             .readiness
             .lock()

@@ -261,6 +261,7 @@ impl HsmError {
                         | RvError::TokenNotPresent
                         | RvError::KeyHandleInvalid
                         | RvError::ObjectHandleInvalid
+                        | RvError::CryptokiNotInitialized
                 ),
                 ..
             }

@@ -58,12 +58,14 @@ const FLAG_ATTRIBUTES: [(AttributeType, &str); 13] = [
     (AttributeType::Unwrap, "unwrap"),
 ];
 
+/// The inventory around `keys` (from [`key_objects`]), read from the current module.
 pub(crate) fn inventory(
     context: &TokenContext,
-    module: PathBuf,
-    session: &Session,
+    module: &super::token::Module,
+    module_path: PathBuf,
+    keys: Vec<KeyObject>,
 ) -> Result<Inventory, HsmError> {
-    let pkcs11 = &context.pkcs11;
+    let pkcs11 = &module.pkcs11;
     let library = pkcs11.get_library_info()?;
     let mut tokens = Vec::new();
     for slot in pkcs11.get_slots_with_initialized_token()? {
@@ -77,13 +79,13 @@ pub(crate) fn inventory(
         });
     }
     let mut mechanisms: Vec<String> = pkcs11
-        .get_mechanism_list(context.slot)?
+        .get_mechanism_list(module.slot)?
         .iter()
         .map(ToString::to_string)
         .collect();
     mechanisms.sort();
     Ok(Inventory {
-        module,
+        module: module_path,
         library: format!(
             "{} {} (library {}, PKCS#11 {})",
             library.manufacturer_id(),
@@ -94,11 +96,12 @@ pub(crate) fn inventory(
         tokens,
         selected: context.description.clone(),
         mechanisms,
-        keys: key_objects(session)?,
+        keys,
     })
 }
 
-fn key_objects(session: &Session) -> Result<Vec<KeyObject>, HsmError> {
+/// Every object on the token with its class, label, id, type and security flags.
+pub(crate) fn key_objects(session: &Session) -> Result<Vec<KeyObject>, HsmError> {
     let mut keys = Vec::new();
     for handle in session.find_objects(&[])? {
         let mut wanted = vec![

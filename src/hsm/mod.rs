@@ -136,7 +136,9 @@ impl Hsm {
 
     /// The module, its tokens, and the selected token's mechanisms and keys.
     pub fn inventory(&self) -> Result<Inventory, HsmError> {
-        self.with_control(|session| info::inventory(&self.context, self.module.clone(), session))
+        let keys = self.with_control(info::key_objects)?;
+        self.context
+            .with_module(|module| info::inventory(&self.context, module, self.module.clone(), keys))
     }
 
     /// The HSM's health as seen by the operations so far.
@@ -148,7 +150,9 @@ impl Hsm {
     /// token's own limit wins when lower (one session is kept for control).
     fn default_pool_size(&self) -> Result<usize, HsmError> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let info = self.context.pkcs11.get_token_info(self.context.slot)?;
+        let info = self
+            .context
+            .with_module(|module| module.pkcs11.get_token_info(module.slot))?;
         let token_limit = match info.max_session_count() {
             Limit::Max(max) => usize::try_from(max.saturating_sub(1))
                 .unwrap_or(usize::MAX)
@@ -162,7 +166,9 @@ impl Hsm {
         &self,
         mechanism: cryptoki::mechanism::MechanismType,
     ) -> Result<(), HsmError> {
-        let supported = self.context.pkcs11.get_mechanism_list(self.context.slot)?;
+        let supported = self
+            .context
+            .with_module(|module| module.pkcs11.get_mechanism_list(module.slot))?;
         if supported.contains(&mechanism) {
             Ok(())
         } else {

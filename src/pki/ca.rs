@@ -329,7 +329,7 @@ impl CaTemplate {
             extensions.push(extension(&AuthorityInfoAccessSyntax(access), false)?);
         }
         if let Some(id) = &self.spiffe_id {
-            extensions.push(subject_alt_name(&[id.clone()], &[], false)?);
+            extensions.push(subject_alt_name(std::slice::from_ref(id), &[], false)?);
         }
         Ok(tbs_certificate(
             serial,

@@ -54,6 +54,8 @@ trust_domains = ["mesh.example"]
 spiffe_path_prefixes = ["/ns/prod"]
 dns_suffixes = [".svc.cluster.local"]
 max_ttl = "2160h"
+requests_per_minute = 100000
+burst = 10000
 
 [[clients]]
 name = "spire"
@@ -237,12 +239,18 @@ key_label = "online-rsa2048-2026"
 
     /// Sends a signal to the running service (`kill -s NAME`).
     pub fn signal(&self, name: &str) {
-        let child = self.child.as_ref().expect("the appliance is running");
-        let status = Command::new("kill")
-            .args(["-s", name, &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        send_signal(self.pid(), name);
+    }
+
+    /// The service's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the appliance is running").id()
+    }
+
+    /// Waits for the service to exit by itself.
+    pub fn wait(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the appliance is running");
+        child.wait().unwrap()
     }
 
     /// A client presenting `name`'s certificate from `tls_dir` (`tls` or `other-tls`).
@@ -283,6 +291,15 @@ impl Drop for Appliance {
             let _ = child.wait();
         }
     }
+}
+
+/// Sends signal `name` to process `pid` with `kill -s`.
+pub fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args(["-s", name, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -s {name} {pid}");
 }
 
 /// A CSR shaped like SPIRE's for an issuing CA: subject C=US, O=SPIFFE, URI SAN
