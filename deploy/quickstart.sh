@@ -1,76 +1,96 @@
 #!/usr/bin/env bash
-# Runs hsmca end to end on embedded defaults, on a fresh Debian machine (as root).
+# Runs hsmca end to end on embedded defaults, on a fresh Debian machine (as root), and leaves
+# the appliance serving on https://127.0.0.1:8443 in the foreground (Ctrl-C stops it).
 #
-# Today that means: install SoftHSM2, build hsmca, make a development token, run the
-# development key ceremony on it (root, online intermediates, root CRL; transcripts and
-# audit log in .dev/ceremonies/out/), and show `hsmca hsm info`. Idempotent: a second run
-# reuses the token, skips the ceremonies already done and shows the inventory again.
+# On the way: install SoftHSM2, build hsmca, make a development token, run the development
+# key ceremony on it (root, online intermediates, root CRL), make development TLS material
+# (a throwaway TLS CA, a localhost server certificate, an `istiod` client certificate), and
+# write .dev/hsmca.toml. Idempotent: a second run reuses the token, the ceremony outputs and
+# the TLS material, and serves again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 softhsm/install-deps.sh
 echo "==> building hsmca (release)" >&2
 cargo build --release --locked --quiet
-hsmca=target/release/hsmca
+hsmca=$PWD/target/release/hsmca
 
-dev=.dev
+dev=$PWD/.dev
 token_dir=$dev/token
 if [ ! -f "$token_dir/softhsm2.conf" ]; then
     echo "==> creating the development SoftHSM2 token in $token_dir" >&2
     softhsm/new-token.sh "$token_dir" hsmca-dev >/dev/null
 fi
-token_dir=$(cd "$token_dir" && pwd)
 export SOFTHSM2_CONF=$token_dir/softhsm2.conf
 
+# The development ceremony: the shipped hierarchy on the one development token.
+HSMCA=$hsmca deploy/dev-ceremony.sh "$dev/ceremonies" hsmca-dev "$token_dir/user.pin"
+
+if [ ! -f "$dev/tls/istiod.pem" ]; then
+    echo "==> development TLS material in $dev/tls" >&2
+    "$hsmca" dev-tls --out-dir "$dev/tls" --client istiod=spiffe://mesh.example/istiod >/dev/null
+fi
+
+# Derived from the steps above, so rewritten on every run.
 config=$dev/hsmca.toml
-if [ ! -f "$config" ]; then
-    cat >"$config" <<CONF
-# Development configuration written by deploy/quickstart.sh.
+cat >"$config" <<CONF
+# Development configuration written by deploy/quickstart.sh; see docs/api.md.
 [hsm]
 module = "/usr/lib/softhsm/libsofthsm2.so"
 token_label = "hsmca-dev"
 pin_file = "$token_dir/user.pin"
+
+[server]
+listen = "127.0.0.1:8443"
+certificate = "tls/server.pem"
+key = "tls/server-key.pem"
+client_ca = "tls/tls-ca.pem"
+
+[storage]
+ledger = "ledger.sqlite"
+# The ceremonies' log: one hash chain from the root ceremony to every issuance.
+audit_log = "ceremonies/out/audit.log"
+
+[trust]
+roots = ["ceremonies/out/root-2026.pem"]
+
+[issuers.online-p256]
+certificate = "ceremonies/out/online-p256-2026.pem"
+key_label = "online-p256-2026"
+
+[issuers.online-rsa2048]
+certificate = "ceremonies/out/online-rsa2048-2026.pem"
+key_label = "online-rsa2048-2026"
+
+[profiles.issuing-ca]
+kind = "issuing-ca"
+issuer = "online-p256"
+default_ttl = "720h"
+max_ttl = "2160h"
+name_constraints = true
+
+[profiles.workload]
+kind = "workload"
+issuer = "online-p256"
+default_ttl = "1h"
+max_ttl = "24h"
+
+[[clients]]
+name = "istiod"
+identity = "spiffe://mesh.example/istiod"
+profiles = ["issuing-ca", "workload"]
+trust_domains = ["mesh.example"]
+max_ttl = "2160h"
 CONF
-fi
 
-# The development ceremony: the shipped hierarchy (root, two online intermediate keys and
-# their certificates, the root CRL) on the one development token. Each ceremony runs once;
-# a second quick start finds its outputs and skips it.
-ceremonies=$dev/ceremonies
-mkdir -p "$ceremonies"
-for file in deploy/ceremonies/0[1-6]-*.toml; do
-    target=$ceremonies/$(basename "$file")
-    if [ ! -f "$target" ]; then
-        sed -e 's/^token_label = .*/token_label = "hsmca-dev"/' \
-            -e "s|^pin_env = .*|pin_file = \"$token_dir/user.pin\"|" \
-            -e 's/^officers = .*/officers = ["Developer (dev ceremony, not for production)"]/' \
-            "$file" >"$target"
-    fi
-done
-run_ceremony() { # kind config output
-    if [ -f "$ceremonies/$3" ]; then
-        echo "==> ceremony $1 ($2): done earlier, $3 exists" >&2
-    else
-        echo "==> ceremony $1 ($2)" >&2
-        "$hsmca" ceremony "$1" --config "$ceremonies/$2"
-    fi
-}
-run_ceremony root 01-root.toml out/root-2026.pem
-run_ceremony key 02-key-online-p256.toml out/online-p256-2026.pub.pem
-run_ceremony key 03-key-online-rsa2048.toml out/online-rsa2048-2026.pub.pem
-run_ceremony intermediate 04-intermediate-p256.toml out/online-p256-2026.pem
-run_ceremony intermediate 05-intermediate-rsa2048.toml out/online-rsa2048-2026.pem
-run_ceremony crl 06-root-crl.toml out/root-2026-crl-1.pem
-openssl verify -CAfile "$ceremonies/out/root-2026.pem" \
-    "$ceremonies/out/online-p256-2026.pem" "$ceremonies/out/online-rsa2048-2026.pem"
-"$hsmca" audit verify "$ceremonies/out/audit.log"
-
-echo "==> hsmca hsm info" >&2
-"$hsmca" --config "$config" hsm info
+out=$dev/istio-cacerts-$(date +%Y%m%d-%H%M%S)
 cat >&2 <<MSG
 
-Done. To use this token from your shell:
-  export SOFTHSM2_CONF=$SOFTHSM2_CONF
-  $hsmca --config $config hsm info
-  ls $PWD/$ceremonies/out    # certificates, transcripts, audit log
+==> hsmca serves on https://127.0.0.1:8443 (Ctrl-C stops it). From another shell, request an
+    Istio intermediate (cacerts files; the key is made on your machine and never sent):
+
+  $hsmca request --server https://127.0.0.1:8443 --cert $dev/tls/istiod.pem --key $dev/tls/istiod-key.pem --ca $dev/tls/tls-ca.pem --trust-domain mesh.example --layout istio --out-dir $out
+
+    Audit log: $hsmca audit verify $dev/ceremonies/out/audit.log
 MSG
+exec "$hsmca" --config "$config" serve
