@@ -132,3 +132,61 @@ fn describe(source: IdentitySource) -> &'static str {
         IdentitySource::Fingerprint => "fingerprint",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(cn: &str, sans: Vec<rcgen::SanType>) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.subject_alt_names = sans;
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn uri(value: &str) -> rcgen::SanType {
+        rcgen::SanType::URI(value.to_string().try_into().unwrap())
+    }
+
+    #[test]
+    fn each_identity_source_reads_its_part_and_refuses_ambiguity() {
+        let der = certificate(
+            "spire-server",
+            vec![
+                uri("spiffe://td/spire"),
+                rcgen::SanType::DnsName("spire.td".try_into().unwrap()),
+            ],
+        );
+        assert_eq!(
+            client_identity(&der, IdentitySource::UriSan).unwrap(),
+            "spiffe://td/spire"
+        );
+        assert_eq!(
+            client_identity(&der, IdentitySource::DnsSan).unwrap(),
+            "spire.td"
+        );
+        assert_eq!(
+            client_identity(&der, IdentitySource::CommonName).unwrap(),
+            "spire-server"
+        );
+        assert_eq!(
+            client_identity(&der, IdentitySource::Fingerprint).unwrap(),
+            crate::digest::sha256_hex(&der)
+        );
+        let two = certificate("x", vec![uri("spiffe://td/a"), uri("spiffe://td/b")]);
+        assert!(
+            client_identity(&two, IdentitySource::UriSan)
+                .unwrap_err()
+                .contains("2 URI SANs")
+        );
+        let none = certificate("x", vec![]);
+        assert!(
+            client_identity(&none, IdentitySource::UriSan)
+                .unwrap_err()
+                .contains("no URI SAN")
+        );
+    }
+}

@@ -82,3 +82,90 @@ impl LeafTemplate {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hsm::KeyType;
+    use crate::pki::{
+        CaKeyUsage, CaTemplate, PkiError, Signer, SoftwareKey, SubjectSpec, random_serial,
+        x509_time,
+    };
+
+    fn issuer() -> (SoftwareKey, Issuer) {
+        let key = SoftwareKey::generate(KeyType::EcdsaP256).unwrap();
+        let at = |year| x509_time(der::DateTime::new(year, 1, 1, 0, 0, 0).unwrap()).unwrap();
+        let template = CaTemplate {
+            subject: SubjectSpec {
+                common_name: Some("Issuer".into()),
+                ..Default::default()
+            }
+            .to_name()
+            .unwrap(),
+            public_key: key.public_key().clone(),
+            validity: Validity {
+                not_before: at(2026),
+                not_after: at(2036),
+            },
+            signature_algorithm: SignatureAlgorithm::EcdsaP256Sha256,
+            key_usage: vec![CaKeyUsage::KeyCertSign],
+            path_length: Some(0),
+            permitted_uri_domains: vec![],
+            permitted_dns_domains: vec![],
+            crl_distribution_points: vec![],
+            ca_issuers: vec![],
+            spiffe_id: None,
+        };
+        let issued = template.issue(&template.as_own_issuer(), &key).unwrap();
+        (key, issued.certificate.as_issuer())
+    }
+
+    fn leaf(spiffe_id: &str) -> LeafTemplate {
+        let at = |year| x509_time(der::DateTime::new(year, 6, 1, 0, 0, 0).unwrap()).unwrap();
+        LeafTemplate {
+            subject: Name::default(),
+            public_key: SoftwareKey::generate(KeyType::EcdsaP256)
+                .unwrap()
+                .public_key()
+                .clone(),
+            validity: Validity {
+                not_before: at(2027),
+                not_after: at(2028),
+            },
+            signature_algorithm: SignatureAlgorithm::EcdsaP256Sha256,
+            spiffe_id: spiffe_id.into(),
+            dns_names: vec!["web.svc.cluster.local".into()],
+        }
+    }
+
+    #[test]
+    fn an_svid_with_an_empty_subject_passes_with_a_critical_san() {
+        let (key, issuer) = issuer();
+        let prepared = leaf("spiffe://td/ns/web")
+            .prepare(random_serial(&key).unwrap(), &issuer)
+            .unwrap();
+        let der = prepared.sign_with(&key).unwrap();
+        let certificate = <x509_cert::Certificate as der::Decode>::from_der(&der).unwrap();
+        let san = super::lint::find_extension(
+            &certificate.tbs_certificate,
+            const_oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME,
+        )
+        .unwrap();
+        assert!(san.critical);
+    }
+
+    #[test]
+    fn a_trust_domain_id_is_no_workload_identity() {
+        let (key, issuer) = issuer();
+        match leaf("spiffe://td").prepare(random_serial(&key).unwrap(), &issuer) {
+            Err(PkiError::Lint { findings, .. }) => {
+                assert_eq!(findings.len(), 1, "{findings:?}");
+                assert!(
+                    findings[0].contains("SPIFFE ID with a path"),
+                    "{findings:?}"
+                );
+            }
+            other => panic!("expected a lint failure, got {other:?}"),
+        }
+    }
+}

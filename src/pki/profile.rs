@@ -302,3 +302,171 @@ impl Profile {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{CaCertificate, Signer, SoftwareKey, SubjectSpec, verify_csr};
+    use der::Tagged;
+
+    fn profile(kind: &str) -> Profile {
+        toml::from_str(&format!(
+            "kind = \"{kind}\"\nissuer = \"i\"\ndefault_ttl = \"1h\"\nmax_ttl = \"24h\"\n"
+        ))
+        .unwrap()
+    }
+
+    fn csr(uris: &[&str], country_utf8: bool) -> VerifiedCsr {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if country_utf8 {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CountryName, "US");
+        }
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "SPIFFE");
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI(u.to_string().try_into().unwrap()))
+            .collect();
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        verify_csr(pem.as_bytes()).unwrap()
+    }
+
+    /// A software issuer valid for 10 days from `now`.
+    fn issuer(now: Duration) -> (SoftwareKey, CaCertificate) {
+        let key = SoftwareKey::generate(KeyType::EcdsaP256).unwrap();
+        let at = |t: Duration| x509_time(der::DateTime::from_unix_duration(t).unwrap()).unwrap();
+        let template = CaTemplate {
+            subject: SubjectSpec {
+                common_name: Some("Online".into()),
+                ..Default::default()
+            }
+            .to_name()
+            .unwrap(),
+            public_key: key.public_key().clone(),
+            validity: Validity {
+                not_before: at(now - Duration::from_secs(86_400)),
+                not_after: at(now + Duration::from_secs(10 * 86_400)),
+            },
+            signature_algorithm: SignatureAlgorithm::EcdsaP256Sha256,
+            key_usage: vec![CaKeyUsage::KeyCertSign, CaKeyUsage::CrlSign],
+            path_length: Some(1),
+            permitted_uri_domains: vec![],
+            permitted_dns_domains: vec![],
+            crl_distribution_points: vec![],
+            ca_issuers: vec![],
+            spiffe_id: None,
+        };
+        let certificate = template
+            .issue(&template.as_own_issuer(), &key)
+            .unwrap()
+            .certificate;
+        (key, certificate)
+    }
+
+    #[test]
+    fn the_subject_is_rebuilt_with_rfc5280_string_types() {
+        let names = profile("issuing-ca")
+            .requested_names(&csr(&["spiffe://td"], true))
+            .unwrap();
+        let country = &names.subject.0[0].0.as_slice()[0];
+        assert_eq!(country.value.tag(), der::Tag::PrintableString);
+        assert_eq!(names.subject.to_string(), "O=SPIFFE,C=US");
+    }
+
+    #[test]
+    fn each_profile_takes_only_the_sans_it_allows() {
+        let ca = profile("issuing-ca");
+        let leaf = profile("workload");
+        let code = |r: Result<RequestedNames, ProfileRefusal>| r.unwrap_err().code;
+        assert_eq!(
+            code(ca.requested_names(&csr(&["spiffe://td/x"], true))),
+            "san_not_allowed"
+        );
+        assert_eq!(
+            code(ca.requested_names(&csr(&["spiffe://td", "spiffe://td2"], true))),
+            "san_not_allowed"
+        );
+        assert_eq!(
+            code(leaf.requested_names(&csr(&["spiffe://td"], true))),
+            "san_not_allowed"
+        );
+        assert_eq!(
+            code(leaf.requested_names(&csr(&[], true))),
+            "san_not_allowed"
+        );
+        assert_eq!(
+            code(leaf.requested_names(&csr(&["spiffe://TD/x"], true))),
+            "invalid_spiffe_id"
+        );
+        assert!(ca.requested_names(&csr(&[], true)).is_ok());
+    }
+
+    #[test]
+    fn validity_is_backdated_and_never_outlives_the_issuer() {
+        let now = crate::pki::now().unix_duration();
+        let (key, issuer) = issuer(now);
+        let ca = profile("issuing-ca");
+        let request = csr(&["spiffe://td"], true);
+        let names = ca.requested_names(&request).unwrap();
+        let Template::Ca(short) = ca
+            .template(
+                &request,
+                &names,
+                Seconds(3600),
+                &issuer.as_issuer(),
+                SignatureAlgorithm::EcdsaP256Sha256,
+                now,
+            )
+            .unwrap()
+        else {
+            panic!("an issuing-ca profile makes CA templates")
+        };
+        assert_eq!(
+            short.validity.not_before.to_unix_duration().as_secs(),
+            now.as_secs() - 10
+        );
+        assert_eq!(
+            short.validity.not_after.to_unix_duration().as_secs(),
+            now.as_secs() + 3600
+        );
+        assert_eq!(short.path_length, Some(0));
+        let long = ca
+            .template(
+                &request,
+                &names,
+                Seconds(365 * 86_400),
+                &issuer.as_issuer(),
+                SignatureAlgorithm::EcdsaP256Sha256,
+                now,
+            )
+            .unwrap();
+        let Template::Ca(long) = long else {
+            unreachable!()
+        };
+        assert_eq!(long.validity.not_after, issuer.validity().not_after);
+        // And the clamped certificate passes the CA lint under that issuer.
+        let prepared = Template::Ca(long)
+            .prepare(
+                crate::pki::random_serial(&key).unwrap(),
+                &issuer.as_issuer(),
+            )
+            .unwrap();
+        prepared.sign_with(&key).unwrap();
+    }
+
+    #[test]
+    fn ttls_over_the_profile_maximum_are_refused() {
+        let p = profile("workload");
+        assert_eq!(p.ttl(None).unwrap(), Seconds(3600));
+        assert_eq!(
+            p.ttl(Some(Seconds(86_401))).unwrap_err().code,
+            "ttl_over_max"
+        );
+        assert_eq!(p.ttl(Some(Seconds(0))).unwrap_err().code, "invalid_ttl");
+    }
+}
