@@ -151,33 +151,7 @@ fn issued_certificates_pass_openssl_pyca_and_pkilint_and_are_all_recorded() {
 
     // hsmca request --layout istio: the files load together.
     let istio = dir.join("istio");
-    let output = appliance
-        .token
-        .hsmca_command(&[
-            "request",
-            "--server",
-            &appliance.url,
-            "--trust-domain",
-            TRUST_DOMAIN,
-            "--layout",
-            "istio",
-        ])
-        .arg("--cert")
-        .arg(appliance.path("tls/istiod.pem"))
-        .arg("--key")
-        .arg(appliance.path("tls/istiod-key.pem"))
-        .arg("--ca")
-        .arg(appliance.path("tls/tls-ca.pem"))
-        .arg("--out-dir")
-        .arg(&istio)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}{}",
-        stdout(&output),
-        stderr(&output)
-    );
+    hsmca_request(&appliance, "istio", &istio);
     openssl_verify_chain(
         &istio.join("root-cert.pem"),
         &istio.join("cert-chain.pem"),
@@ -212,33 +186,7 @@ fn issued_certificates_pass_openssl_pyca_and_pkilint_and_are_all_recorded() {
         .mode();
     assert_eq!(key_mode & 0o777, 0o600);
     let linkerd = dir.join("linkerd");
-    let output = appliance
-        .token
-        .hsmca_command(&[
-            "request",
-            "--server",
-            &appliance.url,
-            "--trust-domain",
-            TRUST_DOMAIN,
-            "--layout",
-            "linkerd",
-        ])
-        .arg("--cert")
-        .arg(appliance.path("tls/istiod.pem"))
-        .arg("--key")
-        .arg(appliance.path("tls/istiod-key.pem"))
-        .arg("--ca")
-        .arg(appliance.path("tls/tls-ca.pem"))
-        .arg("--out-dir")
-        .arg(&linkerd)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}{}",
-        stdout(&output),
-        stderr(&output)
-    );
+    hsmca_request(&appliance, "linkerd", &linkerd);
     openssl_verify_chain(
         &linkerd.join("ca.crt"),
         &linkerd.join("issuer.crt"),
@@ -338,6 +286,30 @@ fn issued_certificates_pass_openssl_pyca_and_pkilint_and_are_all_recorded() {
     assert_eq!(records.last().unwrap()["event"], "service.stopped");
     let verified = audit_verify(&appliance.path("audit.log"));
     assert!(verified.status.success(), "{}", stderr(&verified));
+}
+
+/// `hsmca request` as istiod, writing `layout` into `out_dir`.
+fn hsmca_request(appliance: &Appliance, layout: &str, out_dir: &Path) {
+    let output = appliance
+        .token
+        .hsmca_command(&["request", "--server", &appliance.url])
+        .args(["--trust-domain", TRUST_DOMAIN, "--layout", layout])
+        .arg("--cert")
+        .arg(appliance.path("tls/istiod.pem"))
+        .arg("--key")
+        .arg(appliance.path("tls/istiod-key.pem"))
+        .arg("--ca")
+        .arg(appliance.path("tls/tls-ca.pem"))
+        .arg("--out-dir")
+        .arg(out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "hsmca request --layout {layout}: {}{}",
+        stdout(&output),
+        stderr(&output)
+    );
 }
 
 fn openssl_text(cert: &Path) -> String {

@@ -351,16 +351,7 @@ impl CaTemplate {
     ) -> Result<signed::Prepared, PkiError> {
         let tbs = self.to_tbs(serial, issuer)?;
         let checks = lint::check_ca_certificate(&tbs, issuer, self.signature_algorithm)?;
-        let tbs_der = tbs
-            .to_der()
-            .map_err(|e| PkiError::input("certificate", e))?;
-        Ok(signed::Prepared::new(
-            "certificate",
-            tbs_der,
-            self.signature_algorithm,
-            &issuer.public_key,
-            checks,
-        ))
+        prepared_certificate(&tbs, self.signature_algorithm, issuer, checks)
     }
 
     /// Builds, checks, signs and re-checks the certificate. Nothing reaches the signer
@@ -465,6 +456,25 @@ pub(crate) fn tbs_certificate(
         subject_unique_id: None,
         extensions: Some(extensions),
     }
+}
+
+/// A checked TBS certificate, encoded and waiting for `issuer`'s signature.
+pub(crate) fn prepared_certificate(
+    tbs: &TbsCertificate,
+    algorithm: SignatureAlgorithm,
+    issuer: &Issuer,
+    checks: Vec<&'static str>,
+) -> Result<signed::Prepared, PkiError> {
+    let tbs_der = tbs
+        .to_der()
+        .map_err(|e| PkiError::input("certificate", e))?;
+    Ok(signed::Prepared::new(
+        "certificate",
+        tbs_der,
+        algorithm,
+        &issuer.public_key,
+        checks,
+    ))
 }
 
 /// Wraps bytes in an OCTET STRING.

@@ -144,14 +144,15 @@ impl CrlTemplate {
         let tbs = self.to_tbs(issuer)?;
         let checks = lint::check_crl(&tbs, issuer, self.signature_algorithm)?;
         let tbs_der = tbs.to_der().map_err(|e| PkiError::input("CRL", e))?;
-        let der = signed::Prepared::new(
+        let prepared = signed::Prepared::new(
             "CRL",
             tbs_der,
             self.signature_algorithm,
             &issuer.public_key,
-            Vec::new(),
-        )
-        .sign_with(signer)?;
+            checks,
+        );
+        let checks = prepared.checks().to_vec();
+        let der = prepared.sign_with(signer)?;
         Ok(IssuedCrl { der, checks })
     }
 }

@@ -1,12 +1,14 @@
 //! Leaf X509-SVIDs: the workload certificates the `workload` profile issues.
 
-use der::Encode;
 use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages};
 use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::Validity;
 
-use super::ca::{Issuer, extension, key_identifier_extensions, subject_alt_name, tbs_certificate};
+use super::ca::{
+    Issuer, extension, key_identifier_extensions, prepared_certificate, subject_alt_name,
+    tbs_certificate,
+};
 use super::{PkiError, lint, signed};
 use crate::hsm::{PublicKey, SignatureAlgorithm};
 
@@ -70,16 +72,7 @@ impl LeafTemplate {
             extensions,
         );
         let checks = lint::check_leaf_certificate(&tbs, issuer, self.signature_algorithm)?;
-        let tbs_der = tbs
-            .to_der()
-            .map_err(|e| PkiError::input("certificate", e))?;
-        Ok(signed::Prepared::new(
-            "certificate",
-            tbs_der,
-            self.signature_algorithm,
-            &issuer.public_key,
-            checks,
-        ))
+        prepared_certificate(&tbs, self.signature_algorithm, issuer, checks)
     }
 }
 
