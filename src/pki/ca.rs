@@ -568,7 +568,12 @@ mod tests {
             tbs.issuer.to_der().unwrap(),
             root.subject().to_der().unwrap()
         );
-        assert_eq!(tbs.serial_number.as_bytes().len(), 16);
+        let serial = tbs.serial_number.as_bytes();
+        assert_eq!(
+            (serial.len(), serial[0]),
+            (17, 0x01),
+            "0x01 then 128 random bits"
+        );
     }
 
     #[test]
