@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::api::{IssuerConfig, ServerConfig, StorageConfig, TrustConfig};
+use crate::api::{IssuerConfig, ServerConfig, StorageConfig, TrustConfig, VaultConfig};
 use crate::hsm::HsmConfig;
 use crate::pki::Profile;
 use crate::policy::ClientPolicy;
@@ -35,6 +35,8 @@ pub struct Config {
     /// `[[clients]]`: who may ask for what; a client not listed gets nothing.
     #[serde(default)]
     pub clients: Vec<ClientPolicy>,
+    /// `[vault]`: the Vault PKI-compatible endpoints; none when absent.
+    pub vault: Option<VaultConfig>,
     /// The directory relative paths are resolved against (the file's own).
     #[serde(skip)]
     pub base_dir: PathBuf,

@@ -94,6 +94,21 @@ impl Client {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Result<Response, String> {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|value| ("content-type", value))
+            .into_iter()
+            .collect();
+        self.send_with_headers(method, path, &headers, body).await
+    }
+
+    /// Sends one request with `headers` on a new connection and reads the whole answer.
+    pub async fn send_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Response, String> {
         let stream = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| format!("cannot connect to {}:{}: {e}", self.host, self.port))?;
@@ -113,8 +128,8 @@ impl Client {
             .method(method)
             .uri(path)
             .header("host", format!("{}:{}", self.host, self.port));
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let request = request
             .body(Full::new(Bytes::from(body)))

@@ -117,3 +117,50 @@ pub struct IssuerConfig {
     /// The signature algorithm (default: the key type's usual one).
     pub signature_algorithm: Option<SignatureAlgorithm>,
 }
+
+/// `[vault]`: the Vault PKI-compatible endpoints, for clients that already speak Vault
+/// (SPIRE's `vault` UpstreamAuthority, cert-manager's Vault issuer, hvac). Absent: none.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// The secrets mount the PKI endpoints live under (default `pki`: `/v1/pki/...`).
+    #[serde(default = "VaultConfig::default_mount")]
+    pub mount: String,
+    /// The profile `root/sign-intermediate` issues under (an `issuing-ca` profile).
+    pub sign_intermediate_profile: String,
+    /// Vault roles for `sign/<role>`, each naming a profile.
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, String>,
+    /// Lifetime of a token from `auth/cert/login` (default 1 h).
+    #[serde(default = "VaultConfig::default_token_ttl")]
+    pub token_ttl: Seconds,
+    /// No renewal takes a token past this age (default 24 h).
+    #[serde(default = "VaultConfig::default_token_max_ttl")]
+    pub token_max_ttl: Seconds,
+    /// Tokens configured ahead, for clients that use token auth: stored as SHA-256 only.
+    #[serde(default)]
+    pub static_tokens: Vec<StaticToken>,
+}
+
+/// A `[[vault.static_tokens]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticToken {
+    /// Lower-case hex SHA-256 of the token (`printf %s "$TOKEN" | sha256sum`).
+    pub sha256: String,
+    /// The client identity the token is bound to: it is accepted only on a connection whose
+    /// client certificate has this identity, and that client's policy applies.
+    pub identity: String,
+}
+
+impl VaultConfig {
+    fn default_mount() -> String {
+        "pki".into()
+    }
+    fn default_token_ttl() -> Seconds {
+        Seconds(3600)
+    }
+    fn default_token_max_ttl() -> Seconds {
+        Seconds(86_400)
+    }
+}

@@ -16,9 +16,14 @@ mod routes;
 mod serials;
 mod server;
 mod service;
+mod signing;
 mod tls;
+mod vault;
 
-pub use config::{IdentitySource, IssuerConfig, ServerConfig, StorageConfig, TrustConfig};
+pub use config::{
+    IdentitySource, IssuerConfig, ServerConfig, StaticToken, StorageConfig, TrustConfig,
+    VaultConfig,
+};
 pub use error::ApiError;
 pub use server::serve;
 pub use service::{Service, StartError};

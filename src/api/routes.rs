@@ -9,19 +9,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use der::Decode;
 use http_body_util::BodyExt;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::error::ApiError;
-use super::metrics::Outcome;
 use super::service::Service;
+use super::signing::{self, RequestContext};
 use crate::duration::Seconds;
-use crate::hsm::HsmError;
-use crate::ledger::audit::AuditEvent;
-use crate::ledger::certificates::IssuedCertificate;
-use crate::pki::{self, CsrError, Template};
 
 /// The client identity of the connection, or why its certificate gives none.
 #[derive(Clone, Debug)]
@@ -29,6 +24,10 @@ pub struct ClientIdentity(pub Result<String, String>);
 
 /// The routes, over the shared service state.
 pub fn router(service: Arc<Service>) -> Router {
+    let vault = match &service.vault {
+        Some(_) => super::vault::routes(&service.vault_mount()),
+        None => Router::new(),
+    };
     Router::new()
         .route("/v1/sign", post(sign))
         .route("/v1/bundle", get(bundle_pem))
@@ -37,6 +36,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(vault)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -47,7 +47,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .with_state(service)
 }
 
-/// `POST /v1/sign` body.
+/// `POST /v1/sign` body (the native dialect).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SignRequest {
@@ -59,13 +59,6 @@ struct SignRequest {
     ttl: Option<Seconds>,
 }
 
-/// What a refusal or issuance is about, for the audit record and metrics.
-struct RequestContext {
-    identity: String,
-    profile: String,
-    csr_sha256: Option<String>,
-}
-
 async fn sign(
     State(service): State<Arc<Service>>,
     Extension(identity): Extension<ClientIdentity>,
@@ -73,240 +66,42 @@ async fn sign(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let mut context = RequestContext {
-        identity: identity
-            .0
-            .clone()
-            .unwrap_or_else(|_| "(unidentified)".into()),
-        profile: String::new(),
-        csr_sha256: None,
-    };
-    let result = issue(&service, &identity, &headers, body, &mut context).await;
-    // Only configured profile names become metric labels; the rest of the request is
-    // untrusted text.
-    let profile_label = if service.profiles.contains_key(&context.profile) {
-        context.profile.as_str()
-    } else {
-        "(none)"
-    };
-    let response = match result {
-        Ok(body) => {
-            service
-                .metrics
-                .count_request(profile_label, Outcome::Issued);
-            (StatusCode::OK, Json(body)).into_response()
-        }
-        Err(error) => {
-            let outcome = if error.is_refusal() {
-                Outcome::Refused
-            } else {
-                Outcome::Unavailable
-            };
-            service.metrics.count_request(profile_label, outcome);
-            refuse(&service, &context, error).await
-        }
-    };
-    service.metrics.request_latency.observe(started.elapsed());
-    response
-}
-
-/// Audits a refusal or failure, then answers it. If even the audit record cannot be written
-/// the answer is a 503: nothing goes unrecorded silently.
-async fn refuse(service: &Service, context: &RequestContext, error: ApiError) -> Response {
-    tracing::info!(
-        client = %context.identity,
-        profile = %context.profile,
-        status = error.status.as_u16(),
-        code = error.code,
-        message = %error.message,
-        "signing request refused"
-    );
-    let event = AuditEvent {
-        event: if error.is_refusal() {
-            "sign.refused".into()
-        } else {
-            "sign.failed".into()
-        },
-        actor: context.identity.clone(),
-        details: json!({
-            "profile": context.profile,
-            "status": error.status.as_u16(),
-            "code": error.code,
-            "message": error.message,
-            "csr_sha256": context.csr_sha256,
-        }),
-    };
-    match service.recorder.record(None, event).await {
-        Ok(_) => error.into_response(),
-        Err(record_error) => ApiError::unavailable(
-            "audit_unavailable",
-            format!("the request was not served and could not be audited: {record_error}"),
-            Duration::from_secs(5),
-        )
-        .into_response(),
-    }
-}
-
-async fn issue(
-    service: &Service,
-    identity: &ClientIdentity,
-    headers: &HeaderMap,
-    body: Body,
-    context: &mut RequestContext,
-) -> Result<Value, ApiError> {
-    let identity = identity.0.as_ref().map_err(|reason| {
-        ApiError::new(StatusCode::FORBIDDEN, "client_unidentified", reason.clone())
-    })?;
-    let client = service.policy.client(identity).map_err(policy_denied)?;
-    let body = read_json_body(service, headers, body).await?;
-    let request: SignRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "bad_json",
-            format!("the body is not a sign request {{csr, profile, ttl?}}: {e}"),
-        )
-    })?;
-    context.profile = request.profile.clone();
-    context.csr_sha256 = Some(crate::digest::sha256_hex(request.csr.as_bytes()));
-    let profile = service.profiles.get(&request.profile).ok_or_else(|| {
-        ApiError::bad_request(
-            "unknown_profile",
-            format!("there is no profile {:?}", request.profile),
-        )
-    })?;
-    client
-        .allow_profile(&request.profile)
-        .map_err(policy_denied)?;
-    if let Err(wait) = service
-        .limiter
-        .take(identity, client.requests_per_minute, client.burst)
-    {
-        return Err(ApiError {
-            retry_after: Some(wait),
-            ..ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!(
-                    "denied by policy rule client.requests_per_minute: client {} is over {} requests per minute (burst {})",
-                    client.name, client.requests_per_minute, client.burst
-                ),
-            )
-        });
-    }
-    let csr_bytes = csr_bytes(&request.csr)?;
-    let csr = pki::verify_csr(&csr_bytes).map_err(|e| {
-        let code = match e {
-            CsrError::Key(_) => "weak_or_unsupported_key",
-            CsrError::Signature(_) => "bad_csr_signature",
-            _ => "bad_csr",
-        };
-        ApiError::bad_request(code, e.to_string())
-    })?;
-    let names = profile
-        .requested_names(&csr)
-        .map_err(|e| ApiError::bad_request(e.code, e.message))?;
-    // Without a requested ttl the profile's default applies, shortened to the client's
-    // maximum; a ttl asked for explicitly is refused above either maximum.
-    let ttl = profile
-        .ttl(Some(
-            request
-                .ttl
-                .unwrap_or(profile.default_ttl.min(client.max_ttl)),
-        ))
-        .map_err(|e| ApiError::bad_request(e.code, e.message))?;
-    client.allow_request(&names, ttl).map_err(policy_denied)?;
-
-    let issuer = &service.issuers[&profile.issuer];
-    let template = profile
-        .template(
-            &csr,
-            &names,
-            ttl,
-            &issuer.view,
-            issuer.algorithm,
-            pki::now().unix_duration(),
-        )
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.code, e.message))?;
-    let serial = service.serials.next().await.map_err(hsm_unavailable)?;
-    let prepared = template.prepare(serial, &issuer.view).map_err(internal)?;
-    let hsm_started = Instant::now();
-    let signature = service
-        .pool
-        .sign(&issuer.key, issuer.algorithm, prepared.tbs_der().to_vec())
-        .await;
-    service
-        .metrics
-        .hsm_sign_latency
-        .observe(hsm_started.elapsed());
-    let der = prepared
-        .finish(&signature.map_err(hsm_unavailable)?)
-        .map_err(internal)?;
-
-    let certificate = x509_cert::Certificate::from_der(&der).map_err(internal)?;
-    let tbs = &certificate.tbs_certificate;
-    let serial_hex = hex::encode(tbs.serial_number.as_bytes());
-    let not_after = tbs.validity.not_after.to_unix_duration().as_secs();
-    let sans = match &template {
-        Template::Ca(t) => t.spiffe_id.iter().cloned().collect(),
-        Template::Leaf(t) => std::iter::once(t.spiffe_id.clone())
-            .chain(t.dns_names.iter().cloned())
-            .collect::<Vec<_>>(),
-    };
-    let row = IssuedCertificate {
-        serial: serial_hex.clone(),
-        issuer_key_id: hex::encode(&issuer.view.key_identifier),
-        subject: tbs.subject.to_string(),
-        sans: sans.clone(),
-        profile: request.profile.clone(),
-        client: identity.clone(),
-        not_before: tbs.validity.not_before.to_unix_duration().as_secs() as i64,
-        not_after: not_after as i64,
-        der: der.clone(),
-    };
-    let event = AuditEvent {
-        event: "sign.issued".into(),
-        actor: identity.clone(),
-        details: json!({
-            "client": client.name,
-            "profile": request.profile,
-            "issuer": issuer.name,
-            "serial": serial_hex,
-            "subject": row.subject,
-            "sans": sans,
-            "not_before": tbs.validity.not_before.to_string(),
-            "not_after": tbs.validity.not_after.to_string(),
-            "certificate_sha256": crate::digest::sha256_hex(&der),
-            "csr_sha256": context.csr_sha256,
-        }),
-    };
-    let record_started = Instant::now();
-    // The certificate leaves only once its ledger row and audit record are durable.
-    service
-        .recorder
-        .record(Some(row), event)
-        .await
-        .map_err(|e| {
-            ApiError::unavailable(
-                "ledger_unavailable",
-                format!("the certificate was not issued: {e}"),
-                Duration::from_secs(5),
+    let mut context = RequestContext::new(&identity);
+    let result = async {
+        let (identity, client) = signing::client(&service, &identity)?;
+        let body = read_json_body(&service, &headers, body).await?;
+        let request: SignRequest = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "bad_json",
+                format!("the body is not a sign request {{csr, profile, ttl?}}: {e}"),
             )
         })?;
-    service
-        .metrics
-        .record_latency
-        .observe(record_started.elapsed());
-    let pem = pki::to_pem("CERTIFICATE", &der);
-    Ok(json!({
-        "certificate": pem,
-        "chain": format!("{pem}{}", issuer.chain_pem()),
-        "roots": service.bundle.pem,
-        "serial": serial_hex,
-        "not_after": rfc3339(not_after),
-    }))
+        context.describe(&request.profile, request.csr.as_bytes());
+        let csr = csr_bytes(&request.csr)?;
+        let request = signing::Request {
+            profile: &request.profile,
+            csr: &csr,
+            ttl: request.ttl,
+            overrides: signing::Overrides::default(),
+        };
+        signing::sign(&service, identity, client, &request, &context).await
+    }
+    .await;
+    match signing::conclude(&service, &context, result, started).await {
+        Ok(signed) => Json(json!({
+            "certificate": signed.pem,
+            "chain": format!("{}{}", signed.pem, signed.issuer_chain_pem),
+            "roots": service.bundle.pem,
+            "serial": signed.serial,
+            "not_after": rfc3339(signed.not_after),
+        }))
+        .into_response(),
+        Err(error) => error.into_response(),
+    }
 }
 
 /// The CSR as sent: PEM text, or base64 of the DER.
-fn csr_bytes(csr: &str) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn csr_bytes(csr: &str) -> Result<Vec<u8>, ApiError> {
     use base64ct::{Base64, Encoding};
     let text = csr.trim();
     if text.starts_with("-----BEGIN") {
@@ -320,7 +115,7 @@ fn csr_bytes(csr: &str) -> Result<Vec<u8>, ApiError> {
     })
 }
 
-/// Reads a JSON body of at most `server.max_body_bytes`.
+/// Reads a JSON body (by its Content-Type) with [`read_body`].
 async fn read_json_body(
     service: &Service,
     headers: &HeaderMap,
@@ -338,6 +133,15 @@ async fn read_json_body(
             format!("send Content-Type: application/json, not {content_type:?}"),
         ));
     }
+    read_body(service, headers, body).await
+}
+
+/// Reads a body of at most `server.max_body_bytes`, within `server.request_timeout`.
+pub(crate) async fn read_body(
+    service: &Service,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, ApiError> {
     let limit = service.server.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -375,44 +179,13 @@ async fn read_json_body(
     }
 }
 
-fn policy_denied(denial: crate::policy::Denial) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "policy_denied", denial.to_string())
-}
-
-fn hsm_unavailable(error: HsmError) -> ApiError {
-    match error {
-        HsmError::Busy { .. } => ApiError::unavailable(
-            "hsm_busy",
-            format!("{error}; retry shortly"),
-            Duration::from_secs(1),
-        ),
-        HsmError::Timeout { .. } => {
-            ApiError::unavailable("hsm_timeout", error.to_string(), Duration::from_secs(2))
-        }
-        other => ApiError::unavailable(
-            "hsm_unavailable",
-            format!("the HSM cannot sign right now: {other}"),
-            Duration::from_secs(5),
-        ),
-    }
-}
-
-fn internal(error: impl std::fmt::Display) -> ApiError {
-    tracing::error!(%error, "signing failed inside hsmca");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        format!("the certificate could not be made: {error}"),
-    )
-}
-
 fn rfc3339(unix_seconds: u64) -> String {
     der::DateTime::from_unix_duration(Duration::from_secs(unix_seconds))
         .map(|t| t.to_string())
         .unwrap_or_default()
 }
 
-fn pem_response(pem: String) -> Response {
+pub(crate) fn pem_response(pem: String) -> Response {
     ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response()
 }
 

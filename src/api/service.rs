@@ -98,6 +98,11 @@ pub struct Service {
     pub bundle: Bundle,
     /// Metrics.
     pub metrics: Metrics,
+    /// The Vault-compatible dialect, when `[vault]` is configured.
+    pub vault: Option<super::vault::VaultState>,
+    /// A second, read-only use of the ledger for lookups (`cert/<serial>`); WAL lets it read
+    /// while the recorder writes.
+    pub ledger_reader: Mutex<Ledger>,
     readiness: Mutex<Option<(Instant, Readiness)>>,
 }
 
@@ -201,7 +206,20 @@ impl Service {
             );
         }
 
+        let vault = config
+            .vault
+            .as_ref()
+            .map(|vault| {
+                super::vault::VaultState::new(
+                    vault,
+                    |name| config.profiles.get(name).map(|p| p.kind),
+                    |identity| policy.client(identity).is_ok(),
+                )
+            })
+            .transpose()
+            .map_err(StartError::Config)?;
         let mut ledger = Ledger::open(&config.resolve(&storage.ledger))?;
+        let ledger_reader = Mutex::new(Ledger::open(&config.resolve(&storage.ledger))?);
         let pem = bundle::pem_bundle(&roots);
         let sequence = ledger.bundle_sequence(&crate::digest::sha256_hex(pem.as_bytes()))?;
         let spiffe = bundle::spiffe_bundle(&roots, sequence, trust.spiffe_refresh_hint.0);
@@ -221,6 +239,8 @@ impl Service {
             serials: SerialSource::new(hsm),
             bundle: Bundle { roots, pem, spiffe },
             metrics: Metrics::default(),
+            vault,
+            ledger_reader,
             readiness: Mutex::new(None),
         })
     }

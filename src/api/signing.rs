@@ -1,0 +1,373 @@
+//! One signing pipeline for every dialect (the native API, the Vault-compatible endpoints):
+//! who is asking, may they, does the CSR fit the profile, sign in the HSM, record durably,
+//! and count and audit whatever the outcome was.
+
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use der::Decode;
+use serde_json::json;
+use x509_cert::name::Name;
+
+use super::error::ApiError;
+use super::metrics::Outcome;
+use super::routes::ClientIdentity;
+use super::service::Service;
+use crate::duration::Seconds;
+use crate::hsm::HsmError;
+use crate::ledger::audit::AuditEvent;
+use crate::ledger::certificates::IssuedCertificate;
+use crate::pki::{self, CsrError, Template};
+use crate::policy::ClientPolicy;
+
+/// What a refusal or issuance is about, for the audit record and the metrics.
+pub(crate) struct RequestContext {
+    identity: String,
+    profile: String,
+    csr_sha256: Option<String>,
+}
+
+impl RequestContext {
+    /// A context for a request on a connection with `identity`.
+    pub(crate) fn new(identity: &ClientIdentity) -> Self {
+        RequestContext {
+            identity: identity
+                .0
+                .clone()
+                .unwrap_or_else(|_| "(unidentified)".into()),
+            profile: String::new(),
+            csr_sha256: None,
+        }
+    }
+
+    /// Notes the profile asked for and the CSR as sent, once the body is read.
+    pub(crate) fn describe(&mut self, profile: &str, csr: &[u8]) {
+        self.profile = profile.to_owned();
+        self.csr_sha256 = Some(crate::digest::sha256_hex(csr));
+    }
+}
+
+/// Names a dialect takes from its request body instead of from the CSR (Vault's
+/// `uri_sans`, `alt_names`, `common_name`). They pass the same profile and policy checks.
+#[derive(Debug, Default)]
+pub(crate) struct Overrides {
+    /// Replaces the CSR's URI SANs.
+    pub uri_sans: Option<Vec<String>>,
+    /// Replaces the CSR's DNS SANs.
+    pub dns_sans: Option<Vec<String>>,
+    /// Replaces the CSR's subject.
+    pub subject: Option<Name>,
+}
+
+/// A signing request, whatever dialect it came in.
+pub(crate) struct Request<'a> {
+    /// The profile name.
+    pub profile: &'a str,
+    /// The CSR, PEM or DER.
+    pub csr: &'a [u8],
+    /// The lifetime asked for, if any.
+    pub ttl: Option<Seconds>,
+    /// Names from the request body.
+    pub overrides: Overrides,
+}
+
+/// A certificate issued and recorded.
+pub(crate) struct Signed {
+    /// PEM.
+    pub pem: String,
+    /// Serial, lower-case hex.
+    pub serial: String,
+    /// `notAfter`, Unix seconds.
+    pub not_after: u64,
+    /// The issuer's certificate and intermediates up to, not including, the root (PEM).
+    pub issuer_chain_pem: String,
+    /// The issuer's chain, certificate by certificate (PEM), then the root that ends it.
+    pub issuer_chain: Vec<String>,
+}
+
+/// The connection's client and its policy entry; refused when either is missing.
+pub(crate) fn client<'s>(
+    service: &'s Service,
+    identity: &'s ClientIdentity,
+) -> Result<(&'s str, &'s ClientPolicy), ApiError> {
+    let identity = identity.0.as_ref().map_err(|reason| {
+        ApiError::new(StatusCode::FORBIDDEN, "client_unidentified", reason.clone())
+    })?;
+    let client = service.policy.client(identity).map_err(policy_denied)?;
+    Ok((identity.as_str(), client))
+}
+
+/// Policy, profile, HSM, ledger: issues the certificate or says why not. Refusals are not
+/// audited here; [`conclude`] does that for every outcome.
+pub(crate) async fn sign(
+    service: &Service,
+    identity: &str,
+    client: &ClientPolicy,
+    request: &Request<'_>,
+    context: &RequestContext,
+) -> Result<Signed, ApiError> {
+    let profile = service.profiles.get(request.profile).ok_or_else(|| {
+        ApiError::bad_request(
+            "unknown_profile",
+            format!("there is no profile {:?}", request.profile),
+        )
+    })?;
+    client
+        .allow_profile(request.profile)
+        .map_err(policy_denied)?;
+    if let Err(wait) = service
+        .limiter
+        .take(identity, client.requests_per_minute, client.burst)
+    {
+        return Err(ApiError {
+            retry_after: Some(wait),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "denied by policy rule client.requests_per_minute: client {} is over {} requests per minute (burst {})",
+                    client.name, client.requests_per_minute, client.burst
+                ),
+            )
+        });
+    }
+    let mut csr = pki::verify_csr(request.csr).map_err(|e| {
+        let code = match e {
+            CsrError::Key(_) => "weak_or_unsupported_key",
+            CsrError::Signature(_) => "bad_csr_signature",
+            _ => "bad_csr",
+        };
+        ApiError::bad_request(code, e.to_string())
+    })?;
+    if let Some(uris) = &request.overrides.uri_sans {
+        csr.uri_sans = uris.clone();
+    }
+    if let Some(names) = &request.overrides.dns_sans {
+        csr.dns_sans = names.clone();
+    }
+    if let Some(subject) = &request.overrides.subject {
+        csr.subject = subject.clone();
+    }
+    let names = profile
+        .requested_names(&csr)
+        .map_err(|e| ApiError::bad_request(e.code, e.message))?;
+    // Without a requested ttl the profile's default applies, shortened to the client's
+    // maximum; a ttl asked for explicitly is refused above either maximum.
+    let ttl = profile
+        .ttl(Some(
+            request
+                .ttl
+                .unwrap_or(profile.default_ttl.min(client.max_ttl)),
+        ))
+        .map_err(|e| ApiError::bad_request(e.code, e.message))?;
+    client.allow_request(&names, ttl).map_err(policy_denied)?;
+
+    let issuer = &service.issuers[&profile.issuer];
+    let template = profile
+        .template(
+            &csr,
+            &names,
+            ttl,
+            &issuer.view,
+            issuer.algorithm,
+            pki::now().unix_duration(),
+        )
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.code, e.message))?;
+    let serial = service.serials.next().await.map_err(hsm_unavailable)?;
+    let prepared = template.prepare(serial, &issuer.view).map_err(internal)?;
+    let hsm_started = Instant::now();
+    let signature = service
+        .pool
+        .sign(&issuer.key, issuer.algorithm, prepared.tbs_der().to_vec())
+        .await;
+    service
+        .metrics
+        .hsm_sign_latency
+        .observe(hsm_started.elapsed());
+    let der = prepared
+        .finish(&signature.map_err(hsm_unavailable)?)
+        .map_err(internal)?;
+
+    let certificate = x509_cert::Certificate::from_der(&der).map_err(internal)?;
+    let tbs = &certificate.tbs_certificate;
+    let serial_hex = hex::encode(tbs.serial_number.as_bytes());
+    let not_after = tbs.validity.not_after.to_unix_duration().as_secs();
+    let sans = match &template {
+        Template::Ca(t) => t.spiffe_id.iter().cloned().collect(),
+        Template::Leaf(t) => std::iter::once(t.spiffe_id.clone())
+            .chain(t.dns_names.iter().cloned())
+            .collect::<Vec<_>>(),
+    };
+    let row = IssuedCertificate {
+        serial: serial_hex.clone(),
+        issuer_key_id: hex::encode(&issuer.view.key_identifier),
+        subject: tbs.subject.to_string(),
+        sans: sans.clone(),
+        profile: request.profile.to_owned(),
+        client: identity.to_owned(),
+        not_before: tbs.validity.not_before.to_unix_duration().as_secs() as i64,
+        not_after: not_after as i64,
+        der: der.clone(),
+    };
+    let event = AuditEvent {
+        event: "sign.issued".into(),
+        actor: identity.to_owned(),
+        details: json!({
+            "client": client.name,
+            "profile": request.profile,
+            "issuer": issuer.name,
+            "serial": serial_hex,
+            "subject": row.subject,
+            "sans": sans,
+            "not_before": tbs.validity.not_before.to_string(),
+            "not_after": tbs.validity.not_after.to_string(),
+            "certificate_sha256": crate::digest::sha256_hex(&der),
+            "csr_sha256": context.csr_sha256,
+        }),
+    };
+    let record_started = Instant::now();
+    // The certificate leaves only once its ledger row and audit record are durable.
+    service
+        .recorder
+        .record(Some(row), event)
+        .await
+        .map_err(|e| {
+            ApiError::unavailable(
+                "ledger_unavailable",
+                format!("the certificate was not issued: {e}"),
+                Duration::from_secs(5),
+            )
+        })?;
+    service
+        .metrics
+        .record_latency
+        .observe(record_started.elapsed());
+    let root = service
+        .bundle
+        .roots
+        .iter()
+        .find(|root| {
+            Some(root.subject())
+                == issuer
+                    .chain
+                    .last()
+                    .map(|top| &top.certificate().tbs_certificate.issuer)
+        })
+        .map(|root| root.to_pem());
+    Ok(Signed {
+        pem: pki::to_pem("CERTIFICATE", &der),
+        serial: serial_hex,
+        not_after,
+        issuer_chain_pem: issuer.chain_pem(),
+        issuer_chain: issuer
+            .chain
+            .iter()
+            .map(|c| c.to_pem())
+            .chain(root)
+            .collect(),
+    })
+}
+
+/// Counts the outcome, and audits it when it is a refusal or failure (issuances were
+/// audited with their ledger row). If even the audit record cannot be written the answer
+/// becomes a 503: nothing goes unrecorded silently.
+pub(crate) async fn conclude(
+    service: &Service,
+    context: &RequestContext,
+    result: Result<Signed, ApiError>,
+    started: Instant,
+) -> Result<Signed, ApiError> {
+    // Only configured profile names become metric labels; the rest of the request is
+    // untrusted text.
+    let profile_label = if service.profiles.contains_key(&context.profile) {
+        context.profile.as_str()
+    } else {
+        "(none)"
+    };
+    let result = match result {
+        Ok(signed) => {
+            service
+                .metrics
+                .count_request(profile_label, Outcome::Issued);
+            Ok(signed)
+        }
+        Err(error) => {
+            let outcome = if error.is_refusal() {
+                Outcome::Refused
+            } else {
+                Outcome::Unavailable
+            };
+            service.metrics.count_request(profile_label, outcome);
+            Err(audit_refusal(service, context, error).await)
+        }
+    };
+    service.metrics.request_latency.observe(started.elapsed());
+    result
+}
+
+/// Audits a refusal or failure; returns the error to answer with.
+async fn audit_refusal(service: &Service, context: &RequestContext, error: ApiError) -> ApiError {
+    tracing::info!(
+        client = %context.identity,
+        profile = %context.profile,
+        status = error.status.as_u16(),
+        code = error.code,
+        message = %error.message,
+        "signing request refused"
+    );
+    let event = AuditEvent {
+        event: if error.is_refusal() {
+            "sign.refused".into()
+        } else {
+            "sign.failed".into()
+        },
+        actor: context.identity.clone(),
+        details: json!({
+            "profile": context.profile,
+            "status": error.status.as_u16(),
+            "code": error.code,
+            "message": error.message,
+            "csr_sha256": context.csr_sha256,
+        }),
+    };
+    match service.recorder.record(None, event).await {
+        Ok(_) => error,
+        Err(record_error) => ApiError::unavailable(
+            "audit_unavailable",
+            format!("the request was not served and could not be audited: {record_error}"),
+            Duration::from_secs(5),
+        ),
+    }
+}
+
+/// A policy denial as a 403.
+pub(crate) fn policy_denied(denial: crate::policy::Denial) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "policy_denied", denial.to_string())
+}
+
+fn hsm_unavailable(error: HsmError) -> ApiError {
+    match error {
+        HsmError::Busy { .. } => ApiError::unavailable(
+            "hsm_busy",
+            format!("{error}; retry shortly"),
+            Duration::from_secs(1),
+        ),
+        HsmError::Timeout { .. } => {
+            ApiError::unavailable("hsm_timeout", error.to_string(), Duration::from_secs(2))
+        }
+        other => ApiError::unavailable(
+            "hsm_unavailable",
+            format!("the HSM cannot sign right now: {other}"),
+            Duration::from_secs(5),
+        ),
+    }
+}
+
+fn internal(error: impl std::fmt::Display) -> ApiError {
+    tracing::error!(%error, "signing failed inside hsmca");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("the certificate could not be made: {error}"),
+    )
+}

@@ -1,0 +1,659 @@
+//! The Vault PKI-compatible subset, so that SPIRE's `vault` UpstreamAuthority, cert-manager's
+//! Vault issuer and hvac work with configuration only. The same policy, profiles, HSM, ledger
+//! and audit log stand behind it as behind the native API; only the dialect differs: Vault's
+//! paths, field forms, token auth, response envelope and `{"errors": [...]}`.
+
+mod fields;
+mod tokens;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde_json::{Value, json};
+use x509_cert::name::Name;
+
+use self::fields::Fields;
+use self::tokens::{TokenInfo, TokenStore};
+use super::config::VaultConfig;
+use super::error::ApiError;
+use super::routes::{ClientIdentity, csr_bytes, pem_response, read_body};
+use super::service::Service;
+use super::signing::{self, RequestContext, Signed};
+use crate::ledger::audit::AuditEvent;
+use crate::ledger::certificates::CertificateStore;
+use crate::pki::{ProfileKind, SubjectSpec};
+
+/// Paths under `/v1/` the native API and Vault's own top level use: not a mount.
+const RESERVED_MOUNTS: [&str; 5] = ["sign", "bundle", "chain", "sys", "auth"];
+
+/// The Vault dialect's state: its configuration and the live tokens.
+pub struct VaultState {
+    config: VaultConfig,
+    tokens: TokenStore,
+}
+
+impl VaultState {
+    /// Checks `[vault]` against the profiles and clients it names.
+    pub fn new(
+        config: &VaultConfig,
+        profile_kind: impl Fn(&str) -> Option<ProfileKind>,
+        has_client: impl Fn(&str) -> bool,
+    ) -> Result<Self, String> {
+        let mount = &config.mount;
+        if mount.is_empty()
+            || !mount
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            || RESERVED_MOUNTS.contains(&mount.as_str())
+        {
+            return Err(format!(
+                "vault.mount {mount:?} must be lower-case letters, digits, '-' or '_', and not one of {}",
+                RESERVED_MOUNTS.join(", ")
+            ));
+        }
+        match profile_kind(&config.sign_intermediate_profile) {
+            Some(ProfileKind::IssuingCa) => {}
+            Some(ProfileKind::Workload) => {
+                return Err(format!(
+                    "vault.sign_intermediate_profile {:?} is a workload profile; it must be an issuing-ca profile",
+                    config.sign_intermediate_profile
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "vault.sign_intermediate_profile {:?} is not defined in [profiles]",
+                    config.sign_intermediate_profile
+                ));
+            }
+        }
+        for (role, profile) in &config.roles {
+            if profile_kind(profile).is_none() {
+                return Err(format!(
+                    "vault.roles.{role}: profile {profile:?} is not defined in [profiles]"
+                ));
+            }
+        }
+        let statics: Vec<(String, String)> = config
+            .static_tokens
+            .iter()
+            .map(|t| (t.sha256.clone(), t.identity.clone()))
+            .collect();
+        for (_, identity) in &statics {
+            if !has_client(identity) {
+                return Err(format!(
+                    "vault.static_tokens: identity {identity:?} has no [[clients]] entry"
+                ));
+            }
+        }
+        Ok(VaultState {
+            config: config.clone(),
+            tokens: TokenStore::new(config.token_ttl, config.token_max_ttl, &statics)?,
+        })
+    }
+}
+
+impl Service {
+    /// The Vault mount (`pki` by default); empty without `[vault]`.
+    pub fn vault_mount(&self) -> String {
+        self.vault
+            .as_ref()
+            .map(|vault| vault.config.mount.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The Vault routes for `mount`.
+pub fn routes(mount: &str) -> Router<Arc<Service>> {
+    let pki = |path: &str| format!("/v1/{mount}/{path}");
+    Router::new()
+        .route("/v1/sys/health", get(health))
+        .route("/v1/auth/cert/login", post(cert_login).put(cert_login))
+        .route("/v1/auth/token/lookup-self", get(lookup_self))
+        .route(
+            "/v1/auth/token/renew-self",
+            post(renew_self).put(renew_self),
+        )
+        .route(
+            &pki("root/sign-intermediate"),
+            post(sign_intermediate).put(sign_intermediate),
+        )
+        .route(&pki("sign/{role}"), post(sign_role).put(sign_role))
+        .route(&pki("ca/pem"), get(ca_pem))
+        .route(&pki("ca"), get(ca_der))
+        .route(&pki("ca_chain"), get(ca_chain))
+        .route(&pki("cert/{serial}"), get(cert))
+}
+
+fn vault(service: &Service) -> &VaultState {
+    service
+        .vault
+        .as_ref()
+        .expect("Vault routes exist only with [vault]")
+}
+
+/// Vault's success envelope.
+fn envelope(data: Value, auth: Value, warnings: Option<Vec<String>>) -> Response {
+    Json(json!({
+        "request_id": tokens::request_id(),
+        "lease_id": "",
+        "renewable": false,
+        "lease_duration": 0,
+        "data": data,
+        "wrap_info": null,
+        "warnings": warnings,
+        "auth": auth,
+    }))
+    .into_response()
+}
+
+/// Vault's error shape: `{"errors": [...]}`, with the status of the refusal. A refused
+/// token is only ever "permission denied", whatever the reason was (the audit log keeps it).
+fn vault_error(error: ApiError) -> Response {
+    let message = if error.code == "permission_denied" {
+        "permission denied".to_owned()
+    } else {
+        error.message
+    };
+    let mut response = (error.status, Json(json!({ "errors": [message] }))).into_response();
+    if let Some(retry) = error.retry_after {
+        let seconds = retry.as_secs().max(1).to_string();
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            seconds.parse().expect("digits are a valid header"),
+        );
+    }
+    response
+}
+
+fn bad_request(message: String) -> ApiError {
+    ApiError::bad_request("bad_request", message)
+}
+
+/// The token of a request: `X-Vault-Token`, or `Authorization: Bearer`.
+fn token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-vault-token")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        })
+}
+
+/// The token's holder, checked against the connection's client identity.
+fn authenticate(
+    service: &Service,
+    identity: &str,
+    headers: &HeaderMap,
+) -> Result<TokenInfo, ApiError> {
+    vault(service)
+        .tokens
+        .check(token(headers), identity)
+        .map_err(|refusal| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_denied",
+                format!("permission denied: {refusal}"),
+            )
+        })
+}
+
+async fn health() -> Response {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    Json(json!({
+        "initialized": true,
+        "sealed": false,
+        "standby": false,
+        "performance_standby": false,
+        "replication_performance_mode": "disabled",
+        "replication_dr_mode": "disabled",
+        "server_time_utc": now,
+        "version": concat!("1.15.0+hsmca-", env!("CARGO_PKG_VERSION")),
+        "cluster_name": "hsmca",
+        "cluster_id": "hsmca",
+    }))
+    .into_response()
+}
+
+/// The `auth` block Vault answers logins and renewals with.
+fn auth_block(token: Option<&str>, info: &TokenInfo, client: &str) -> Value {
+    json!({
+        "client_token": token.unwrap_or(""),
+        "accessor": info.accessor,
+        "policies": ["default", client],
+        "token_policies": ["default", client],
+        "metadata": { "identity": info.identity },
+        "lease_duration": TokenStore::remaining(info),
+        "renewable": info.expires.is_some(),
+        "entity_id": "",
+        "token_type": "service",
+        "orphan": true,
+    })
+}
+
+/// Audits a Vault auth event (login, renewal, their refusals).
+async fn audit_auth(
+    service: &Service,
+    event: &str,
+    actor: &str,
+    details: Value,
+) -> Result<(), ApiError> {
+    service
+        .recorder
+        .record(
+            None,
+            AuditEvent {
+                event: event.into(),
+                actor: actor.into(),
+                details,
+            },
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            ApiError::unavailable(
+                "audit_unavailable",
+                format!("not served: the audit log cannot be written: {e}"),
+                std::time::Duration::from_secs(5),
+            )
+        })
+}
+
+/// `auth/cert/login`: the connection's client certificate, if its identity has a
+/// `[[clients]]` entry, is exchanged for a token bound to that identity.
+async fn cert_login(
+    State(service): State<Arc<Service>>,
+    Extension(identity): Extension<ClientIdentity>,
+) -> Response {
+    let actor = identity
+        .0
+        .clone()
+        .unwrap_or_else(|_| "(unidentified)".into());
+    let client = match signing::client(&service, &identity) {
+        Ok((_, client)) => client,
+        Err(error) => {
+            let audited = audit_auth(
+                &service,
+                "vault.login.refused",
+                &actor,
+                json!({ "message": error.message }),
+            )
+            .await;
+            return vault_error(audited.err().unwrap_or(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_denied",
+                error.message,
+            )));
+        }
+    };
+    let (token, info) = vault(&service).tokens.issue(&actor);
+    if let Err(error) = audit_auth(
+        &service,
+        "vault.login",
+        &actor,
+        json!({ "client": client.name, "accessor": info.accessor }),
+    )
+    .await
+    {
+        return vault_error(error);
+    }
+    envelope(
+        Value::Null,
+        auth_block(Some(&token), &info, &client.name),
+        None,
+    )
+}
+
+/// `auth/token/lookup-self`.
+async fn lookup_self(
+    State(service): State<Arc<Service>>,
+    Extension(identity): Extension<ClientIdentity>,
+    headers: HeaderMap,
+) -> Response {
+    let result = signing::client(&service, &identity)
+        .and_then(|(id, client)| Ok((authenticate(&service, id, &headers)?, client)));
+    match result {
+        Ok((info, client)) => {
+            let rfc3339 = |at: SystemTime| {
+                der::DateTime::from_system_time(at)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+            };
+            envelope(
+                json!({
+                    "accessor": info.accessor,
+                    "creation_time": info.issued.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default(),
+                    "creation_ttl": vault(&service).config.token_ttl.0,
+                    "display_name": format!("cert-{}", client.name),
+                    "entity_id": "",
+                    "expire_time": info.expires.map(rfc3339),
+                    "explicit_max_ttl": 0,
+                    "id": token(&headers).unwrap_or_default(),
+                    "issue_time": rfc3339(info.issued),
+                    "meta": { "identity": info.identity },
+                    "num_uses": 0,
+                    "orphan": true,
+                    "path": "auth/cert/login",
+                    "policies": ["default", client.name],
+                    "renewable": info.expires.is_some(),
+                    "ttl": TokenStore::remaining(&info),
+                    "type": "service",
+                }),
+                Value::Null,
+                None,
+            )
+        }
+        Err(error) => vault_error(error),
+    }
+}
+
+/// `auth/token/renew-self` `{increment?}`.
+async fn renew_self(
+    State(service): State<Arc<Service>>,
+    Extension(identity): Extension<ClientIdentity>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let (id, client) = signing::client(&service, &identity)?;
+        let body = read_body(&service, &headers, body).await?;
+        let mut fields = Fields::parse(&body).map_err(bad_request)?;
+        let increment = fields.ttl("increment").map_err(bad_request)?;
+        let token = token(&headers).unwrap_or_default();
+        let info = vault(&service)
+            .tokens
+            .renew(token, id, increment)
+            .map_err(|refusal| {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "permission_denied",
+                    format!("permission denied: {refusal}"),
+                )
+            })?;
+        audit_auth(
+            &service,
+            "vault.renew",
+            id,
+            json!({ "client": client.name, "accessor": info.accessor }),
+        )
+        .await?;
+        Ok::<_, ApiError>(auth_block(Some(token), &info, &client.name))
+    }
+    .await;
+    match result {
+        Ok(auth) => envelope(Value::Null, auth, None),
+        Err(error) => vault_error(error),
+    }
+}
+
+/// Which Vault signing endpoint.
+enum Endpoint {
+    /// `root/sign-intermediate`: the sign-intermediate profile; `ca_chain` starts with the
+    /// new certificate.
+    SignIntermediate,
+    /// `sign/<role>`: the role's profile.
+    SignRole(String),
+}
+
+async fn sign_intermediate(
+    State(service): State<Arc<Service>>,
+    Extension(identity): Extension<ClientIdentity>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    vault_sign(
+        &service,
+        &identity,
+        &headers,
+        body,
+        Endpoint::SignIntermediate,
+    )
+    .await
+}
+
+async fn sign_role(
+    State(service): State<Arc<Service>>,
+    Extension(identity): Extension<ClientIdentity>,
+    Path(role): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    vault_sign(
+        &service,
+        &identity,
+        &headers,
+        body,
+        Endpoint::SignRole(role),
+    )
+    .await
+}
+
+/// Fields every signing endpoint accepts and hsmca ignores: the profile decides them.
+const IGNORED_FIELDS: [&str; 8] = [
+    "private_key_format",
+    "max_path_length",
+    "signature_bits",
+    "use_pss",
+    "issuer_ref",
+    "not_before_duration",
+    "use_csr_values",
+    "key_usage",
+];
+
+async fn vault_sign(
+    service: &Service,
+    identity: &ClientIdentity,
+    headers: &HeaderMap,
+    body: Body,
+    endpoint: Endpoint,
+) -> Response {
+    let started = Instant::now();
+    let mut context = RequestContext::new(identity);
+    let mut warnings = None;
+    let result = async {
+        let (id, client) = signing::client(service, identity)?;
+        authenticate(service, id, headers)?;
+        let vault = vault(service);
+        let profile = match &endpoint {
+            Endpoint::SignIntermediate => vault.config.sign_intermediate_profile.clone(),
+            Endpoint::SignRole(role) => vault.config.roles.get(role).cloned().ok_or_else(|| {
+                ApiError::bad_request("unknown_role", format!("unknown role: {role}"))
+            })?,
+        };
+        let body = read_body(service, headers, body).await?;
+        let mut fields = Fields::parse(&body).map_err(bad_request)?;
+        let csr = fields
+            .string("csr")
+            .map_err(bad_request)?
+            .ok_or_else(|| bad_request("missing csr".into()))?;
+        context.describe(&profile, csr.as_bytes());
+        let overrides = overrides(&mut fields, &endpoint)?;
+        let ttl = fields.ttl("ttl").map_err(bad_request)?;
+        if fields
+            .string("format")
+            .map_err(bad_request)?
+            .is_some_and(|f| f != "pem")
+        {
+            return Err(bad_request("only format \"pem\" is supported".into()));
+        }
+        fields.ignore(&IGNORED_FIELDS);
+        warnings = fields.warnings();
+        let csr = csr_bytes(&csr)?;
+        let request = signing::Request {
+            profile: &profile,
+            csr: &csr,
+            ttl,
+            overrides,
+        };
+        signing::sign(service, id, client, &request, &context).await
+    }
+    .await;
+    match signing::conclude(service, &context, result, started).await {
+        Ok(signed) => envelope(sign_data(&signed, &endpoint), Value::Null, warnings),
+        Err(error) => vault_error(error),
+    }
+}
+
+/// The names the Vault fields ask for. `sign-intermediate` takes its subject from
+/// `common_name`, `organization`, `ou`, `country`, `locality`, `province` and `serial_number`
+/// when any is given (the CSR's otherwise); `sign/<role>` takes `common_name` as the CN and,
+/// unless `exclude_cn_from_sans`, as a DNS name, with `alt_names`. `uri_sans`, when given,
+/// replace the CSR's. IP and other SANs are refused: no profile issues them.
+fn overrides(fields: &mut Fields, endpoint: &Endpoint) -> Result<signing::Overrides, ApiError> {
+    for unsupported in ["ip_sans", "other_sans"] {
+        if !fields.list(unsupported).map_err(bad_request)?.is_empty() {
+            return Err(bad_request(format!(
+                "{unsupported} are not supported: no hsmca profile issues them"
+            )));
+        }
+    }
+    let uri_sans = fields.list("uri_sans").map_err(bad_request)?;
+    let common_name = fields.string("common_name").map_err(bad_request)?;
+    let exclude_cn = fields
+        .boolean("exclude_cn_from_sans")
+        .map_err(bad_request)?
+        .unwrap_or(false);
+    let alt_names = fields.list("alt_names").map_err(bad_request)?;
+    let spec = SubjectSpec {
+        country: fields.string("country").map_err(bad_request)?,
+        state_or_province: fields.string("province").map_err(bad_request)?,
+        locality: fields.string("locality").map_err(bad_request)?,
+        organization: fields.string("organization").map_err(bad_request)?,
+        organizational_unit: fields.string("ou").map_err(bad_request)?,
+        common_name: common_name.clone(),
+        serial_number: fields.string("serial_number").map_err(bad_request)?,
+    };
+    let subject: Option<Name> = if spec == SubjectSpec::default() {
+        None
+    } else {
+        Some(
+            spec.to_name()
+                .map_err(|e| ApiError::bad_request("subject_not_allowed", e.to_string()))?,
+        )
+    };
+    let dns_sans = match endpoint {
+        Endpoint::SignIntermediate if !alt_names.is_empty() => {
+            return Err(bad_request(
+                "alt_names are not allowed on an intermediate CA".into(),
+            ));
+        }
+        Endpoint::SignIntermediate => None,
+        Endpoint::SignRole(_) => {
+            let mut names = alt_names;
+            if let Some(cn) = common_name.filter(|_| !exclude_cn) {
+                names.insert(0, cn);
+            }
+            Some(names).filter(|names| !names.is_empty())
+        }
+    };
+    Ok(signing::Overrides {
+        uri_sans: Some(uri_sans).filter(|uris| !uris.is_empty()),
+        dns_sans,
+        subject,
+    })
+}
+
+/// `data` of a signing answer. PEM strings carry no trailing newline, as Vault's, and every
+/// `ca_chain` entry is byte-identical to `certificate` or `issuing_ca`.
+fn sign_data(signed: &Signed, endpoint: &Endpoint) -> Value {
+    let trim = |pem: &str| pem.trim_end().to_owned();
+    let certificate = trim(&signed.pem);
+    let issuer_chain: Vec<String> = signed.issuer_chain.iter().map(|pem| trim(pem)).collect();
+    let ca_chain: Vec<String> = match endpoint {
+        Endpoint::SignIntermediate => std::iter::once(certificate.clone())
+            .chain(issuer_chain.iter().cloned())
+            .collect(),
+        Endpoint::SignRole(_) => issuer_chain.clone(),
+    };
+    let serial_number = signed
+        .serial
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| std::str::from_utf8(pair).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join(":");
+    json!({
+        "certificate": certificate,
+        "issuing_ca": issuer_chain.first().cloned().unwrap_or_default(),
+        "ca_chain": ca_chain,
+        "serial_number": serial_number,
+        "expiration": signed.not_after,
+    })
+}
+
+/// The issuer behind the mount: the sign-intermediate profile's.
+fn mount_issuer(service: &Service) -> &super::service::IssuerState {
+    let profile = &service.profiles[&vault(service).config.sign_intermediate_profile];
+    &service.issuers[&profile.issuer]
+}
+
+async fn ca_pem(State(service): State<Arc<Service>>) -> Response {
+    pem_response(mount_issuer(&service).certificate.to_pem())
+}
+
+async fn ca_der(State(service): State<Arc<Service>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/pkix-cert")],
+        mount_issuer(&service).certificate.der().to_vec(),
+    )
+        .into_response()
+}
+
+async fn ca_chain(State(service): State<Arc<Service>>) -> Response {
+    let issuer = mount_issuer(&service);
+    let root = service
+        .bundle
+        .roots
+        .iter()
+        .find(|root| {
+            issuer
+                .chain
+                .last()
+                .is_some_and(|top| &top.certificate().tbs_certificate.issuer == root.subject())
+        })
+        .map(|root| root.to_pem())
+        .unwrap_or_default();
+    pem_response(format!("{}{root}", issuer.chain_pem()))
+}
+
+/// `cert/<serial>`: a certificate from the ledger; the serial as hex, with or without `:`
+/// or `-` separators.
+async fn cert(State(service): State<Arc<Service>>, Path(serial): Path<String>) -> Response {
+    let normalized: String = serial
+        .chars()
+        .filter(|c| *c != ':' && *c != '-')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let found = service
+        .ledger_reader
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .find(&normalized);
+    match found {
+        Ok(Some(row)) => envelope(
+            json!({
+                "certificate": crate::pki::to_pem("CERTIFICATE", &row.der).trim_end(),
+                "revocation_time": 0,
+            }),
+            Value::Null,
+            None,
+        ),
+        Ok(None) => (StatusCode::NOT_FOUND, Json(json!({ "errors": [] }))).into_response(),
+        Err(error) => vault_error(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ledger",
+            error.to_string(),
+        )),
+    }
+}

@@ -1,0 +1,246 @@
+//! Vault tokens: 256 random bits, kept only as SHA-256 hashes, compared in constant time,
+//! bound to the client identity that obtained them, with a TTL, renewal and a maximum age.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use aws_lc_rs::rand::SecureRandom;
+use base64ct::{Base64UrlUnpadded, Encoding};
+
+use crate::duration::Seconds;
+
+/// Why a token is not accepted. The client only ever sees "permission denied".
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// No token was sent.
+    Missing,
+    /// Not a token hsmca issued or was configured with.
+    Unknown,
+    /// Past its expiry.
+    Expired,
+    /// Sent on a connection of another client.
+    WrongClient,
+}
+
+impl std::fmt::Display for TokenRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenRefusal::Missing => "no Vault token was sent",
+            TokenRefusal::Unknown => "the Vault token is unknown",
+            TokenRefusal::Expired => "the Vault token has expired",
+            TokenRefusal::WrongClient => {
+                "the Vault token belongs to another client identity than this connection's"
+            }
+        })
+    }
+}
+
+/// What a valid token says.
+#[derive(Clone, Debug)]
+pub struct TokenInfo {
+    /// The identity it is bound to.
+    pub identity: String,
+    /// A non-secret handle for logs and `lookup-self` (`accessor` in Vault).
+    pub accessor: String,
+    /// When it was made.
+    pub issued: SystemTime,
+    /// When it expires; `None` for configured (static) tokens.
+    pub expires: Option<SystemTime>,
+}
+
+struct Entry {
+    hash: [u8; 32],
+    info: TokenInfo,
+}
+
+/// The live tokens.
+pub struct TokenStore {
+    entries: Mutex<Vec<Entry>>,
+    ttl: Seconds,
+    max_ttl: Seconds,
+}
+
+fn sha256(token: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+fn random_text(bytes: usize) -> String {
+    let mut random = vec![0u8; bytes];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut random)
+        .expect("the system RNG works");
+    Base64UrlUnpadded::encode_string(&random)
+}
+
+/// A random request id in UUID form, as Vault's `request_id`.
+pub fn request_id() -> String {
+    let mut random = [0u8; 16];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut random)
+        .expect("the system RNG works");
+    let hex = hex::encode(random);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+impl TokenStore {
+    /// A store with `ttl` per login and `max_ttl` across renewals, holding the configured
+    /// static tokens (hex SHA-256 and identity).
+    pub fn new(
+        ttl: Seconds,
+        max_ttl: Seconds,
+        statics: &[(String, String)],
+    ) -> Result<Self, String> {
+        let mut entries = Vec::new();
+        for (sha256_hex, identity) in statics {
+            let hash: [u8; 32] = hex::decode(sha256_hex)
+                .ok()
+                .and_then(|bytes| bytes.try_into().ok())
+                .ok_or_else(|| {
+                    format!("vault.static_tokens: {sha256_hex:?} is not a hex SHA-256")
+                })?;
+            entries.push(Entry {
+                hash,
+                info: TokenInfo {
+                    identity: identity.clone(),
+                    accessor: hex::encode(&hash[..8]),
+                    issued: SystemTime::now(),
+                    expires: None,
+                },
+            });
+        }
+        Ok(TokenStore {
+            entries: Mutex::new(entries),
+            ttl,
+            max_ttl,
+        })
+    }
+
+    /// A new token for `identity`, and what it says. The token itself is returned once and
+    /// never stored.
+    pub fn issue(&self, identity: &str) -> (String, TokenInfo) {
+        let token = format!("hvs.{}", random_text(32));
+        let now = SystemTime::now();
+        let info = TokenInfo {
+            identity: identity.to_owned(),
+            accessor: random_text(12),
+            issued: now,
+            expires: Some(now + self.ttl.duration()),
+        };
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|entry| entry.info.expires.is_none_or(|at| at > now));
+        entries.push(Entry {
+            hash: sha256(&token),
+            info: info.clone(),
+        });
+        (token, info)
+    }
+
+    /// Checks `token` on a connection with `identity`.
+    pub fn check(&self, token: Option<&str>, identity: &str) -> Result<TokenInfo, TokenRefusal> {
+        let token = token
+            .filter(|t| !t.is_empty())
+            .ok_or(TokenRefusal::Missing)?;
+        let hash = sha256(token);
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        // Every entry is compared, in constant time, so timing says nothing about which.
+        let mut found = None;
+        for entry in entries.iter() {
+            if aws_lc_rs::constant_time::verify_slices_are_equal(&entry.hash, &hash).is_ok() {
+                found = Some(entry.info.clone());
+            }
+        }
+        let info = found.ok_or(TokenRefusal::Unknown)?;
+        if info.expires.is_some_and(|at| at <= SystemTime::now()) {
+            return Err(TokenRefusal::Expired);
+        }
+        if info.identity != identity {
+            return Err(TokenRefusal::WrongClient);
+        }
+        Ok(info)
+    }
+
+    /// Extends `token` by `increment` (default: the login TTL), never past `max_ttl` from
+    /// its issue. Static tokens do not expire and are returned unchanged.
+    pub fn renew(
+        &self,
+        token: &str,
+        identity: &str,
+        increment: Option<Seconds>,
+    ) -> Result<TokenInfo, TokenRefusal> {
+        self.check(Some(token), identity)?;
+        let hash = sha256(token);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = entries
+            .iter_mut()
+            .find(|entry| entry.hash == hash)
+            .ok_or(TokenRefusal::Unknown)?;
+        if entry.info.expires.is_some() {
+            let wanted = SystemTime::now() + increment.unwrap_or(self.ttl).duration();
+            let cap = entry.info.issued + self.max_ttl.duration();
+            entry.info.expires = Some(wanted.min(cap));
+        }
+        Ok(entry.info.clone())
+    }
+
+    /// Seconds left on a token (`0` for static tokens, as Vault shows root-like tokens).
+    pub fn remaining(info: &TokenInfo) -> u64 {
+        info.expires
+            .and_then(|at| at.duration_since(SystemTime::now()).ok())
+            .unwrap_or(Duration::ZERO)
+            .as_secs()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_bound_to_their_identity_and_expire() {
+        let store = TokenStore::new(Seconds(60), Seconds(90), &[]).unwrap();
+        let (token, info) = store.issue("spiffe://td/spire");
+        assert!(token.starts_with("hvs.") && token.len() > 40);
+        assert!(store.check(Some(&token), "spiffe://td/spire").is_ok());
+        assert_eq!(
+            store.check(Some(&token), "spiffe://td/other").unwrap_err(),
+            TokenRefusal::WrongClient
+        );
+        assert_eq!(
+            store.check(Some("hvs.nope"), "x").unwrap_err(),
+            TokenRefusal::Unknown
+        );
+        assert_eq!(store.check(None, "x").unwrap_err(), TokenRefusal::Missing);
+        // Renewal is capped by max_ttl from issue.
+        let renewed = store
+            .renew(&token, "spiffe://td/spire", Some(Seconds(3600)))
+            .unwrap();
+        let age = renewed
+            .expires
+            .unwrap()
+            .duration_since(info.issued)
+            .unwrap();
+        assert_eq!(age.as_secs(), 90);
+        let expired = TokenStore::new(Seconds(0), Seconds(0), &[]).unwrap();
+        let (token, _) = expired.issue("a");
+        assert_eq!(
+            expired.check(Some(&token), "a").unwrap_err(),
+            TokenRefusal::Expired
+        );
+    }
+
+    #[test]
+    fn static_tokens_are_kept_as_hashes() {
+        let hash = hex::encode(sha256("s3cret"));
+        let store = TokenStore::new(Seconds(60), Seconds(60), &[(hash, "cm".into())]).unwrap();
+        assert!(store.check(Some("s3cret"), "cm").is_ok());
+        assert!(TokenStore::new(Seconds(1), Seconds(1), &[("zz".into(), "x".into())]).is_err());
+    }
+}
