@@ -81,6 +81,14 @@ identity = "spiffe://mesh.example/istiod"
 profiles = ["issuing-ca", "workload"]
 trust_domains = ["mesh.example"]
 max_ttl = "2160h"
+
+# The Vault PKI dialect, for SPIRE, cert-manager and hvac (docs/integrations/).
+[vault]
+mount = "pki"
+sign_intermediate_profile = "issuing-ca"
+
+[vault.roles]
+workload = "workload"
 CONF
 
 out=$dev/istio-cacerts-$(date +%Y%m%d-%H%M%S)
