@@ -8,29 +8,11 @@ use std::path::Path;
 use std::process::Command;
 
 use common::appliance::{Appliance, TRUST_DOMAIN, p256, rsa2048, runtime, spire_csr, write};
-use common::{assert_pkilint_clean, audit_verify, python_script, stderr, stdout};
+use common::{
+    assert_pkilint_clean, audit_verify, openssl_verify_chain, python_script, stderr, stdout,
+};
 use hsmca::ledger::certificates::{CertificateStore, Ledger};
 use serde_json::Value;
-
-/// `openssl verify` of `cert` against `roots`, with `untrusted` intermediates.
-fn openssl_verify_chain(roots: &Path, untrusted: &Path, cert: &Path) {
-    let output = Command::new("openssl")
-        .arg("verify")
-        .arg("-CAfile")
-        .arg(roots)
-        .arg("-untrusted")
-        .arg(untrusted)
-        .arg(cert)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "openssl verify {}: {}{}",
-        cert.display(),
-        stdout(&output),
-        stderr(&output)
-    );
-}
 
 fn assert_script_ok(script: &str, args: &[&Path]) {
     let output = python_script(script, args);

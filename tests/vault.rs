@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::appliance::{Appliance, p256, runtime, spire_csr, write};
-use common::{audit_verify, python_script, stderr, stdout};
+use common::{audit_verify, openssl_verify_chain, python_script, stderr, stdout};
 use serde_json::{Value, json};
 
 /// The Vault section the tests use; `extra` lands inside `[vault]`.
@@ -33,19 +33,6 @@ fn assert_ok(output: &std::process::Output, what: &str) {
         stdout(output),
         stderr(output)
     );
-}
-
-fn openssl_verify(roots: &Path, untrusted: &Path, cert: &Path) {
-    let output = Command::new("openssl")
-        .arg("verify")
-        .arg("-CAfile")
-        .arg(roots)
-        .arg("-untrusted")
-        .arg(untrusted)
-        .arg(cert)
-        .output()
-        .unwrap();
-    assert_ok(&output, "openssl verify");
 }
 
 fn workload_csr_pem() -> String {
@@ -112,12 +99,12 @@ fn hvac_logs_in_with_its_certificate_signs_and_reads_the_ca() {
         std::fs::read_to_string(&root).unwrap(),
         "ca_chain ends with the root"
     );
-    openssl_verify(
+    openssl_verify_chain(
         &root,
         &dir.join("intermediate-chain.pem"),
         &dir.join("intermediate.pem"),
     );
-    openssl_verify(
+    openssl_verify_chain(
         &root,
         &dir.join("workload-chain.pem"),
         &dir.join("workload.pem"),
@@ -274,7 +261,7 @@ fn spire_and_cert_manager_requests_replayed_byte_for_byte_get_what_they_read() {
     let tmp = tempfile::tempdir().unwrap();
     let cert = write(tmp.path(), "spire.pem", &format!("{}\n", chain[0]));
     let intermediates = write(tmp.path(), "chain.pem", &format!("{}\n", chain[1]));
-    openssl_verify(&appliance.root_pem(), &intermediates, &cert);
+    openssl_verify_chain(&appliance.root_pem(), &intermediates, &cert);
     let text = stdout(
         &Command::new("openssl")
             .args(["x509", "-noout", "-text", "-in"])
@@ -305,21 +292,24 @@ fn spire_and_cert_manager_requests_replayed_byte_for_byte_get_what_they_read() {
         )
         .unwrap();
     assert_eq!(health.status, 200);
-    let body = format!(
-        r#"{{"alt_names":"web.prod.svc.cluster.local","common_name":"","csr":{},"exclude_cn_from_sans":"true","ip_sans":"","ttl":"2160h0m0s","uri_sans":"spiffe://mesh.example/ns/prod/sa/web"}}"#,
-        serde_json::to_string(&workload_csr_pem()).unwrap()
-    );
-    let response = rt
-        .block_on(appliance.client("istiod").send_with_headers(
+    // cert-manager's request, as it sends it, for a Certificate with `duration`.
+    let cert_manager_sign = |ttl: &str| {
+        let body = format!(
+            r#"{{"alt_names":"web.prod.svc.cluster.local","common_name":"","csr":{},"exclude_cn_from_sans":"true","ip_sans":"","ttl":"{ttl}","uri_sans":"spiffe://mesh.example/ns/prod/sa/web"}}"#,
+            serde_json::to_string(&workload_csr_pem()).unwrap()
+        );
+        rt.block_on(appliance.client("istiod").send_with_headers(
             "POST",
             "/v1/pki/sign/workload",
             &[
-                ("x-vault-token", &cm_token),
+                ("x-vault-token", cm_token),
                 ("content-type", "application/json"),
             ],
             body.into_bytes(),
         ))
-        .unwrap();
+        .unwrap()
+    };
+    let response = cert_manager_sign("2160h0m0s");
     // 2160h is over the workload profile's 24h: refused in Vault's shape, audited.
     assert_eq!(response.status, 400);
     let errors = response.json().unwrap();
@@ -332,21 +322,7 @@ fn spire_and_cert_manager_requests_replayed_byte_for_byte_get_what_they_read() {
         1,
         "only `errors`: {errors}"
     );
-    let body = format!(
-        r#"{{"alt_names":"web.prod.svc.cluster.local","common_name":"","csr":{},"exclude_cn_from_sans":"true","ip_sans":"","ttl":"24h0m0s","uri_sans":"spiffe://mesh.example/ns/prod/sa/web"}}"#,
-        serde_json::to_string(&workload_csr_pem()).unwrap()
-    );
-    let response = rt
-        .block_on(appliance.client("istiod").send_with_headers(
-            "POST",
-            "/v1/pki/sign/workload",
-            &[
-                ("x-vault-token", &cm_token),
-                ("content-type", "application/json"),
-            ],
-            body.into_bytes(),
-        ))
-        .unwrap();
+    let response = cert_manager_sign("24h0m0s");
     assert_eq!(response.status, 200, "{:?}", response.json());
     let data = response.json().unwrap()["data"].clone();
     let leaf = write(
@@ -362,7 +338,7 @@ fn spire_and_cert_manager_requests_replayed_byte_for_byte_get_what_they_read() {
         .collect();
     assert_eq!(cm_chain.len(), 2, "issuer, root");
     let untrusted = write(tmp.path(), "cm-chain.pem", &format!("{}\n", cm_chain[0]));
-    openssl_verify(&appliance.root_pem(), &untrusted, &leaf);
+    openssl_verify_chain(&appliance.root_pem(), &untrusted, &leaf);
     // cert/<serial> finds it in the ledger, with Vault's colon-separated serial.
     let serial = data["serial_number"].as_str().unwrap();
     let found = rt

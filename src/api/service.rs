@@ -57,6 +57,8 @@ pub struct IssuerState {
     pub view: pki::Issuer,
     /// Its certificate and any intermediates above it, up to but not including the root.
     pub chain: Vec<CaCertificate>,
+    /// The root of `[trust]` its chain ends at.
+    pub root: CaCertificate,
 }
 
 impl IssuerState {
@@ -192,7 +194,8 @@ impl Service {
                     )));
                 }
             }
-            let chain = chain_to_root(&certificate, &intermediates, &roots).map_err(fail)?;
+            let (chain, root) =
+                chain_to_root(&certificate, &intermediates, &roots).map_err(fail)?;
             issuers.insert(
                 name.clone(),
                 IssuerState {
@@ -202,6 +205,7 @@ impl Service {
                     key,
                     algorithm,
                     chain,
+                    root,
                 },
             );
         }
@@ -375,12 +379,12 @@ fn load_trust(
 }
 
 /// The path from `issuer` up to one of `roots`, each link's signature verified: the issuer
-/// and the intermediates above it, without the root.
+/// and the intermediates above it, and the root they end at.
 fn chain_to_root(
     issuer: &CaCertificate,
     intermediates: &[CaCertificate],
     roots: &[CaCertificate],
-) -> Result<Vec<CaCertificate>, String> {
+) -> Result<(Vec<CaCertificate>, CaCertificate), String> {
     let signed_by = |child: &CaCertificate, parent: &CaCertificate| {
         child.certificate().tbs_certificate.issuer == *parent.subject()
             && pki::verify_signed(child.der(), parent.public_key()).is_ok()
@@ -388,8 +392,8 @@ fn chain_to_root(
     let mut chain = vec![issuer.clone()];
     while chain.len() <= intermediates.len() + 1 {
         let last = chain.last().expect("the chain starts with the issuer");
-        if roots.iter().any(|root| signed_by(last, root)) {
-            return Ok(chain);
+        if let Some(root) = roots.iter().find(|root| signed_by(last, root)) {
+            return Ok((chain, root.clone()));
         }
         match intermediates.iter().find(|parent| signed_by(last, parent)) {
             Some(parent) => chain.push(parent.clone()),

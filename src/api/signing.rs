@@ -242,18 +242,6 @@ pub(crate) async fn sign(
         .metrics
         .record_latency
         .observe(record_started.elapsed());
-    let root = service
-        .bundle
-        .roots
-        .iter()
-        .find(|root| {
-            Some(root.subject())
-                == issuer
-                    .chain
-                    .last()
-                    .map(|top| &top.certificate().tbs_certificate.issuer)
-        })
-        .map(|root| root.to_pem());
     Ok(Signed {
         pem: pki::to_pem("CERTIFICATE", &der),
         serial: serial_hex,
@@ -262,8 +250,8 @@ pub(crate) async fn sign(
         issuer_chain: issuer
             .chain
             .iter()
+            .chain(std::iter::once(&issuer.root))
             .map(|c| c.to_pem())
-            .chain(root)
             .collect(),
     })
 }

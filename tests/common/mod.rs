@@ -205,6 +205,26 @@ pub fn openssl_verify(
     output.status.success()
 }
 
+/// `openssl verify` of `cert` against `roots`, with `untrusted` intermediates.
+pub fn openssl_verify_chain(roots: &Path, untrusted: &Path, cert: &Path) {
+    let output = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(roots)
+        .arg("-untrusted")
+        .arg(untrusted)
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "openssl verify {}: {}{}",
+        cert.display(),
+        stdout(&output),
+        stderr(&output)
+    );
+}
+
 /// `hsmca audit verify LOG`, which needs no config and no HSM.
 pub fn audit_verify(log: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hsmca"))

@@ -612,19 +612,7 @@ async fn ca_der(State(service): State<Arc<Service>>) -> Response {
 
 async fn ca_chain(State(service): State<Arc<Service>>) -> Response {
     let issuer = mount_issuer(&service);
-    let root = service
-        .bundle
-        .roots
-        .iter()
-        .find(|root| {
-            issuer
-                .chain
-                .last()
-                .is_some_and(|top| &top.certificate().tbs_certificate.issuer == root.subject())
-        })
-        .map(|root| root.to_pem())
-        .unwrap_or_default();
-    pem_response(format!("{}{root}", issuer.chain_pem()))
+    pem_response(format!("{}{}", issuer.chain_pem(), issuer.root.to_pem()))
 }
 
 /// `cert/<serial>`: a certificate from the ledger; the serial as hex, with or without `:`
