@@ -31,6 +31,30 @@ pub struct IssuedCertificate {
     pub der: Vec<u8>,
 }
 
+/// A revocation as the ledger keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    /// Serial, lower-case hex.
+    pub serial: String,
+    /// The reason's name (`key-compromise`, ...).
+    pub reason: String,
+    /// When, Unix seconds.
+    pub revoked_at: i64,
+}
+
+/// A signed CRL as the ledger keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredCrl {
+    /// Its CRL number.
+    pub number: u64,
+    /// `thisUpdate`, Unix seconds.
+    pub this_update: i64,
+    /// `nextUpdate`, Unix seconds.
+    pub next_update: i64,
+    /// DER.
+    pub der: Vec<u8>,
+}
+
 /// Why the ledger could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -41,6 +65,30 @@ pub enum LedgerError {
         path: PathBuf,
         /// What SQLite said.
         source: rusqlite::Error,
+    },
+    /// No certificate with this serial was issued.
+    #[error("no certificate with serial {serial} is in the ledger")]
+    UnknownSerial {
+        /// The serial.
+        serial: String,
+    },
+    /// The certificate is revoked already.
+    #[error("certificate {serial} was already revoked at {revoked_at} (Unix time)")]
+    AlreadyRevoked {
+        /// The serial.
+        serial: String,
+        /// When it was revoked.
+        revoked_at: i64,
+    },
+    /// A CRL number that does not grow.
+    #[error("CRL number {number} of issuer {issuer_key_id} is not above the last one, {last}")]
+    CrlNumber {
+        /// The issuer's key identifier.
+        issuer_key_id: String,
+        /// The refused number.
+        number: u64,
+        /// The last stored.
+        last: u64,
     },
     /// The serial is in the ledger already; a serial is never issued twice.
     #[error("serial {serial} is already in the ledger; serials are never reused")]
@@ -71,6 +119,25 @@ pub trait CertificateStore: Send {
     /// How many certificates the store holds.
     fn count(&self) -> Result<u64, LedgerError>;
 
+    /// Marks `serial` revoked for `reason` at `revoked_at` by `officer`; returns the
+    /// certificate. Fails for an unknown serial or a second revocation.
+    fn revoke(
+        &mut self,
+        serial: &str,
+        reason: &str,
+        revoked_at: i64,
+        officer: &str,
+    ) -> Result<IssuedCertificate, LedgerError>;
+
+    /// The revoked certificates of the issuer with `issuer_key_id`, oldest first.
+    fn revoked(&self, issuer_key_id: &str) -> Result<Vec<Revocation>, LedgerError>;
+
+    /// The last CRL stored for the issuer, if any.
+    fn latest_crl(&self, issuer_key_id: &str) -> Result<Option<StoredCrl>, LedgerError>;
+
+    /// Stores a CRL; its number must be above the issuer's last one.
+    fn store_crl(&mut self, issuer_key_id: &str, crl: &StoredCrl) -> Result<(), LedgerError>;
+
     /// The `spiffe_sequence` of the trust bundle whose contents hash to `bundle_sha256`: the
     /// last one if the bundle is unchanged, else one more than the last (starting at 1), so
     /// the sequence grows with every change of the bundle, across restarts.
@@ -97,6 +164,20 @@ CREATE TABLE IF NOT EXISTS certificates (
     issued_at     INTEGER NOT NULL DEFAULT (unixepoch())
 ) STRICT;
 CREATE INDEX IF NOT EXISTS certificates_by_issuer ON certificates (issuer_key_id);
+CREATE TABLE IF NOT EXISTS revocations (
+    serial        TEXT PRIMARY KEY NOT NULL REFERENCES certificates (serial),
+    reason        TEXT NOT NULL,
+    revoked_at    INTEGER NOT NULL,
+    officer       TEXT NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS crls (
+    issuer_key_id TEXT NOT NULL,
+    number        INTEGER NOT NULL,
+    this_update   INTEGER NOT NULL,
+    next_update   INTEGER NOT NULL,
+    der           BLOB NOT NULL,
+    PRIMARY KEY (issuer_key_id, number)
+) STRICT;
 CREATE TABLE IF NOT EXISTS bundles (
     sequence      INTEGER PRIMARY KEY NOT NULL,
     sha256        TEXT NOT NULL,
@@ -227,6 +308,121 @@ impl CertificateStore for Ledger {
             })
     }
 
+    fn revoke(
+        &mut self,
+        serial: &str,
+        reason: &str,
+        revoked_at: i64,
+        officer: &str,
+    ) -> Result<IssuedCertificate, LedgerError> {
+        let certificate = self
+            .find(serial)?
+            .ok_or_else(|| LedgerError::UnknownSerial {
+                serial: serial.to_owned(),
+            })?;
+        let sqlite = |source| LedgerError::Sqlite {
+            path: self.path.clone(),
+            source,
+        };
+        let earlier: Option<i64> = self
+            .connection
+            .query_row(
+                "SELECT revoked_at FROM revocations WHERE serial = ?1",
+                params![serial],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sqlite)?;
+        if let Some(revoked_at) = earlier {
+            return Err(LedgerError::AlreadyRevoked {
+                serial: serial.to_owned(),
+                revoked_at,
+            });
+        }
+        self.connection
+            .execute(
+                "INSERT INTO revocations (serial, reason, revoked_at, officer) VALUES (?1, ?2, ?3, ?4)",
+                params![serial, reason, revoked_at, officer],
+            )
+            .map_err(sqlite)?;
+        Ok(certificate)
+    }
+
+    fn revoked(&self, issuer_key_id: &str) -> Result<Vec<Revocation>, LedgerError> {
+        let sqlite = |source| LedgerError::Sqlite {
+            path: self.path.clone(),
+            source,
+        };
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT r.serial, r.reason, r.revoked_at FROM revocations r
+                 JOIN certificates c ON c.serial = r.serial
+                 WHERE c.issuer_key_id = ?1 ORDER BY r.revoked_at, r.serial",
+            )
+            .map_err(sqlite)?;
+        let rows = statement
+            .query_map(params![issuer_key_id], |row| {
+                Ok(Revocation {
+                    serial: row.get(0)?,
+                    reason: row.get(1)?,
+                    revoked_at: row.get(2)?,
+                })
+            })
+            .map_err(sqlite)?;
+        rows.collect::<Result<_, _>>().map_err(sqlite)
+    }
+
+    fn latest_crl(&self, issuer_key_id: &str) -> Result<Option<StoredCrl>, LedgerError> {
+        self.connection
+            .query_row(
+                "SELECT number, this_update, next_update, der FROM crls
+                 WHERE issuer_key_id = ?1 ORDER BY number DESC LIMIT 1",
+                params![issuer_key_id],
+                |row| {
+                    Ok(StoredCrl {
+                        number: row.get::<_, i64>(0)?.unsigned_abs(),
+                        this_update: row.get(1)?,
+                        next_update: row.get(2)?,
+                        der: row.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|source| LedgerError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    fn store_crl(&mut self, issuer_key_id: &str, crl: &StoredCrl) -> Result<(), LedgerError> {
+        let last = self.latest_crl(issuer_key_id)?.map_or(0, |c| c.number);
+        if crl.number <= last {
+            return Err(LedgerError::CrlNumber {
+                issuer_key_id: issuer_key_id.to_owned(),
+                number: crl.number,
+                last,
+            });
+        }
+        self.connection
+            .execute(
+                "INSERT INTO crls (issuer_key_id, number, this_update, next_update, der)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    issuer_key_id,
+                    i64::try_from(crl.number).unwrap_or(i64::MAX),
+                    crl.this_update,
+                    crl.next_update,
+                    crl.der
+                ],
+            )
+            .map_err(|source| LedgerError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+
     fn bundle_sequence(&mut self, bundle_sha256: &str) -> Result<u64, LedgerError> {
         let path = self.path.clone();
         let sqlite = |source| LedgerError::Sqlite {
@@ -297,6 +493,52 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{file}");
         }
+    }
+
+    #[test]
+    fn revocations_are_once_per_serial_and_crl_numbers_only_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
+        ledger
+            .record(&[certificate("01"), certificate("02")])
+            .unwrap();
+        ledger
+            .revoke("02", "key-compromise", 100, "officer")
+            .unwrap();
+        assert!(matches!(
+            ledger.revoke("02", "superseded", 200, "officer"),
+            Err(LedgerError::AlreadyRevoked {
+                revoked_at: 100,
+                ..
+            })
+        ));
+        assert!(matches!(
+            ledger.revoke("03", "superseded", 200, "officer"),
+            Err(LedgerError::UnknownSerial { .. })
+        ));
+        assert_eq!(
+            ledger.revoked("6c51eb35").unwrap(),
+            vec![Revocation {
+                serial: "02".into(),
+                reason: "key-compromise".into(),
+                revoked_at: 100
+            }]
+        );
+        assert!(ledger.revoked("other").unwrap().is_empty());
+        let crl = |number| StoredCrl {
+            number,
+            this_update: 1,
+            next_update: 2,
+            der: vec![number as u8],
+        };
+        assert_eq!(ledger.latest_crl("6c51eb35").unwrap(), None);
+        ledger.store_crl("6c51eb35", &crl(1)).unwrap();
+        ledger.store_crl("6c51eb35", &crl(2)).unwrap();
+        assert!(matches!(
+            ledger.store_crl("6c51eb35", &crl(2)),
+            Err(LedgerError::CrlNumber { last: 2, .. })
+        ));
+        assert_eq!(ledger.latest_crl("6c51eb35").unwrap(), Some(crl(2)));
     }
 
     #[test]

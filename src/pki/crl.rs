@@ -35,6 +35,22 @@ pub enum RevocationReason {
 }
 
 impl RevocationReason {
+    /// Every reason, in RFC 5280's order.
+    pub const ALL: [RevocationReason; 7] = [
+        RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise,
+        RevocationReason::CaCompromise,
+        RevocationReason::AffiliationChanged,
+        RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation,
+        RevocationReason::PrivilegeWithdrawn,
+    ];
+
+    /// The reason named `name` (`key-compromise`, ...).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.name() == name)
+    }
+
     /// The name configuration files and transcripts use.
     pub fn name(self) -> &'static str {
         match self {
@@ -139,18 +155,24 @@ impl CrlTemplate {
         })
     }
 
-    /// Builds, checks, signs and re-checks the CRL.
-    pub fn issue(&self, issuer: &Issuer, signer: &dyn Signer) -> Result<IssuedCrl, PkiError> {
+    /// Builds the CRL and runs the pre-signing checks; the result waits for the issuer's
+    /// signature.
+    pub fn prepare(&self, issuer: &Issuer) -> Result<signed::Prepared, PkiError> {
         let tbs = self.to_tbs(issuer)?;
         let checks = lint::check_crl(&tbs, issuer, self.signature_algorithm)?;
         let tbs_der = tbs.to_der().map_err(|e| PkiError::input("CRL", e))?;
-        let prepared = signed::Prepared::new(
+        Ok(signed::Prepared::new(
             "CRL",
             tbs_der,
             self.signature_algorithm,
             &issuer.public_key,
             checks,
-        );
+        ))
+    }
+
+    /// Builds, checks, signs and re-checks the CRL.
+    pub fn issue(&self, issuer: &Issuer, signer: &dyn Signer) -> Result<IssuedCrl, PkiError> {
+        let prepared = self.prepare(issuer)?;
         let checks = prepared.checks().to_vec();
         let der = prepared.sign_with(signer)?;
         Ok(IssuedCrl { der, checks })
