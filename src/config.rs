@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::api::{IssuerConfig, ServerConfig, StorageConfig, TrustConfig, VaultConfig};
+use crate::api::{CrlConfig, IssuerConfig, ServerConfig, StorageConfig, TrustConfig, VaultConfig};
 use crate::hsm::HsmConfig;
 use crate::pki::Profile;
-use crate::policy::ClientPolicy;
+use crate::policy::{ClientPolicy, Officer};
 
 /// The whole configuration file. `hsmca hsm …` needs only `[hsm]`; `hsmca serve` needs every
 /// section. Relative paths are taken from the directory of the file.
@@ -35,6 +35,12 @@ pub struct Config {
     /// `[[clients]]`: who may ask for what; a client not listed gets nothing.
     #[serde(default)]
     pub clients: Vec<ClientPolicy>,
+    /// `[[officers]]`: who may revoke.
+    #[serde(default)]
+    pub officers: Vec<Officer>,
+    /// `[crl]`: CRL lifetimes (defaults when absent).
+    #[serde(default)]
+    pub crl: CrlConfig,
     /// `[vault]`: the Vault PKI-compatible endpoints; none when absent.
     pub vault: Option<VaultConfig>,
     /// The directory relative paths are resolved against (the file's own).

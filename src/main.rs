@@ -88,6 +88,32 @@ enum Command {
         #[arg(long, value_enum, default_value = "plain")]
         layout: Layout,
     },
+    /// Revoke a certificate (officers only): the appliance records it, audits it and re-signs
+    /// the issuer's CRL.
+    Revoke {
+        /// The appliance, e.g. https://127.0.0.1:8443.
+        #[arg(long)]
+        server: String,
+        /// The officer's TLS certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// The officer's TLS private key (PEM, mode 0600).
+        #[arg(long)]
+        key: PathBuf,
+        /// The CA certificate(s) to trust for the appliance's TLS certificate (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The serial, hex (colons allowed).
+        #[arg(long)]
+        serial: String,
+        /// unspecified, key-compromise, ca-compromise, affiliation-changed, superseded,
+        /// cessation-of-operation or privilege-withdrawn.
+        #[arg(long)]
+        reason: String,
+        /// The issuer the certificate must be from (refused otherwise).
+        #[arg(long)]
+        issuer: Option<String>,
+    },
     /// Write development TLS material for the API (a throwaway TLS CA, a localhost server
     /// certificate, client certificates). Not for production.
     DevTls {
@@ -283,6 +309,42 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 let _ = writeln!(report, "  {}", path.display());
             }
             emit(&report)
+        }
+        Command::Revoke {
+            server,
+            cert,
+            key,
+            ca,
+            serial,
+            reason,
+            issuer,
+        } => {
+            let client = Client::new(&server, &cert, &key, &ca).map_err(CliError::Message)?;
+            let body = serde_json::json!({ "serial": serial, "reason": reason, "issuer": issuer });
+            let response = runtime()?
+                .block_on(client.send(
+                    "POST",
+                    "/v1/revoke",
+                    Some("application/json"),
+                    body.to_string().into_bytes(),
+                ))
+                .map_err(CliError::Message)?;
+            let answer = response.json().map_err(CliError::Message)?;
+            if response.status != 200 {
+                return Err(CliError::Message(format!(
+                    "the appliance refused ({} {}): {}",
+                    response.status,
+                    answer["error"]["code"].as_str().unwrap_or("?"),
+                    answer["error"]["message"].as_str().unwrap_or("?")
+                )));
+            }
+            emit(&format!(
+                "revoked {} ({}) of issuer {}; CRL number {}\n",
+                answer["serial"].as_str().unwrap_or("?"),
+                answer["reason"].as_str().unwrap_or("?"),
+                answer["issuer"].as_str().unwrap_or("?"),
+                answer["crl_number"]
+            ))
         }
         Command::DevTls { out_dir, clients } => {
             let written =

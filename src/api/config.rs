@@ -116,6 +116,39 @@ pub struct IssuerConfig {
     pub key_label: String,
     /// The signature algorithm (default: the key type's usual one).
     pub signature_algorithm: Option<SignatureAlgorithm>,
+    /// Where relying parties fetch this issuer's CRL (an `http://` URL, typically a mirror of
+    /// `GET /v1/crl/<name>`); written into every certificate it issues. None: no CRL pointer.
+    pub crl_url: Option<String>,
+}
+
+/// `[crl]`: the CRLs hsmca signs for its online intermediates.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlConfig {
+    /// `nextUpdate - thisUpdate` (default 24 h).
+    #[serde(default = "CrlConfig::default_validity")]
+    pub validity: Seconds,
+    /// A new CRL is signed this long before the current one's `nextUpdate` (default 8 h).
+    #[serde(default = "CrlConfig::default_refresh_before")]
+    pub refresh_before: Seconds,
+}
+
+impl Default for CrlConfig {
+    fn default() -> Self {
+        CrlConfig {
+            validity: Self::default_validity(),
+            refresh_before: Self::default_refresh_before(),
+        }
+    }
+}
+
+impl CrlConfig {
+    fn default_validity() -> Seconds {
+        Seconds(86_400)
+    }
+    fn default_refresh_before() -> Seconds {
+        Seconds(8 * 3600)
+    }
 }
 
 /// `[vault]`: the Vault PKI-compatible endpoints, for clients that already speak Vault

@@ -9,6 +9,7 @@
 mod bundle;
 pub mod client;
 mod config;
+mod crl;
 pub mod dev_tls;
 mod error;
 mod metrics;
@@ -21,7 +22,7 @@ mod tls;
 mod vault;
 
 pub use config::{
-    IdentitySource, IssuerConfig, ServerConfig, StaticToken, StorageConfig, TrustConfig,
+    CrlConfig, IdentitySource, IssuerConfig, ServerConfig, StaticToken, StorageConfig, TrustConfig,
     VaultConfig,
 };
 pub use error::ApiError;

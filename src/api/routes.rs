@@ -33,6 +33,8 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/bundle", get(bundle_pem))
         .route("/v1/bundle/spiffe", get(bundle_spiffe))
         .route("/v1/chain/{issuer}", get(chain))
+        .route("/v1/crl/{issuer}", get(super::crl::crl))
+        .route("/v1/revoke", post(super::crl::revoke))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -116,7 +118,7 @@ pub(crate) fn csr_bytes(csr: &str) -> Result<Vec<u8>, ApiError> {
 }
 
 /// Reads a JSON body (by its Content-Type) with [`read_body`].
-async fn read_json_body(
+pub(crate) async fn read_json_body(
     service: &Service,
     headers: &HeaderMap,
     body: Body,

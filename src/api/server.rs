@@ -37,6 +37,18 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
             }),
         )
         .await;
+    service.refresh_crls().await;
+    let crl_schedule = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
+            every_minute.tick().await;
+            loop {
+                every_minute.tick().await;
+                service.refresh_crls().await;
+            }
+        })
+    };
     tracing::info!(listen = %listener.local_addr()?, "hsmca serving");
     // The line operators and tests wait for.
     println!("hsmca: serving on https://{}", listener.local_addr()?);
@@ -67,6 +79,7 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
         tokio::spawn(connection);
     }
     drop(listener);
+    crl_schedule.abort();
     let grace = service.server.shutdown_grace.duration();
     let finished = tokio::time::timeout(grace, graceful.shutdown())
         .await

@@ -59,6 +59,8 @@ pub struct IssuerState {
     pub chain: Vec<CaCertificate>,
     /// The root of `[trust]` its chain ends at.
     pub root: CaCertificate,
+    /// Its CRL's URL, written into what it issues.
+    pub crl_url: Option<String>,
 }
 
 impl IssuerState {
@@ -102,9 +104,12 @@ pub struct Service {
     pub metrics: Metrics,
     /// The Vault-compatible dialect, when `[vault]` is configured.
     pub vault: Option<super::vault::VaultState>,
-    /// A second, read-only use of the ledger for lookups (`cert/<serial>`); WAL lets it read
-    /// while the recorder writes.
-    pub ledger_reader: Mutex<Ledger>,
+    /// A second connection to the ledger for lookups, revocations and CRLs, which are rare
+    /// and must not wait behind a group of issuances; WAL lets it read while the recorder
+    /// writes, and SQLite serialises the writes.
+    pub ledger_admin: Mutex<Ledger>,
+    /// The current CRL of each issuer.
+    pub crls: super::crl::Crls,
     readiness: Mutex<Option<(Instant, Readiness)>>,
 }
 
@@ -146,7 +151,14 @@ impl Service {
             }
         }
         let policy = Policy::new(&config.clients, |p| config.profiles.contains_key(p))
+            .and_then(|policy| policy.with_officers(&config.officers))
             .map_err(StartError::Config)?;
+        if config.crl.refresh_before >= config.crl.validity {
+            return Err(StartError::Config(format!(
+                "crl.refresh_before {} must be shorter than crl.validity {}",
+                config.crl.refresh_before, config.crl.validity
+            )));
+        }
         if config.clients.is_empty() {
             tracing::warn!("no [[clients]] configured: every signing request will be refused");
         }
@@ -160,6 +172,15 @@ impl Service {
                 issuer: name.clone(),
                 reason,
             };
+            if let Some(url) = issuer
+                .crl_url
+                .as_deref()
+                .filter(|u| !u.starts_with("http://"))
+            {
+                return Err(fail(format!(
+                    "crl_url {url:?} must be an http:// URL (RFC 5280 4.2.1.13; relying parties fetch CRLs without TLS)"
+                )));
+            }
             let certificate = CaCertificate::from_file(&config.resolve(&issuer.certificate))
                 .map_err(|e| fail(e.to_string()))?;
             let key = hsm
@@ -206,6 +227,7 @@ impl Service {
                     algorithm,
                     chain,
                     root,
+                    crl_url: issuer.crl_url.clone(),
                 },
             );
         }
@@ -223,7 +245,7 @@ impl Service {
             .transpose()
             .map_err(StartError::Config)?;
         let mut ledger = Ledger::open(&config.resolve(&storage.ledger))?;
-        let ledger_reader = Mutex::new(Ledger::open(&config.resolve(&storage.ledger))?);
+        let ledger_admin = Mutex::new(Ledger::open(&config.resolve(&storage.ledger))?);
         let pem = bundle::pem_bundle(&roots);
         let sequence = ledger.bundle_sequence(&crate::digest::sha256_hex(pem.as_bytes()))?;
         let spiffe = bundle::spiffe_bundle(&roots, sequence, trust.spiffe_refresh_hint.0);
@@ -244,7 +266,8 @@ impl Service {
             bundle: Bundle { roots, pem, spiffe },
             metrics: Metrics::default(),
             vault,
-            ledger_reader,
+            ledger_admin,
+            crls: super::crl::Crls::new(config.crl.clone()),
             readiness: Mutex::new(None),
         })
     }

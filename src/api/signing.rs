@@ -170,6 +170,7 @@ pub(crate) async fn sign(
             ttl,
             &issuer.view,
             issuer.algorithm,
+            issuer.crl_url.as_deref(),
             pki::now().unix_duration(),
         )
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.code, e.message))?;

@@ -299,22 +299,7 @@ impl CaTemplate {
                 true,
             )?);
         }
-        if !self.crl_distribution_points.is_empty() {
-            let points = self
-                .crl_distribution_points
-                .iter()
-                .map(|url| {
-                    Ok(DistributionPoint {
-                        distribution_point: Some(DistributionPointName::FullName(vec![
-                            GeneralName::UniformResourceIdentifier(ia5(url)?),
-                        ])),
-                        reasons: None,
-                        crl_issuer: None,
-                    })
-                })
-                .collect::<Result<Vec<_>, PkiError>>()?;
-            extensions.push(extension(&CrlDistributionPoints(points), false)?);
-        }
+        extensions.extend(crl_distribution_points(&self.crl_distribution_points)?);
         if !self.ca_issuers.is_empty() {
             let access = self
                 .ca_issuers
@@ -390,6 +375,26 @@ pub(crate) fn extension<T: Encode + der::oid::AssociatedOid>(
         critical,
         extn_value: octets(encoded)?,
     })
+}
+
+/// The CRL distribution points extension for `urls`, none when there are none.
+pub(crate) fn crl_distribution_points(urls: &[String]) -> Result<Option<Extension>, PkiError> {
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    let points = urls
+        .iter()
+        .map(|url| {
+            Ok(DistributionPoint {
+                distribution_point: Some(DistributionPointName::FullName(vec![
+                    GeneralName::UniformResourceIdentifier(ia5(url)?),
+                ])),
+                reasons: None,
+                crl_issuer: None,
+            })
+        })
+        .collect::<Result<Vec<_>, PkiError>>()?;
+    Ok(Some(extension(&CrlDistributionPoints(points), false)?))
 }
 
 /// The subjectAltName extension holding `uris` then `dns_names`.

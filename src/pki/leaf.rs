@@ -6,8 +6,8 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::Validity;
 
 use super::ca::{
-    Issuer, extension, key_identifier_extensions, prepared_certificate, subject_alt_name,
-    tbs_certificate,
+    Issuer, crl_distribution_points, extension, key_identifier_extensions, prepared_certificate,
+    subject_alt_name, tbs_certificate,
 };
 use super::{PkiError, lint, signed};
 use crate::hsm::{PublicKey, SignatureAlgorithm};
@@ -27,6 +27,8 @@ pub struct LeafTemplate {
     pub spiffe_id: String,
     /// DNS SANs, after the SPIFFE ID.
     pub dns_names: Vec<String>,
+    /// CRL distribution point URLs (`http://`).
+    pub crl_distribution_points: Vec<String>,
 }
 
 impl LeafTemplate {
@@ -62,6 +64,7 @@ impl LeafTemplate {
             &self.dns_names,
             self.subject.is_empty(),
         )?);
+        extensions.extend(crl_distribution_points(&self.crl_distribution_points)?);
         let tbs = tbs_certificate(
             serial,
             self.signature_algorithm,
@@ -128,6 +131,7 @@ mod tests {
             signature_algorithm: SignatureAlgorithm::EcdsaP256Sha256,
             spiffe_id: spiffe_id.into(),
             dns_names: vec!["web.svc.cluster.local".into()],
+            crl_distribution_points: vec!["http://pki.example.org/crl/online.crl".into()],
         }
     }
 

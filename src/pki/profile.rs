@@ -235,7 +235,9 @@ impl Profile {
     }
 
     /// The certificate for `csr`, valid from `now - backdate` for `ttl`, both clamped to the
-    /// issuer's validity: a certificate never outlives its issuer.
+    /// issuer's validity: a certificate never outlives its issuer. It points at the issuer's
+    /// CRL at `crl_url`, if there is one.
+    #[allow(clippy::too_many_arguments)] // each is one independent input of the certificate
     pub fn template(
         &self,
         csr: &VerifiedCsr,
@@ -243,6 +245,7 @@ impl Profile {
         ttl: Seconds,
         issuer: &Issuer,
         signature_algorithm: SignatureAlgorithm,
+        crl_url: Option<&str>,
         now: Duration,
     ) -> Result<Template, ProfileRefusal> {
         let issuer_from = issuer.validity.not_before.to_unix_duration();
@@ -287,7 +290,7 @@ impl Profile {
                     _ => Vec::new(),
                 },
                 permitted_dns_domains: Vec::new(),
-                crl_distribution_points: Vec::new(),
+                crl_distribution_points: crl_url.iter().map(|url| url.to_string()).collect(),
                 ca_issuers: Vec::new(),
                 spiffe_id,
             }),
@@ -298,6 +301,7 @@ impl Profile {
                 signature_algorithm,
                 spiffe_id: spiffe_id.expect("requested_names requires a workload SPIFFE ID"),
                 dns_names: names.dns_names.clone(),
+                crl_distribution_points: crl_url.iter().map(|url| url.to_string()).collect(),
             }),
         })
     }
@@ -420,6 +424,7 @@ mod tests {
                 Seconds(3600),
                 &issuer.as_issuer(),
                 SignatureAlgorithm::EcdsaP256Sha256,
+                None,
                 now,
             )
             .unwrap()
@@ -442,6 +447,7 @@ mod tests {
                 Seconds(365 * 86_400),
                 &issuer.as_issuer(),
                 SignatureAlgorithm::EcdsaP256Sha256,
+                None,
                 now,
             )
             .unwrap();

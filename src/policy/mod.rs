@@ -56,6 +56,17 @@ impl ClientPolicy {
     }
 }
 
+/// One `[[officers]]` entry: a security officer who may revoke, bound to a client identity.
+/// Officers are a role apart from CA clients: an officer entry grants no profile.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Officer {
+    /// The officer's name, for audit records.
+    pub name: String,
+    /// The identity of the officer's client certificate, as `server.client_identity` reads it.
+    pub identity: String,
+}
+
 /// A refusal by policy: the rule (`client.profiles`, `client.trust_domains`, ...) and why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("denied by policy rule {rule}: {message}")]
@@ -73,10 +84,11 @@ fn deny(rule: &'static str, message: impl Into<String>) -> Denial {
     }
 }
 
-/// The policy of every configured client, looked up by identity.
+/// The policy of every configured client and officer, looked up by identity.
 #[derive(Debug)]
 pub struct Policy {
     clients: HashMap<String, ClientPolicy>,
+    officers: HashMap<String, Officer>,
 }
 
 impl Policy {
@@ -130,7 +142,37 @@ impl Policy {
                 ));
             }
         }
-        Ok(Policy { clients: map })
+        Ok(Policy {
+            clients: map,
+            officers: HashMap::new(),
+        })
+    }
+
+    /// Adds the officers, refusing an identity listed twice.
+    pub fn with_officers(mut self, officers: &[Officer]) -> Result<Self, String> {
+        for officer in officers {
+            if self
+                .officers
+                .insert(officer.identity.clone(), officer.clone())
+                .is_some()
+            {
+                return Err(format!(
+                    "officer identity {:?} is listed twice in [[officers]]",
+                    officer.identity
+                ));
+            }
+        }
+        Ok(self)
+    }
+
+    /// The officer with `identity`, or the denial everyone else gets.
+    pub fn officer(&self, identity: &str) -> Result<&Officer, Denial> {
+        self.officers.get(identity).ok_or_else(|| {
+            deny(
+                "officers",
+                format!("identity {identity:?} is not an officer; only [[officers]] may revoke"),
+            )
+        })
     }
 
     /// The entry for `identity`, or the denial every unknown client gets.

@@ -16,16 +16,17 @@ use super::{TestToken, repo_path};
 pub const TRUST_DOMAIN: &str = "mesh.example";
 
 /// The clients `hsmca dev-tls` makes for the tests, as NAME=URI.
-const CLIENTS: [&str; 4] = [
+const CLIENTS: [&str; 5] = [
     "istiod=spiffe://mesh.example/istiod",
     "spire=spiffe://mesh.example/spire",
     "stranger=spiffe://mesh.example/stranger",
     "limited=spiffe://mesh.example/limited",
+    "officer=spiffe://mesh.example/officer",
 ];
 
 /// The policy and profiles of the test appliance: `istiod` may use every profile in
 /// mesh.example under /ns/prod; `spire` only issuing CAs for 48 h; `stranger` has no entry;
-/// `limited` is added by the tests that need it.
+/// `limited` is added by the tests that need it; `officer` may revoke.
 const POLICY: &str = r#"
 [profiles.issuing-ca]
 kind = "issuing-ca"
@@ -56,6 +57,10 @@ dns_suffixes = [".svc.cluster.local"]
 max_ttl = "2160h"
 requests_per_minute = 100000
 burst = 10000
+
+[[officers]]
+name = "Alice (security officer)"
+identity = "spiffe://mesh.example/officer"
 
 [[clients]]
 name = "spire"
@@ -152,6 +157,7 @@ roots = ["ceremony/out/root-2026.pem"]
 [issuers.online-p256]
 certificate = "ceremony/out/online-p256-2026.pem"
 key_label = "online-p256-2026"
+crl_url = "http://pki.example.org/crl/online-p256.crl"
 
 [issuers.online-rsa2048]
 certificate = "ceremony/out/online-rsa2048-2026.pem"

@@ -624,7 +624,7 @@ async fn cert(State(service): State<Arc<Service>>, Path(serial): Path<String>) -
         .collect::<String>()
         .to_ascii_lowercase();
     let found = service
-        .ledger_reader
+        .ledger_admin
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .find(&normalized);

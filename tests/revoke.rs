@@ -1,0 +1,295 @@
+//! Revocation: officers revoke through the API or `hsmca revoke`, the issuer's CRL is
+//! re-signed in the HSM at once, and outside tools (openssl, pkilint) agree with it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::appliance::{Appliance, p256, runtime, spire_csr, write};
+use common::{assert_pkilint_clean, audit_verify, stderr, stdout};
+use serde_json::json;
+
+/// Issues an issuing CA under `profile` as `client`; returns (serial, cert path, chain path).
+fn issue(
+    appliance: &Appliance,
+    client: &str,
+    profile: &str,
+    dir: &Path,
+    name: &str,
+) -> (String, PathBuf, PathBuf) {
+    let csr = spire_csr(&p256(), &["spiffe://mesh.example"]);
+    let response = runtime()
+        .block_on(appliance.client(client).sign(&csr, profile, None))
+        .unwrap();
+    let answer = response.json().unwrap();
+    assert_eq!(response.status, 200, "{answer}");
+    let cert = write(
+        dir,
+        &format!("{name}.pem"),
+        answer["certificate"].as_str().unwrap(),
+    );
+    // The chain without the new certificate: the online intermediate.
+    let chain = answer["chain"].as_str().unwrap();
+    let intermediates = chain
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .skip(1)
+        .collect::<String>();
+    let chain = write(dir, &format!("{name}-chain.pem"), &intermediates);
+    (answer["serial"].as_str().unwrap().to_owned(), cert, chain)
+}
+
+/// `hsmca revoke` as `tls_name`; returns the process output.
+fn hsmca_revoke(
+    appliance: &Appliance,
+    tls_name: &str,
+    serial: &str,
+    reason: &str,
+    issuer: Option<&str>,
+) -> std::process::Output {
+    let mut command = appliance.token.hsmca_command(&[
+        "revoke",
+        "--server",
+        &appliance.url,
+        "--serial",
+        serial,
+        "--reason",
+        reason,
+    ]);
+    command
+        .arg("--cert")
+        .arg(appliance.path(&format!("tls/{tls_name}.pem")))
+        .arg("--key")
+        .arg(appliance.path(&format!("tls/{tls_name}-key.pem")))
+        .arg("--ca")
+        .arg(appliance.path("tls/tls-ca.pem"));
+    if let Some(issuer) = issuer {
+        command.args(["--issuer", issuer]);
+    }
+    command.output().unwrap()
+}
+
+/// The issuer's CRL as PEM, written to `dir/name`.
+fn fetch_crl(appliance: &Appliance, issuer: &str, dir: &Path, name: &str) -> PathBuf {
+    let response = runtime()
+        .block_on(appliance.client("spire").send(
+            "GET",
+            &format!("/v1/crl/{issuer}.pem"),
+            None,
+            vec![],
+        ))
+        .unwrap();
+    assert_eq!(response.status, 200);
+    write(dir, name, &String::from_utf8(response.body).unwrap())
+}
+
+fn crl_text(crl: &Path) -> String {
+    let output = Command::new("openssl")
+        .args(["crl", "-noout", "-text", "-in"])
+        .arg(crl)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output)
+}
+
+/// `openssl verify -crl_check` of `cert` under the root, through `chain`, against `crl`.
+fn verify_with_crl(
+    appliance: &Appliance,
+    chain: &Path,
+    crl: &Path,
+    cert: &Path,
+) -> std::process::Output {
+    Command::new("openssl")
+        .arg("verify")
+        .arg("-crl_check")
+        .arg("-CAfile")
+        .arg(appliance.root_pem())
+        .arg("-untrusted")
+        .arg(chain)
+        .arg("-CRLfile")
+        .arg(crl)
+        .arg(cert)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_officer_revokes_and_the_hsm_signed_crl_says_so_to_openssl_and_pkilint() {
+    let mut appliance = Appliance::prepare();
+    appliance.start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (revoked, revoked_cert, chain) = issue(&appliance, "spire", "issuing-ca", dir, "a");
+    let (_, kept_cert, _) = issue(&appliance, "spire", "issuing-ca", dir, "b");
+    // Certificates point at the issuer's CRL.
+    let text = stdout(
+        &Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "crlDistributionPoints", "-in"])
+            .arg(&kept_cert)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        text.contains("URI:http://pki.example.org/crl/online-p256.crl"),
+        "{text}"
+    );
+
+    let before = fetch_crl(&appliance, "online-p256", dir, "crl-1.pem");
+    assert!(
+        crl_text(&before).contains("No Revoked Certificates"),
+        "{}",
+        crl_text(&before)
+    );
+    assert!(
+        verify_with_crl(&appliance, &chain, &before, &revoked_cert)
+            .status
+            .success()
+    );
+
+    // The officer revokes with the CLI.
+    let output = hsmca_revoke(
+        &appliance,
+        "officer",
+        &revoked,
+        "key-compromise",
+        Some("online-p256"),
+    );
+    assert!(
+        output.status.success(),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(
+        stdout(&output).contains("CRL number 2"),
+        "{}",
+        stdout(&output)
+    );
+
+    let after = fetch_crl(&appliance, "online-p256", dir, "crl-2.pem");
+    let text = crl_text(&after);
+    assert!(text.contains(&revoked.to_uppercase()), "{text}");
+    assert!(text.contains("Key Compromise"), "{text}");
+    assert!(
+        text.contains("X509v3 CRL Number: \n                2"),
+        "{text}"
+    );
+    assert_pkilint_clean("crl", &[&after]);
+    let rejected = verify_with_crl(&appliance, &chain, &after, &revoked_cert);
+    assert!(!rejected.status.success());
+    assert!(
+        stdout(&rejected).contains("certificate revoked")
+            || stderr(&rejected).contains("certificate revoked"),
+        "{}{}",
+        stdout(&rejected),
+        stderr(&rejected)
+    );
+    let accepted = verify_with_crl(&appliance, &chain, &after, &kept_cert);
+    assert!(
+        accepted.status.success(),
+        "{}{}",
+        stdout(&accepted),
+        stderr(&accepted)
+    );
+    // The DER form is the same CRL.
+    let der = runtime()
+        .block_on(
+            appliance
+                .client("spire")
+                .send("GET", "/v1/crl/online-p256", None, vec![]),
+        )
+        .unwrap();
+    assert_eq!(der.status, 200);
+    assert_eq!(
+        hsmca::pki::to_pem("X509 CRL", &der.body),
+        std::fs::read_to_string(&after).unwrap()
+    );
+
+    // Every way a revocation is refused, each audited.
+    let (other_issuer, _, _) = issue(&appliance, "istiod", "issuing-ca-rsa", dir, "c");
+    let revoke = |client: &str, body: serde_json::Value| {
+        let response = runtime()
+            .block_on(appliance.client(client).send(
+                "POST",
+                "/v1/revoke",
+                Some("application/json"),
+                body.to_string().into_bytes(),
+            ))
+            .unwrap();
+        (
+            response.status,
+            response.json().unwrap()["error"]["code"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+        )
+    };
+    assert_eq!(
+        revoke(
+            "spire",
+            json!({"serial": other_issuer, "reason": "superseded"})
+        ),
+        (403, "not_an_officer".into())
+    );
+    assert_eq!(
+        revoke(
+            "officer",
+            json!({"serial": "0badc0de", "reason": "superseded"})
+        ),
+        (404, "unknown_serial".into())
+    );
+    assert_eq!(
+        revoke(
+            "officer",
+            json!({"serial": revoked, "reason": "superseded"})
+        ),
+        (409, "already_revoked".into())
+    );
+    assert_eq!(
+        revoke(
+            "officer",
+            json!({"serial": other_issuer, "reason": "superseded", "issuer": "online-p256"})
+        ),
+        (409, "other_issuer".into())
+    );
+    assert_eq!(
+        revoke(
+            "officer",
+            json!({"serial": other_issuer, "reason": "because"})
+        ),
+        (400, "bad_reason".into())
+    );
+    let output = hsmca_revoke(&appliance, "istiod", &other_issuer, "superseded", None);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("not_an_officer"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(appliance.stop().success());
+
+    let records = appliance.audit_records();
+    let count = |event: &str| records.iter().filter(|r| r["event"] == event).count();
+    assert_eq!(count("revoke"), 1);
+    assert_eq!(count("revoke.refused"), 6);
+    let revocation = records.iter().find(|r| r["event"] == "revoke").unwrap();
+    assert_eq!(revocation["actor"], "spiffe://mesh.example/officer");
+    assert_eq!(revocation["details"]["officer"], "Alice (security officer)");
+    assert_eq!(revocation["details"]["reason"], "key-compromise");
+    assert_eq!(
+        count("crl.published"),
+        3,
+        "two issuers at start, then one revocation"
+    );
+    assert!(audit_verify(&appliance.path("audit.log")).status.success());
+
+    // The CRL number survives a restart: the stored CRL is served, not a new number 1.
+    appliance.start();
+    let again = fetch_crl(&appliance, "online-p256", dir, "crl-3.pem");
+    assert_eq!(
+        std::fs::read(&again).unwrap(),
+        std::fs::read(&after).unwrap()
+    );
+    assert!(appliance.stop().success());
+}
