@@ -18,7 +18,7 @@ hsmca=${HSMCA:-$repo/target/release/hsmca}
 pin_file=$(cd "$(dirname "$pin_file")" && pwd)/$(basename "$pin_file")
 
 mkdir -p "$out"
-for file in "$repo"/deploy/ceremonies/0[1-6]-*.toml; do
+for file in "$repo"/deploy/ceremonies/0[1-8]-*.toml; do
     target=$out/$(basename "$file")
     if [ ! -f "$target" ]; then
         sed -e "s/^token_label = .*/token_label = \"$label\"/" \
@@ -41,6 +41,8 @@ run_ceremony key 03-key-online-rsa2048.toml out/online-rsa2048-2026.pub.pem
 run_ceremony intermediate 04-intermediate-p256.toml out/online-p256-2026.pem
 run_ceremony intermediate 05-intermediate-rsa2048.toml out/online-rsa2048-2026.pem
 run_ceremony crl 06-root-crl.toml out/root-2026-crl-1.pem
+run_ceremony root 07-root-2027.toml out/root-2027.pem
+run_ceremony cross-sign 08-cross-sign-2027.toml out/root-2027-cross-signed-by-2026.pem
 openssl verify -CAfile "$out/out/root-2026.pem" \
     "$out/out/online-p256-2026.pem" "$out/out/online-rsa2048-2026.pem" >&2
 "$hsmca" audit verify "$out/out/audit.log" >&2

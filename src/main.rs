@@ -88,6 +88,22 @@ enum Command {
         #[arg(long, value_enum, default_value = "plain")]
         layout: Layout,
     },
+    /// Make the running appliance read its configuration file again (officers only; SIGHUP
+    /// does the same). A configuration that does not load is refused and the running one stays.
+    Reload {
+        /// The appliance, e.g. https://127.0.0.1:8443.
+        #[arg(long)]
+        server: String,
+        /// The officer's TLS certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// The officer's TLS private key (PEM, mode 0600).
+        #[arg(long)]
+        key: PathBuf,
+        /// The CA certificate(s) to trust for the appliance's TLS certificate (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+    },
     /// Revoke a certificate (officers only): the appliance records it, audits it and re-signs
     /// the issuer's CRL.
     Revoke {
@@ -276,7 +292,28 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Serve => {
             let path = cli.config.unwrap_or_else(|| DEFAULT_CONFIG.into());
-            serve(&Config::load(&path)?)
+            serve(&Config::load(&path)?, &path)
+        }
+        Command::Reload {
+            server,
+            cert,
+            key,
+            ca,
+        } => {
+            let client = Client::new(&server, &cert, &key, &ca).map_err(CliError::Message)?;
+            let response = runtime()?
+                .block_on(client.send("POST", "/v1/reload", None, Vec::new()))
+                .map_err(CliError::Message)?;
+            let answer = response.json().map_err(CliError::Message)?;
+            if response.status != 200 {
+                return Err(CliError::Message(format!(
+                    "the appliance refused the reload ({} {}): {}",
+                    response.status,
+                    answer["error"]["code"].as_str().unwrap_or("?"),
+                    answer["error"]["message"].as_str().unwrap_or("?")
+                )));
+            }
+            emit(&format!("reloaded: {}\n", answer["reloaded"]))
         }
         Command::Request {
             server,
@@ -376,7 +413,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Message(format!("cannot start the async runtime: {e}")))
 }
 
-fn serve(config: &Config) -> Result<(), CliError> {
+fn serve(config: &Config, path: &Path) -> Result<(), CliError> {
     let server = config.server.as_ref().ok_or_else(|| {
         CliError::Message(
             "hsmca serve cannot start: the config file has no [server] section".into(),
@@ -388,7 +425,7 @@ fn serve(config: &Config) -> Result<(), CliError> {
     let runtime = runtime()?;
     let service = {
         let _guard = runtime.enter();
-        Service::start(config)?
+        Service::start(config, path)?
     };
     runtime
         .block_on(hsmca::api::serve(service, tls))

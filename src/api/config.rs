@@ -24,7 +24,7 @@ pub enum IdentitySource {
 }
 
 /// `[server]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address and port to listen on (default `127.0.0.1:8443`).
@@ -77,7 +77,7 @@ impl ServerConfig {
 }
 
 /// `[storage]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// The SQLite ledger of issued certificates (created 0600 if absent).
@@ -122,7 +122,7 @@ pub struct IssuerConfig {
 }
 
 /// `[crl]`: the CRLs hsmca signs for its online intermediates.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CrlConfig {
     /// `nextUpdate - thisUpdate` (default 24 h).
@@ -153,7 +153,7 @@ impl CrlConfig {
 
 /// `[vault]`: the Vault PKI-compatible endpoints, for clients that already speak Vault
 /// (SPIRE's `vault` UpstreamAuthority, cert-manager's Vault issuer, hvac). Absent: none.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultConfig {
     /// The secrets mount the PKI endpoints live under (default `pki`: `/v1/pki/...`).
@@ -176,7 +176,7 @@ pub struct VaultConfig {
 }
 
 /// A `[[vault.static_tokens]]` entry.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticToken {
     /// Lower-case hex SHA-256 of the token (`printf %s "$TOKEN" | sha256sum`).

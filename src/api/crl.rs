@@ -87,7 +87,8 @@ impl Service {
     pub async fn refresh_crls(&self) {
         let now = unix_now();
         let refresh_before = self.crls.config.refresh_before.0 as i64;
-        for issuer in self.issuers.values() {
+        let settings = self.settings();
+        for issuer in settings.issuers.values() {
             let key_id = hex::encode(&issuer.view.key_identifier);
             let stored = self
                 .ledger_admin
@@ -233,7 +234,7 @@ pub async fn crl(State(service): State<Arc<Service>>, Path(name): Path<String>) 
         Some(issuer) => (issuer, true),
         None => (name.as_str(), false),
     };
-    if !service.issuers.contains_key(issuer) {
+    if !service.settings().issuers.contains_key(issuer) {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_issuer",
@@ -321,7 +322,8 @@ async fn revoke_inner(
     let identity = identity.0.as_ref().map_err(|reason| {
         ApiError::new(StatusCode::FORBIDDEN, "client_unidentified", reason.clone())
     })?;
-    let officer = service.policy.officer(identity).map_err(|denial| {
+    let settings = service.settings();
+    let officer = settings.policy.officer(identity).map_err(|denial| {
         ApiError::new(StatusCode::FORBIDDEN, "not_an_officer", denial.to_string())
     })?;
     let body = read_json_body(service, headers, body).await?;
@@ -361,7 +363,7 @@ async fn revoke_inner(
                 format!("no certificate with serial {serial} was issued here"),
             )
         })?;
-    let issuer = service
+    let issuer = settings
         .issuers
         .values()
         .find(|issuer| hex::encode(&issuer.view.key_identifier) == found.issuer_key_id)

@@ -35,6 +35,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/chain/{issuer}", get(chain))
         .route("/v1/crl/{issuer}", get(super::crl::crl))
         .route("/v1/revoke", post(super::crl::revoke))
+        .route("/v1/reload", post(reload))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -68,9 +69,10 @@ async fn sign(
     body: Body,
 ) -> Response {
     let started = Instant::now();
+    let settings = service.settings();
     let mut context = RequestContext::new(&identity);
     let result = async {
-        let (identity, client) = signing::client(&service, &identity)?;
+        let (identity, client) = signing::client(&settings, &identity)?;
         let body = read_json_body(&service, &headers, body).await?;
         let request: SignRequest = serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request(
@@ -86,14 +88,14 @@ async fn sign(
             ttl: request.ttl,
             overrides: signing::Overrides::default(),
         };
-        signing::sign(&service, identity, client, &request, &context).await
+        signing::sign(&service, &settings, identity, client, &request, &context).await
     }
     .await;
-    match signing::conclude(&service, &context, result, started).await {
+    match signing::conclude(&service, &settings, &context, result, started).await {
         Ok(signed) => Json(json!({
             "certificate": signed.pem,
             "chain": format!("{}{}", signed.pem, signed.issuer_chain_pem),
-            "roots": service.bundle.pem,
+            "roots": settings.bundle.pem,
             "serial": signed.serial,
             "not_after": rfc3339(signed.not_after),
         }))
@@ -192,22 +194,23 @@ pub(crate) fn pem_response(pem: String) -> Response {
 }
 
 async fn bundle_pem(State(service): State<Arc<Service>>) -> Response {
-    pem_response(service.bundle.pem.clone())
+    pem_response(service.settings().bundle.pem.clone())
 }
 
 async fn bundle_spiffe(State(service): State<Arc<Service>>) -> Response {
-    Json(service.bundle.spiffe.clone()).into_response()
+    Json(service.settings().bundle.spiffe.clone()).into_response()
 }
 
 async fn chain(State(service): State<Arc<Service>>, Path(issuer): Path<String>) -> Response {
-    match service.issuers.get(&issuer) {
+    let settings = service.settings();
+    match settings.issuers.get(&issuer) {
         Some(issuer) => pem_response(issuer.chain_pem()),
         None => ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_issuer",
             format!(
                 "there is no issuer {issuer:?}; issuers: {}",
-                service
+                settings
                     .issuers
                     .keys()
                     .cloned()
@@ -216,6 +219,38 @@ async fn chain(State(service): State<Arc<Service>>, Path(issuer): Path<String>) 
             ),
         )
         .into_response(),
+    }
+}
+
+/// `POST /v1/reload`: officers only; the same as SIGHUP, with the verdict in the answer.
+async fn reload(
+    State(service): State<Arc<Service>>,
+    Extension(identity): Extension<ClientIdentity>,
+) -> Response {
+    let actor = identity
+        .0
+        .clone()
+        .unwrap_or_else(|_| "(unidentified)".into());
+    let officer = service
+        .settings()
+        .policy
+        .officer(&actor)
+        .map(|o| o.name.clone());
+    match officer {
+        Err(denial) => {
+            service
+                .audit_service_event(
+                    "config.reload.refused",
+                    json!({ "by": actor, "reason": denial.to_string() }),
+                )
+                .await;
+            ApiError::new(StatusCode::FORBIDDEN, "not_an_officer", denial.to_string())
+                .into_response()
+        }
+        Ok(_) => match service.reload(&actor).await {
+            Ok(summary) => Json(json!({ "reloaded": summary })).into_response(),
+            Err(reason) => ApiError::bad_request("reload_refused", reason).into_response(),
+        },
     }
 }
 

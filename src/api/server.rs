@@ -30,9 +30,9 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
             "service.started",
             json!({
                 "listen": listener.local_addr()?.to_string(),
-                "issuers": service.issuers.keys().collect::<Vec<_>>(),
-                "profiles": service.profiles.keys().collect::<Vec<_>>(),
-                "clients": service.policy.clients().count(),
+                "issuers": service.settings().issuers.keys().collect::<Vec<_>>(),
+                "profiles": service.settings().profiles.keys().collect::<Vec<_>>(),
+                "clients": service.settings().policy.clients().count(),
                 "version": env!("CARGO_PKG_VERSION"),
             }),
         )
@@ -46,6 +46,20 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
             loop {
                 every_minute.tick().await;
                 service.refresh_crls().await;
+            }
+        })
+    };
+    let reload_on_sighup = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+                tracing::error!("cannot listen for SIGHUP; use `hsmca reload`");
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                // The verdict is logged and audited by `reload`.
+                let _ = service.reload("SIGHUP").await;
             }
         })
     };
@@ -80,6 +94,7 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
     }
     drop(listener);
     crl_schedule.abort();
+    reload_on_sighup.abort();
     let grace = service.server.shutdown_grace.duration();
     let finished = tokio::time::timeout(grace, graceful.shutdown())
         .await

@@ -3,7 +3,8 @@
 //! listener opens.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -80,26 +81,76 @@ pub struct Bundle {
     pub spiffe: serde_json::Value,
 }
 
+/// What the configuration file decides and a reload may replace: issuers, profiles, policy
+/// and trust bundle. A request takes one snapshot and keeps it to the end, so a reload never
+/// changes the rules under a request in flight.
+pub struct Settings {
+    /// Online intermediates by name.
+    pub issuers: BTreeMap<String, IssuerState>,
+    /// Profiles by name.
+    pub profiles: BTreeMap<String, Profile>,
+    /// Client and officer policy.
+    pub policy: Policy,
+    /// The trust bundle.
+    pub bundle: Bundle,
+}
+
+/// The sections a reload cannot change: they hold the listener, the HSM session pool, the
+/// ledger, the audit log and the Vault tokens. Changing them needs a restart.
+#[derive(Clone, Debug, PartialEq)]
+struct FixedSections {
+    hsm: crate::hsm::HsmConfig,
+    server: ServerConfig,
+    storage: super::config::StorageConfig,
+    crl: super::config::CrlConfig,
+    vault: Option<super::config::VaultConfig>,
+}
+
+impl FixedSections {
+    fn of(config: &Config) -> Self {
+        FixedSections {
+            hsm: config.hsm.clone(),
+            server: config.server.clone().expect("checked at start"),
+            storage: config.storage.clone().expect("checked at start"),
+            crl: config.crl.clone(),
+            vault: config.vault.clone(),
+        }
+    }
+
+    /// The sections that differ from `self` in `other`.
+    fn changed(&self, other: &FixedSections) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.hsm != other.hsm {
+            changed.push("[hsm]");
+        }
+        if self.server != other.server {
+            changed.push("[server]");
+        }
+        if self.storage != other.storage {
+            changed.push("[storage]");
+        }
+        if self.crl != other.crl {
+            changed.push("[crl]");
+        }
+        if self.vault != other.vault {
+            changed.push("[vault]");
+        }
+        changed
+    }
+}
+
 /// Shared state of the running service.
 pub struct Service {
     /// The `[server]` section.
     pub server: ServerConfig,
     /// The HSM session pool.
     pub pool: SignerPool,
-    /// Online intermediates by name.
-    pub issuers: BTreeMap<String, IssuerState>,
-    /// Profiles by name.
-    pub profiles: BTreeMap<String, Profile>,
-    /// Client policy.
-    pub policy: Policy,
     /// Per-client request rates.
     pub limiter: RateLimiter,
     /// Ledger and audit log writer.
     pub recorder: Recorder,
     /// Serial numbers from the HSM's RNG.
     pub serials: SerialSource,
-    /// The trust bundle.
-    pub bundle: Bundle,
     /// Metrics.
     pub metrics: Metrics,
     /// The Vault-compatible dialect, when `[vault]` is configured.
@@ -110,6 +161,12 @@ pub struct Service {
     pub ledger_admin: Mutex<Ledger>,
     /// The current CRL of each issuer.
     pub crls: super::crl::Crls,
+    hsm: Arc<Hsm>,
+    config_path: PathBuf,
+    fixed: FixedSections,
+    settings: RwLock<Arc<Settings>>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
     readiness: Mutex<Option<(Instant, Readiness)>>,
 }
 
@@ -119,27 +176,21 @@ type Readiness = Result<(), Vec<String>>;
 /// How long a readiness probe result is reused, so probes cannot load the HSM.
 const READINESS_TTL: Duration = Duration::from_secs(1);
 
-impl Service {
-    /// Checks the configuration and opens the HSM, issuers, ledger and audit log.
-    pub fn start(config: &Config) -> Result<Self, StartError> {
+impl Settings {
+    /// Checks the reloadable sections of `config` and finds each issuer's key in `hsm`;
+    /// `ledger` keeps the bundle's sequence.
+    fn load(config: &Config, hsm: &Hsm, ledger: &Mutex<Ledger>) -> Result<Self, StartError> {
         let missing = |section: &str| {
             StartError::Config(format!(
                 "`hsmca serve` needs a [{section}] section in the config file"
             ))
         };
-        let server = config.server.clone().ok_or_else(|| missing("server"))?;
-        let storage = config.storage.as_ref().ok_or_else(|| missing("storage"))?;
         let trust = config.trust.as_ref().ok_or_else(|| missing("trust"))?;
         if config.issuers.is_empty() {
             return Err(missing("issuers.<name>"));
         }
         if config.profiles.is_empty() {
             return Err(missing("profiles.<name>"));
-        }
-        if server.max_body_bytes == 0 {
-            return Err(StartError::Config(
-                "server.max_body_bytes must be above zero".into(),
-            ));
         }
         for (name, profile) in &config.profiles {
             profile.validate(name).map_err(StartError::Config)?;
@@ -153,18 +204,18 @@ impl Service {
         let policy = Policy::new(&config.clients, |p| config.profiles.contains_key(p))
             .and_then(|policy| policy.with_officers(&config.officers))
             .map_err(StartError::Config)?;
-        if config.crl.refresh_before >= config.crl.validity {
-            return Err(StartError::Config(format!(
-                "crl.refresh_before {} must be shorter than crl.validity {}",
-                config.crl.refresh_before, config.crl.validity
-            )));
-        }
         if config.clients.is_empty() {
             tracing::warn!("no [[clients]] configured: every signing request will be refused");
         }
+        if let Some(vault) = &config.vault {
+            super::vault::VaultState::check(
+                vault,
+                |name| config.profiles.get(name).map(|p| p.kind),
+                |identity| policy.client(identity).is_ok(),
+            )
+            .map_err(StartError::Config)?;
+        }
         let (roots, intermediates) = load_trust(config, trust)?;
-
-        let hsm = Hsm::open(&config.hsm)?;
         let now = pki::now().unix_duration();
         let mut issuers = BTreeMap::new();
         for (name, issuer) in &config.issuers {
@@ -231,24 +282,53 @@ impl Service {
                 },
             );
         }
+        let pem = bundle::pem_bundle(&roots);
+        let sequence = ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bundle_sequence(&crate::digest::sha256_hex(pem.as_bytes()))?;
+        let spiffe = bundle::spiffe_bundle(&roots, sequence, trust.spiffe_refresh_hint.0);
+        Ok(Settings {
+            issuers,
+            profiles: config.profiles.clone(),
+            policy,
+            bundle: Bundle { roots, pem, spiffe },
+        })
+    }
+}
 
+impl Service {
+    /// Checks the configuration at `config_path` (already read into `config`) and opens the
+    /// HSM, issuers, ledger and audit log.
+    pub fn start(config: &Config, config_path: &Path) -> Result<Self, StartError> {
+        let missing = |section: &str| {
+            StartError::Config(format!(
+                "`hsmca serve` needs a [{section}] section in the config file"
+            ))
+        };
+        let server = config.server.clone().ok_or_else(|| missing("server"))?;
+        let storage = config.storage.as_ref().ok_or_else(|| missing("storage"))?;
+        if server.max_body_bytes == 0 {
+            return Err(StartError::Config(
+                "server.max_body_bytes must be above zero".into(),
+            ));
+        }
+        if config.crl.refresh_before >= config.crl.validity {
+            return Err(StartError::Config(format!(
+                "crl.refresh_before {} must be shorter than crl.validity {}",
+                config.crl.refresh_before, config.crl.validity
+            )));
+        }
+        let hsm = Hsm::open(&config.hsm)?;
+        let ledger = Ledger::open(&config.resolve(&storage.ledger))?;
+        let ledger_admin = Mutex::new(Ledger::open(&config.resolve(&storage.ledger))?);
+        let settings = Settings::load(config, &hsm, &ledger_admin)?;
         let vault = config
             .vault
             .as_ref()
-            .map(|vault| {
-                super::vault::VaultState::new(
-                    vault,
-                    |name| config.profiles.get(name).map(|p| p.kind),
-                    |identity| policy.client(identity).is_ok(),
-                )
-            })
+            .map(super::vault::VaultState::new)
             .transpose()
             .map_err(StartError::Config)?;
-        let mut ledger = Ledger::open(&config.resolve(&storage.ledger))?;
-        let ledger_admin = Mutex::new(Ledger::open(&config.resolve(&storage.ledger))?);
-        let pem = bundle::pem_bundle(&roots);
-        let sequence = ledger.bundle_sequence(&crate::digest::sha256_hex(pem.as_bytes()))?;
-        let spiffe = bundle::spiffe_bundle(&roots, sequence, trust.spiffe_refresh_hint.0);
         let audit = AuditLog::open(&config.resolve(&storage.audit_log))?;
         let recorder = Recorder::start(Box::new(ledger), audit)
             .map_err(|e| StartError::Config(format!("cannot start the ledger writer: {e}")))?;
@@ -257,19 +337,81 @@ impl Service {
         Ok(Service {
             server,
             pool,
-            issuers,
-            profiles: config.profiles.clone(),
-            policy,
             limiter: RateLimiter::default(),
             recorder,
-            serials: SerialSource::new(hsm),
-            bundle: Bundle { roots, pem, spiffe },
+            serials: SerialSource::new(hsm.clone()),
             metrics: Metrics::default(),
             vault,
             ledger_admin,
             crls: super::crl::Crls::new(config.crl.clone()),
+            hsm,
+            config_path: config_path.to_owned(),
+            fixed: FixedSections::of(config),
+            settings: RwLock::new(Arc::new(settings)),
+            reloading: tokio::sync::Mutex::new(()),
             readiness: Mutex::new(None),
         })
+    }
+
+    /// The current settings; hold the snapshot for the whole of a request.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the configuration file again and, if it is sound, puts its issuers, profiles,
+    /// policy and trust bundle in place for the requests that follow; requests in flight
+    /// finish under the settings they started with, and no connection is dropped. A file that
+    /// does not load, or that changes a section only a restart can change, is refused and the
+    /// running settings stay. Audited either way.
+    pub async fn reload(self: &Arc<Self>, actor: &str) -> Result<serde_json::Value, String> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let service = self.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> Result<Settings, String> {
+            let config = Config::load(&service.config_path).map_err(|e| e.to_string())?;
+            let changed = service.fixed.changed(&FixedSections::of(&config));
+            if !changed.is_empty() {
+                return Err(format!(
+                    "{} changed; those sections need a restart (nothing was reloaded)",
+                    changed.join(", ")
+                ));
+            }
+            Settings::load(&config, &service.hsm, &service.ledger_admin).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("the reload task failed: {e}"))
+        .and_then(|result| result);
+        match loaded {
+            Ok(settings) => {
+                let summary = serde_json::json!({
+                    "issuers": settings.issuers.keys().collect::<Vec<_>>(),
+                    "profiles": settings.profiles.iter().map(|(name, p)| (name.clone(), p.issuer.clone())).collect::<BTreeMap<_, _>>(),
+                    "roots": settings.bundle.roots.iter().map(|r| r.subject().to_string()).collect::<Vec<_>>(),
+                    "spiffe_sequence": settings.bundle.spiffe["spiffe_sequence"],
+                });
+                *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+                tracing::info!(%summary, "configuration reloaded");
+                self.audit_service_event(
+                    "config.reloaded",
+                    serde_json::json!({ "by": actor, "now": summary }),
+                )
+                .await;
+                // New issuers get their CRL now rather than at the next minute.
+                self.refresh_crls().await;
+                Ok(summary)
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "configuration reload refused; the running configuration stays");
+                self.audit_service_event(
+                    "config.reload.refused",
+                    serde_json::json!({ "by": actor, "reason": reason }),
+                )
+                .await;
+                Err(reason)
+            }
+        }
     }
 
     /// Records a service event (start, stop) in the audit log.
@@ -303,7 +445,8 @@ impl Service {
                     .to_string(),
             );
         }
-        for issuer in self.issuers.values() {
+        let settings = self.settings();
+        for issuer in settings.issuers.values() {
             if let Err(error) = self
                 .pool
                 .sign(
@@ -346,6 +489,7 @@ impl Service {
             record_groups: stats.groups.load(std::sync::atomic::Ordering::Relaxed),
             record_entries: stats.entries.load(std::sync::atomic::Ordering::Relaxed),
             issuer_not_after: self
+                .settings()
                 .issuers
                 .values()
                 .map(|issuer| {

@@ -12,7 +12,7 @@ use x509_cert::name::Name;
 use super::error::ApiError;
 use super::metrics::Outcome;
 use super::routes::ClientIdentity;
-use super::service::Service;
+use super::service::{Service, Settings};
 use crate::duration::Seconds;
 use crate::hsm::HsmError;
 use crate::ledger::audit::AuditEvent;
@@ -87,13 +87,13 @@ pub(crate) struct Signed {
 
 /// The connection's client and its policy entry; refused when either is missing.
 pub(crate) fn client<'s>(
-    service: &'s Service,
+    settings: &'s Settings,
     identity: &'s ClientIdentity,
 ) -> Result<(&'s str, &'s ClientPolicy), ApiError> {
     let identity = identity.0.as_ref().map_err(|reason| {
         ApiError::new(StatusCode::FORBIDDEN, "client_unidentified", reason.clone())
     })?;
-    let client = service.policy.client(identity).map_err(policy_denied)?;
+    let client = settings.policy.client(identity).map_err(policy_denied)?;
     Ok((identity.as_str(), client))
 }
 
@@ -101,12 +101,13 @@ pub(crate) fn client<'s>(
 /// audited here; [`conclude`] does that for every outcome.
 pub(crate) async fn sign(
     service: &Service,
+    settings: &Settings,
     identity: &str,
     client: &ClientPolicy,
     request: &Request<'_>,
     context: &RequestContext,
 ) -> Result<Signed, ApiError> {
-    let profile = service.profiles.get(request.profile).ok_or_else(|| {
+    let profile = settings.profiles.get(request.profile).ok_or_else(|| {
         ApiError::bad_request(
             "unknown_profile",
             format!("there is no profile {:?}", request.profile),
@@ -162,7 +163,7 @@ pub(crate) async fn sign(
         .map_err(|e| ApiError::bad_request(e.code, e.message))?;
     client.allow_request(&names, ttl).map_err(policy_denied)?;
 
-    let issuer = &service.issuers[&profile.issuer];
+    let issuer = &settings.issuers[&profile.issuer];
     let template = profile
         .template(
             &csr,
@@ -262,13 +263,14 @@ pub(crate) async fn sign(
 /// becomes a 503: nothing goes unrecorded silently.
 pub(crate) async fn conclude(
     service: &Service,
+    settings: &Settings,
     context: &RequestContext,
     result: Result<Signed, ApiError>,
     started: Instant,
 ) -> Result<Signed, ApiError> {
     // Only configured profile names become metric labels; the rest of the request is
     // untrusted text.
-    let profile_label = if service.profiles.contains_key(&context.profile) {
+    let profile_label = if settings.profiles.contains_key(&context.profile) {
         context.profile.as_str()
     } else {
         "(none)"

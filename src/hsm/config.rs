@@ -20,7 +20,7 @@ use super::error::HsmError;
 /// queue_depth = 1024
 /// op_timeout_ms = 2000
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HsmConfig {
     /// Path of the vendor's PKCS#11 shared library.
@@ -90,7 +90,7 @@ impl HsmConfig {
 }
 
 /// Session pool sizing and back-pressure.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// Number of HSM sessions, each served by its own blocking worker thread. Default: the

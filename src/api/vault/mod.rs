@@ -23,7 +23,7 @@ use self::tokens::{TokenInfo, TokenStore};
 use super::config::VaultConfig;
 use super::error::ApiError;
 use super::routes::{ClientIdentity, csr_bytes, pem_response, read_body};
-use super::service::Service;
+use super::service::{IssuerState, Service, Settings};
 use super::signing::{self, RequestContext, Signed};
 use crate::ledger::audit::AuditEvent;
 use crate::ledger::certificates::CertificateStore;
@@ -39,12 +39,9 @@ pub struct VaultState {
 }
 
 impl VaultState {
-    /// Checks `[vault]` against the profiles and clients it names.
-    pub fn new(
-        config: &VaultConfig,
-        profile_kind: impl Fn(&str) -> Option<ProfileKind>,
-        has_client: impl Fn(&str) -> bool,
-    ) -> Result<Self, String> {
+    /// The Vault dialect for `config`: its mount and static tokens are checked here, its
+    /// profiles and clients by [`VaultState::check`] with the rest of the settings.
+    pub fn new(config: &VaultConfig) -> Result<Self, String> {
         let mount = &config.mount;
         if mount.is_empty()
             || !mount
@@ -57,6 +54,23 @@ impl VaultState {
                 RESERVED_MOUNTS.join(", ")
             ));
         }
+        let statics: Vec<(String, String)> = config
+            .static_tokens
+            .iter()
+            .map(|t| (t.sha256.clone(), t.identity.clone()))
+            .collect();
+        Ok(VaultState {
+            config: config.clone(),
+            tokens: TokenStore::new(config.token_ttl, config.token_max_ttl, &statics)?,
+        })
+    }
+
+    /// Checks `[vault]` against the profiles and clients it names.
+    pub fn check(
+        config: &VaultConfig,
+        profile_kind: impl Fn(&str) -> Option<ProfileKind>,
+        has_client: impl Fn(&str) -> bool,
+    ) -> Result<(), String> {
         match profile_kind(&config.sign_intermediate_profile) {
             Some(ProfileKind::IssuingCa) => {}
             Some(ProfileKind::Workload) => {
@@ -79,22 +93,15 @@ impl VaultState {
                 ));
             }
         }
-        let statics: Vec<(String, String)> = config
-            .static_tokens
-            .iter()
-            .map(|t| (t.sha256.clone(), t.identity.clone()))
-            .collect();
-        for (_, identity) in &statics {
-            if !has_client(identity) {
+        for token in &config.static_tokens {
+            if !has_client(&token.identity) {
                 return Err(format!(
-                    "vault.static_tokens: identity {identity:?} has no [[clients]] entry"
+                    "vault.static_tokens: identity {:?} has no [[clients]] entry",
+                    token.identity
                 ));
             }
         }
-        Ok(VaultState {
-            config: config.clone(),
-            tokens: TokenStore::new(config.token_ttl, config.token_max_ttl, &statics)?,
-        })
+        Ok(())
     }
 }
 
@@ -280,7 +287,8 @@ async fn cert_login(
         .0
         .clone()
         .unwrap_or_else(|_| "(unidentified)".into());
-    let client = match signing::client(&service, &identity) {
+    let settings = service.settings();
+    let client = match signing::client(&settings, &identity) {
         Ok((_, client)) => client,
         Err(error) => {
             let audited = audit_auth(
@@ -321,7 +329,8 @@ async fn lookup_self(
     Extension(identity): Extension<ClientIdentity>,
     headers: HeaderMap,
 ) -> Response {
-    let result = signing::client(&service, &identity)
+    let settings = service.settings();
+    let result = signing::client(&settings, &identity)
         .and_then(|(id, client)| Ok((authenticate(&service, id, &headers)?, client)));
     match result {
         Ok((info, client)) => {
@@ -366,7 +375,8 @@ async fn renew_self(
     body: Body,
 ) -> Response {
     let result = async {
-        let (id, client) = signing::client(&service, &identity)?;
+        let settings = service.settings();
+        let (id, client) = signing::client(&settings, &identity)?;
         let body = read_body(&service, &headers, body).await?;
         let mut fields = Fields::parse(&body).map_err(bad_request)?;
         let increment = fields.ttl("increment").map_err(bad_request)?;
@@ -459,10 +469,11 @@ async fn vault_sign(
     endpoint: Endpoint,
 ) -> Response {
     let started = Instant::now();
+    let settings = service.settings();
     let mut context = RequestContext::new(identity);
     let mut warnings = None;
     let result = async {
-        let (id, client) = signing::client(service, identity)?;
+        let (id, client) = signing::client(&settings, identity)?;
         authenticate(service, id, headers)?;
         let vault = vault(service);
         let profile = match &endpoint {
@@ -496,10 +507,10 @@ async fn vault_sign(
             ttl,
             overrides,
         };
-        signing::sign(service, id, client, &request, &context).await
+        signing::sign(service, &settings, id, client, &request, &context).await
     }
     .await;
-    match signing::conclude(service, &context, result, started).await {
+    match signing::conclude(service, &settings, &context, result, started).await {
         Ok(signed) => envelope(sign_data(&signed, &endpoint), Value::Null, warnings),
         Err(error) => vault_error(error),
     }
@@ -593,25 +604,28 @@ fn sign_data(signed: &Signed, endpoint: &Endpoint) -> Value {
 }
 
 /// The issuer behind the mount: the sign-intermediate profile's.
-fn mount_issuer(service: &Service) -> &super::service::IssuerState {
-    let profile = &service.profiles[&vault(service).config.sign_intermediate_profile];
-    &service.issuers[&profile.issuer]
+fn mount_issuer<'s>(service: &Service, settings: &'s Settings) -> &'s IssuerState {
+    let profile = &settings.profiles[&vault(service).config.sign_intermediate_profile];
+    &settings.issuers[&profile.issuer]
 }
 
 async fn ca_pem(State(service): State<Arc<Service>>) -> Response {
-    pem_response(mount_issuer(&service).certificate.to_pem())
+    let settings = service.settings();
+    pem_response(mount_issuer(&service, &settings).certificate.to_pem())
 }
 
 async fn ca_der(State(service): State<Arc<Service>>) -> Response {
+    let settings = service.settings();
     (
         [(header::CONTENT_TYPE, "application/pkix-cert")],
-        mount_issuer(&service).certificate.der().to_vec(),
+        mount_issuer(&service, &settings).certificate.der().to_vec(),
     )
         .into_response()
 }
 
 async fn ca_chain(State(service): State<Arc<Service>>) -> Response {
-    let issuer = mount_issuer(&service);
+    let settings = service.settings();
+    let issuer = mount_issuer(&service, &settings);
     pem_response(format!("{}{}", issuer.chain_pem(), issuer.root.to_pem()))
 }
 
