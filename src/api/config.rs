@@ -98,11 +98,18 @@ pub struct TrustConfig {
     /// How often bundle consumers should refresh (`spiffe_refresh_hint`, default 5 min).
     #[serde(default = "TrustConfig::default_refresh_hint")]
     pub spiffe_refresh_hint: Seconds,
+    /// An issuer closer to its `notAfter` than this is reported: a warning in the log every
+    /// hour and `hsmca_issuer_expiring{issuer} 1` (default 30 days).
+    #[serde(default = "TrustConfig::default_expiry_warning")]
+    pub issuer_expiry_warning: Seconds,
 }
 
 impl TrustConfig {
     fn default_refresh_hint() -> Seconds {
         Seconds(300)
+    }
+    fn default_expiry_warning() -> Seconds {
+        Seconds(30 * 86_400)
     }
 }
 

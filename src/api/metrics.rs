@@ -107,6 +107,8 @@ pub struct Gauges {
     pub record_entries: u64,
     /// Each issuer's notAfter, seconds since the epoch.
     pub issuer_not_after: Vec<(String, u64)>,
+    /// The issuers inside the expiry warning margin.
+    pub issuer_expiring: Vec<String>,
 }
 
 impl Metrics {
@@ -230,6 +232,15 @@ impl Metrics {
                 out,
                 "hsmca_issuer_not_after_seconds{{issuer=\"{}\"}} {not_after}",
                 escape(issuer)
+            );
+        }
+        out.push_str("# HELP hsmca_issuer_expiring 1 when an issuer is closer to expiry than [trust] issuer_expiry_warning.\n# TYPE hsmca_issuer_expiring gauge\n");
+        for (issuer, _) in &gauges.issuer_not_after {
+            let _ = writeln!(
+                out,
+                "hsmca_issuer_expiring{{issuer=\"{}\"}} {}",
+                escape(issuer),
+                u8::from(gauges.issuer_expiring.contains(issuer))
             );
         }
         out

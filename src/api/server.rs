@@ -38,14 +38,18 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
         )
         .await;
     service.refresh_crls().await;
+    service.warn_expiring_issuers();
     let crl_schedule = {
         let service = service.clone();
         tokio::spawn(async move {
             let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
             every_minute.tick().await;
-            loop {
+            for minute in 1u64.. {
                 every_minute.tick().await;
                 service.refresh_crls().await;
+                if minute % 60 == 0 {
+                    service.warn_expiring_issuers();
+                }
             }
         })
     };

@@ -93,6 +93,8 @@ pub struct Settings {
     pub policy: Policy,
     /// The trust bundle.
     pub bundle: Bundle,
+    /// How close to expiry an issuer is reported.
+    pub expiry_warning: crate::duration::Seconds,
 }
 
 /// The sections a reload cannot change: they hold the listener, the HSM session pool, the
@@ -293,6 +295,7 @@ impl Settings {
             profiles: config.profiles.clone(),
             policy,
             bundle: Bundle { roots, pem, spiffe },
+            expiry_warning: trust.issuer_expiry_warning,
         })
     }
 }
@@ -400,6 +403,7 @@ impl Service {
                 .await;
                 // New issuers get their CRL now rather than at the next minute.
                 self.refresh_crls().await;
+                self.warn_expiring_issuers();
                 Ok(summary)
             }
             Err(reason) => {
@@ -476,6 +480,38 @@ impl Service {
         result
     }
 
+    /// The issuers closer to their `notAfter` than `[trust] issuer_expiry_warning`, with the
+    /// time they have left.
+    pub fn expiring_issuers(&self) -> Vec<(String, crate::duration::Seconds)> {
+        let settings = self.settings();
+        let now = pki::now().unix_duration();
+        settings
+            .issuers
+            .values()
+            .filter_map(|issuer| {
+                let left = issuer
+                    .certificate
+                    .validity()
+                    .not_after
+                    .to_unix_duration()
+                    .saturating_sub(now);
+                (left < settings.expiry_warning.duration()).then(|| {
+                    (
+                        issuer.name.clone(),
+                        crate::duration::Seconds(left.as_secs()),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Logs a warning for each issuer close to expiry; called at start, on reload and hourly.
+    pub fn warn_expiring_issuers(&self) {
+        for (issuer, left) in self.expiring_issuers() {
+            tracing::warn!(%issuer, left = %left, "online intermediate close to expiry: rotate it (ceremony, then reload)");
+        }
+    }
+
     /// The gauges for a metrics scrape.
     pub fn gauges(&self) -> Gauges {
         let health = self.pool.health();
@@ -488,6 +524,11 @@ impl Service {
             hsm_up: matches!(health.state, HealthState::Ok),
             record_groups: stats.groups.load(std::sync::atomic::Ordering::Relaxed),
             record_entries: stats.entries.load(std::sync::atomic::Ordering::Relaxed),
+            issuer_expiring: self
+                .expiring_issuers()
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect(),
             issuer_not_after: self
                 .settings()
                 .issuers

@@ -214,6 +214,11 @@ impl Ledger {
         connection
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
             .map_err(sqlite)?;
+        // The service opens two connections (the recorder's and the admin one); a writer
+        // waits for the other rather than failing.
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sqlite)?;
         connection.execute_batch(SCHEMA).map_err(sqlite)?;
         Ok(Ledger {
             connection,
@@ -324,8 +329,13 @@ impl CertificateStore for Ledger {
             path: self.path.clone(),
             source,
         };
-        let earlier: Option<i64> = self
+        // One IMMEDIATE transaction: the check and the insert cannot interleave with another
+        // revocation of the same serial.
+        let transaction = self
             .connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sqlite)?;
+        let earlier: Option<i64> = transaction
             .query_row(
                 "SELECT revoked_at FROM revocations WHERE serial = ?1",
                 params![serial],
@@ -339,12 +349,13 @@ impl CertificateStore for Ledger {
                 revoked_at,
             });
         }
-        self.connection
+        transaction
             .execute(
                 "INSERT INTO revocations (serial, reason, revoked_at, officer) VALUES (?1, ?2, ?3, ?4)",
                 params![serial, reason, revoked_at, officer],
             )
             .map_err(sqlite)?;
+        transaction.commit().map_err(sqlite)?;
         Ok(certificate)
     }
 
@@ -429,7 +440,12 @@ impl CertificateStore for Ledger {
             path: path.clone(),
             source,
         };
-        let transaction = self.connection.transaction().map_err(sqlite)?;
+        // IMMEDIATE: this transaction reads then writes, and a deferred one could not take
+        // the write lock after another connection (the recorder) committed in between.
+        let transaction = self
+            .connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sqlite)?;
         let last: Option<(i64, String)> = transaction
             .query_row(
                 "SELECT sequence, sha256 FROM bundles ORDER BY sequence DESC LIMIT 1",

@@ -53,6 +53,9 @@ pub struct Profile {
     /// How far `notBefore` is set back to absorb clock skew (default 10 s, as SPIRE does).
     #[serde(default = "Profile::default_backdate")]
     pub backdate: Seconds,
+    /// The shortest lifetime worth issuing: when the issuer's remaining validity clamps a
+    /// certificate below this, the request is refused instead (default: any remainder).
+    pub min_ttl: Option<Seconds>,
 }
 
 /// What a CSR asks for, checked against the profile and the SPIFFE ID rules; the policy
@@ -121,6 +124,12 @@ impl Profile {
 
     /// Checks the profile's own settings; `name` is its config name.
     pub fn validate(&self, name: &str) -> Result<(), String> {
+        if self.min_ttl.is_some_and(|min| min > self.default_ttl) {
+            return Err(format!(
+                "profile {name}: min_ttl is longer than default_ttl {}",
+                self.default_ttl
+            ));
+        }
         if self.default_ttl > self.max_ttl {
             return Err(format!(
                 "profile {name}: default_ttl {} is longer than max_ttl {}",
@@ -258,6 +267,15 @@ impl Profile {
             return Err(refuse(
                 "issuer_expired",
                 "the issuer has expired; no certificate can be issued under it",
+            ));
+        }
+        let remaining = Seconds((not_after - now).as_secs());
+        if let Some(min_ttl) = self.min_ttl.filter(|min| remaining < *min) {
+            return Err(refuse(
+                "issuer_expiring",
+                format!(
+                    "the issuer expires in {remaining}, below this profile's min_ttl {min_ttl}; rotate the online intermediate"
+                ),
             ));
         }
         let time = |at: Duration| {
@@ -463,6 +481,33 @@ mod tests {
             )
             .unwrap();
         prepared.sign_with(&key).unwrap();
+    }
+
+    #[test]
+    fn an_issuer_too_close_to_expiry_for_min_ttl_is_refused() {
+        let now = crate::pki::now().unix_duration();
+        let (_, issuer) = issuer(now);
+        let mut ca = profile("issuing-ca");
+        ca.min_ttl = Some(Seconds(30 * 86_400));
+        let request = csr(&["spiffe://td"], true);
+        let names = ca.requested_names(&request).unwrap();
+        let refused = ca
+            .template(
+                &request,
+                &names,
+                Seconds(365 * 86_400),
+                &issuer.as_issuer(),
+                SignatureAlgorithm::EcdsaP256Sha256,
+                None,
+                now,
+            )
+            .unwrap_err();
+        assert_eq!(refused.code, "issuer_expiring");
+        assert!(
+            refused.message.contains("below this profile's min_ttl 30d"),
+            "{}",
+            refused.message
+        );
     }
 
     #[test]
