@@ -26,9 +26,11 @@ export SOFTHSM2_CONF=$token_dir/softhsm2.conf
 # The development ceremony: the shipped hierarchy on the one development token.
 HSMCA=$hsmca deploy/dev-ceremony.sh "$dev/ceremonies" hsmca-dev "$token_dir/user.pin"
 
-if [ ! -f "$dev/tls/istiod.pem" ]; then
+if [ ! -f "$dev/tls/officer.pem" ]; then
+    rm -rf "$dev/tls"
     echo "==> development TLS material in $dev/tls" >&2
-    "$hsmca" dev-tls --out-dir "$dev/tls" --client istiod=spiffe://mesh.example/istiod >/dev/null
+    "$hsmca" dev-tls --out-dir "$dev/tls" --client istiod=spiffe://mesh.example/istiod \
+        --client officer=spiffe://mesh.example/officer >/dev/null
 fi
 
 # Derived from the steps above, so rewritten on every run.
@@ -75,6 +77,10 @@ issuer = "online-p256"
 default_ttl = "1h"
 max_ttl = "24h"
 
+[[officers]]
+name = "Developer (dev officer, not for production)"
+identity = "spiffe://mesh.example/officer"
+
 [[clients]]
 name = "istiod"
 identity = "spiffe://mesh.example/istiod"
@@ -99,6 +105,7 @@ cat >&2 <<MSG
 
   $hsmca request --server https://127.0.0.1:8443 --cert $dev/tls/istiod.pem --key $dev/tls/istiod-key.pem --ca $dev/tls/tls-ca.pem --trust-domain mesh.example --layout istio --out-dir $out
 
+    Revoke as the dev officer:  $hsmca revoke --server https://127.0.0.1:8443 --cert $dev/tls/officer.pem --key $dev/tls/officer-key.pem --ca $dev/tls/tls-ca.pem --serial SERIAL --reason superseded
     Audit log: $hsmca audit verify $dev/ceremonies/out/audit.log
 MSG
 exec "$hsmca" --config "$config" serve
