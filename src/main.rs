@@ -53,18 +53,8 @@ enum Command {
     /// Make a new CA key on this machine, have the appliance certify it, and write the files
     /// the mesh loads. The private key never leaves this machine.
     Request {
-        /// The appliance, e.g. https://127.0.0.1:8443.
-        #[arg(long)]
-        server: String,
-        /// This client's TLS certificate (PEM).
-        #[arg(long)]
-        cert: PathBuf,
-        /// This client's TLS private key (PEM, mode 0600).
-        #[arg(long)]
-        key: PathBuf,
-        /// The CA certificate(s) to trust for the appliance's TLS certificate (PEM).
-        #[arg(long)]
-        ca: PathBuf,
+        #[command(flatten)]
+        connection: Connection,
         /// The profile to ask for.
         #[arg(long, default_value = "issuing-ca")]
         profile: String,
@@ -91,34 +81,14 @@ enum Command {
     /// Make the running appliance read its configuration file again (officers only; SIGHUP
     /// does the same). A configuration that does not load is refused and the running one stays.
     Reload {
-        /// The appliance, e.g. https://127.0.0.1:8443.
-        #[arg(long)]
-        server: String,
-        /// The officer's TLS certificate (PEM).
-        #[arg(long)]
-        cert: PathBuf,
-        /// The officer's TLS private key (PEM, mode 0600).
-        #[arg(long)]
-        key: PathBuf,
-        /// The CA certificate(s) to trust for the appliance's TLS certificate (PEM).
-        #[arg(long)]
-        ca: PathBuf,
+        #[command(flatten)]
+        connection: Connection,
     },
     /// Revoke a certificate (officers only): the appliance records it, audits it and re-signs
     /// the issuer's CRL.
     Revoke {
-        /// The appliance, e.g. https://127.0.0.1:8443.
-        #[arg(long)]
-        server: String,
-        /// The officer's TLS certificate (PEM).
-        #[arg(long)]
-        cert: PathBuf,
-        /// The officer's TLS private key (PEM, mode 0600).
-        #[arg(long)]
-        key: PathBuf,
-        /// The CA certificate(s) to trust for the appliance's TLS certificate (PEM).
-        #[arg(long)]
-        ca: PathBuf,
+        #[command(flatten)]
+        connection: Connection,
         /// The serial, hex (colons allowed).
         #[arg(long)]
         serial: String,
@@ -140,6 +110,29 @@ enum Command {
         #[arg(long = "client", value_name = "NAME=URI", value_parser = parse_client)]
         clients: Vec<(String, String)>,
     },
+}
+
+/// How a command reaches the appliance: its URL and this side's mTLS identity.
+#[derive(clap::Args)]
+struct Connection {
+    /// The appliance, e.g. https://127.0.0.1:8443.
+    #[arg(long)]
+    server: String,
+    /// This client's (or officer's) TLS certificate (PEM).
+    #[arg(long)]
+    cert: PathBuf,
+    /// Its TLS private key (PEM, mode 0600).
+    #[arg(long)]
+    key: PathBuf,
+    /// The CA certificate(s) to trust for the appliance's TLS certificate (PEM).
+    #[arg(long)]
+    ca: PathBuf,
+}
+
+impl Connection {
+    fn client(&self) -> Result<Client, CliError> {
+        Client::new(&self.server, &self.cert, &self.key, &self.ca).map_err(CliError::Message)
+    }
 }
 
 fn parse_client(value: &str) -> Result<(String, String), String> {
@@ -294,13 +287,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let path = cli.config.unwrap_or_else(|| DEFAULT_CONFIG.into());
             serve(&Config::load(&path)?, &path)
         }
-        Command::Reload {
-            server,
-            cert,
-            key,
-            ca,
-        } => {
-            let client = Client::new(&server, &cert, &key, &ca).map_err(CliError::Message)?;
+        Command::Reload { connection } => {
+            let client = connection.client()?;
             let response = runtime()?
                 .block_on(client.send("POST", "/v1/reload", None, Vec::new()))
                 .map_err(CliError::Message)?;
@@ -316,10 +304,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             emit(&format!("reloaded: {}\n", answer["reloaded"]))
         }
         Command::Request {
-            server,
-            cert,
-            key,
-            ca,
+            connection,
             profile,
             trust_domain,
             ttl,
@@ -328,7 +313,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             out_dir,
             layout,
         } => {
-            let client = Client::new(&server, &cert, &key, &ca).map_err(CliError::Message)?;
+            let client = connection.client()?;
             let options = RequestOptions {
                 profile,
                 trust_domain,
@@ -348,15 +333,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
             emit(&report)
         }
         Command::Revoke {
-            server,
-            cert,
-            key,
-            ca,
+            connection,
             serial,
             reason,
             issuer,
         } => {
-            let client = Client::new(&server, &cert, &key, &ca).map_err(CliError::Message)?;
+            let client = connection.client()?;
             let body = serde_json::json!({ "serial": serial, "reason": reason, "issuer": issuer });
             let response = runtime()?
                 .block_on(client.send(

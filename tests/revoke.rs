@@ -47,22 +47,8 @@ fn hsmca_revoke(
     reason: &str,
     issuer: Option<&str>,
 ) -> std::process::Output {
-    let mut command = appliance.token.hsmca_command(&[
-        "revoke",
-        "--server",
-        &appliance.url,
-        "--serial",
-        serial,
-        "--reason",
-        reason,
-    ]);
-    command
-        .arg("--cert")
-        .arg(appliance.path(&format!("tls/{tls_name}.pem")))
-        .arg("--key")
-        .arg(appliance.path(&format!("tls/{tls_name}-key.pem")))
-        .arg("--ca")
-        .arg(appliance.path("tls/tls-ca.pem"));
+    let mut command = appliance.hsmca_as(tls_name, "revoke");
+    command.args(["--serial", serial, "--reason", reason]);
     if let Some(issuer) = issuer {
         command.args(["--issuer", issuer]);
     }

@@ -14,17 +14,7 @@ use serde_json::Value;
 
 /// `hsmca reload` as the officer.
 fn hsmca_reload(appliance: &Appliance) -> std::process::Output {
-    appliance
-        .token
-        .hsmca_command(&["reload", "--server", &appliance.url])
-        .arg("--cert")
-        .arg(appliance.path("tls/officer.pem"))
-        .arg("--key")
-        .arg(appliance.path("tls/officer-key.pem"))
-        .arg("--ca")
-        .arg(appliance.path("tls/tls-ca.pem"))
-        .output()
-        .unwrap()
+    appliance.hsmca_as("officer", "reload").output().unwrap()
 }
 
 /// The subject CN of the certificate that issued the first certificate of `chain`.

@@ -273,15 +273,8 @@ fn issued_certificates_pass_openssl_pyca_and_pkilint_and_are_all_recorded() {
 /// `hsmca request` as istiod, writing `layout` into `out_dir`.
 fn hsmca_request(appliance: &Appliance, layout: &str, out_dir: &Path) {
     let output = appliance
-        .token
-        .hsmca_command(&["request", "--server", &appliance.url])
+        .hsmca_as("istiod", "request")
         .args(["--trust-domain", TRUST_DOMAIN, "--layout", layout])
-        .arg("--cert")
-        .arg(appliance.path("tls/istiod.pem"))
-        .arg("--key")
-        .arg(appliance.path("tls/istiod-key.pem"))
-        .arg("--ca")
-        .arg(appliance.path("tls/tls-ca.pem"))
         .arg("--out-dir")
         .arg(out_dir)
         .output()

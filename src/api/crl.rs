@@ -21,7 +21,7 @@ use super::error::ApiError;
 use super::routes::{ClientIdentity, read_json_body};
 use super::service::{IssuerState, Service};
 use crate::ledger::audit::AuditEvent;
-use crate::ledger::certificates::{CertificateStore, LedgerError, StoredCrl};
+use crate::ledger::certificates::{CertificateStore, LedgerError, StoredCrl, normalize_serial};
 use crate::pki::{self, CrlTemplate, RevocationReason, RevokedEntry};
 
 /// A signed CRL, ready to serve.
@@ -344,12 +344,7 @@ async fn revoke_inner(
             ),
         )
     })?;
-    let serial: String = request
-        .serial
-        .chars()
-        .filter(|c| *c != ':' && *c != '-')
-        .collect::<String>()
-        .to_ascii_lowercase();
+    let serial = normalize_serial(&request.serial);
     let found = service
         .ledger_admin
         .lock()

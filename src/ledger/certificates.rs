@@ -31,6 +31,15 @@ pub struct IssuedCertificate {
     pub der: Vec<u8>,
 }
 
+/// A serial as the ledger keys it (lower-case hex) from the forms people and Vault write:
+/// upper or lower case, with or without `:` or `-` separators.
+pub fn normalize_serial(text: &str) -> String {
+    text.chars()
+        .filter(|c| *c != ':' && *c != '-')
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
 /// A revocation as the ledger keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Revocation {

@@ -271,6 +271,21 @@ key_label = "online-rsa2048-2026"
         .unwrap()
     }
 
+    /// `hsmca SUBCOMMAND --server URL --cert --key --ca` as the dev TLS client `tls_name`.
+    pub fn hsmca_as(&self, tls_name: &str, subcommand: &str) -> Command {
+        let mut command = self
+            .token
+            .hsmca_command(&[subcommand, "--server", &self.url]);
+        command
+            .arg("--cert")
+            .arg(self.path(&format!("tls/{tls_name}.pem")))
+            .arg("--key")
+            .arg(self.path(&format!("tls/{tls_name}-key.pem")))
+            .arg("--ca")
+            .arg(self.path("tls/tls-ca.pem"));
+        command
+    }
+
     /// A client of the trusted TLS CA.
     pub fn client(&self, name: &str) -> Client {
         self.client_from("tls", name)

@@ -26,7 +26,7 @@ use super::routes::{ClientIdentity, csr_bytes, pem_response, read_body};
 use super::service::{IssuerState, Service, Settings};
 use super::signing::{self, RequestContext, Signed};
 use crate::ledger::audit::AuditEvent;
-use crate::ledger::certificates::CertificateStore;
+use crate::ledger::certificates::{CertificateStore, normalize_serial};
 use crate::pki::{ProfileKind, SubjectSpec};
 
 /// Paths under `/v1/` the native API and Vault's own top level use: not a mount.
@@ -632,11 +632,7 @@ async fn ca_chain(State(service): State<Arc<Service>>) -> Response {
 /// `cert/<serial>`: a certificate from the ledger; the serial as hex, with or without `:`
 /// or `-` separators.
 async fn cert(State(service): State<Arc<Service>>, Path(serial): Path<String>) -> Response {
-    let normalized: String = serial
-        .chars()
-        .filter(|c| *c != ':' && *c != '-')
-        .collect::<String>()
-        .to_ascii_lowercase();
+    let normalized = normalize_serial(&serial);
     let found = service
         .ledger_admin
         .lock()
