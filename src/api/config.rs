@@ -56,6 +56,10 @@ pub struct ServerConfig {
     /// How long SIGTERM waits for in-flight requests (default 30 s).
     #[serde(default = "ServerConfig::default_shutdown_grace")]
     pub shutdown_grace: Seconds,
+    /// A second, plain-HTTP listener for `/healthz`, `/readyz` and `/metrics` only, for
+    /// probes and scrapers that hold no client certificate (Kubernetes, Prometheus). Bind it
+    /// to an address only they reach. Default: none.
+    pub ops_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {

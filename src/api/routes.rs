@@ -50,6 +50,22 @@ pub fn router(service: Arc<Service>) -> Router {
         .with_state(service)
 }
 
+/// The plain-HTTP operations routes: health, readiness and metrics, nothing else.
+pub fn ops_router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "the operations listener serves /healthz, /readyz and /metrics only",
+            )
+        })
+        .with_state(service)
+}
+
 /// `POST /v1/sign` body (the native dialect).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use super::routes::{ClientIdentity, router};
+use super::routes::{ClientIdentity, ops_router, router};
 use super::service::Service;
 use super::tls;
 use crate::ledger::audit::AuditEvent;
@@ -52,6 +52,20 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
                 }
             }
         })
+    };
+    let ops = match service.server.ops_listen {
+        Some(address) => {
+            let ops_listener = TcpListener::bind(address).await?;
+            // The line operators and tests read, as for the API listener.
+            println!("hsmca: operations on http://{}", ops_listener.local_addr()?);
+            let app = ops_router(service.clone());
+            Some(tokio::spawn(async move {
+                if let Err(error) = axum::serve(ops_listener, app).await {
+                    tracing::error!(%error, "the operations listener failed");
+                }
+            }))
+        }
+        None => None,
     };
     let reload_on_sighup = {
         let service = service.clone();
@@ -99,6 +113,9 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
     drop(listener);
     crl_schedule.abort();
     reload_on_sighup.abort();
+    if let Some(ops) = ops {
+        ops.abort();
+    }
     let grace = service.server.shutdown_grace.duration();
     let finished = tokio::time::timeout(grace, graceful.shutdown())
         .await

@@ -77,6 +77,8 @@ pub struct Appliance {
     child: Option<Child>,
     stdout: Option<mpsc::Receiver<String>>,
     pub url: String,
+    /// The plain-HTTP operations listener, `http://127.0.0.1:PORT`.
+    pub ops_url: String,
 }
 
 impl Appliance {
@@ -116,6 +118,7 @@ impl Appliance {
             child: None,
             stdout: None,
             url: String::new(),
+            ops_url: String::new(),
         };
         appliance.write_config("");
         appliance
@@ -146,6 +149,7 @@ certificate = "tls/server.pem"
 key = "tls/server-key.pem"
 client_ca = "tls/tls-ca.pem"
 shutdown_grace = "20s"
+ops_listen = "127.0.0.1:0"
 
 [storage]
 ledger = "ledger.sqlite"
@@ -212,6 +216,9 @@ key_label = "online-rsa2048-2026"
         let url = loop {
             match receiver.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) => {
+                    if let Some(url) = line.strip_prefix("hsmca: operations on ") {
+                        self.ops_url = url.to_owned();
+                    }
                     if let Some(url) = line.strip_prefix("hsmca: serving on ") {
                         break url.to_owned();
                     }
@@ -284,6 +291,30 @@ key_label = "online-rsa2048-2026"
             .arg("--ca")
             .arg(self.path("tls/tls-ca.pem"));
         command
+    }
+
+    /// `GET path` on the plain-HTTP operations listener: (status, body).
+    pub fn ops_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let address = self.ops_url.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        (status, body)
     }
 
     /// A client of the trusted TLS CA.
