@@ -5,9 +5,10 @@
 #   opensc        - pkcs11-tool (inspects key attributes) and pkcs11-spy (traces PKCS#11 calls)
 #   openssl       - independent verification of signatures and certificates
 #   python3-venv  - python3 -m venv, for the test venv of tests/run.sh (pkilint, cryptography)
+#   systemd       - systemd-analyze, which scores the hardening of deploy/systemd/hsmca.service
 set -euo pipefail
 
-packages=(softhsm2 opensc openssl python3-venv)
+packages=(softhsm2 opensc openssl python3-venv systemd)
 missing=()
 for pkg in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
