@@ -100,5 +100,15 @@ fn the_configuration_the_manifests_ship_is_one_hsmca_accepts() {
         server.ops_listen.is_some(),
         "the probes need the operations listener"
     );
-    assert_eq!(config.hsm.pin_env.as_deref(), Some("HSMCA_PIN"));
+    // The PIN file and the key are the init container's private copies.
+    assert_eq!(
+        config.hsm.pin_file.as_deref(),
+        Some(std::path::Path::new("/run/hsmca/private/pin"))
+    );
+    let deployment =
+        std::fs::read_to_string(repo_path("deploy/kubernetes/deployment.yaml")).unwrap();
+    assert!(
+        deployment.contains("install -m 0600 /secret/tls/* /secret/pin/pin /run/hsmca/private/")
+    );
+    assert!(server.key.starts_with("/run/hsmca/private"));
 }

@@ -13,7 +13,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked --quiet
 fi
 
-# The tools that check our output from outside (pkilint, pyca cryptography, hvac), in a venv
+# The tools that check our output from outside (pkilint, pyca cryptography, hvac,
+# kubernetes-validate, schemathesis), in a venv
 # rebuilt only when tests/py-requirements.txt changes. The tests find it as HSMCA_PYTHON.
 requirements=tests/py-requirements.txt
 stamp=.venv/requirements.sha256
