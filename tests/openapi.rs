@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 
 use common::appliance::Appliance;
-use common::{python, repo_path, stderr, stdout};
+use common::{assert_success, python, repo_path, stderr, stdout};
 
 /// `schemathesis run docs/openapi.yaml` as the dev TLS client `tls_name`, with `extra` options.
 fn schemathesis(appliance: &Appliance, tls_name: &str, extra: &[&str]) -> std::process::Output {
@@ -43,12 +43,7 @@ fn the_running_appliance_conforms_to_its_openapi_document() {
     appliance.start();
     // A CA client sees every operation (revoke and reload answer it 403, as documented).
     let output = schemathesis(&appliance, "istiod", &[]);
-    assert!(
-        output.status.success(),
-        "{}{}",
-        stdout(&output),
-        stderr(&output)
-    );
+    assert_success(&output, "schemathesis");
     assert!(
         stdout(&output).contains("Tested: 10"),
         "{}",
@@ -60,12 +55,7 @@ fn the_running_appliance_conforms_to_its_openapi_document() {
         "officer",
         &["--include-path-regex", "^/v1/(revoke|reload)$"],
     );
-    assert!(
-        output.status.success(),
-        "{}{}",
-        stdout(&output),
-        stderr(&output)
-    );
+    assert_success(&output, "schemathesis");
     assert!(appliance.stop().success(), "{}", appliance.server_log());
     let verified = common::audit_verify(&appliance.path("audit.log"));
     assert!(verified.status.success(), "{}", stderr(&verified));

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::appliance::{Appliance, p256, runtime, spire_csr, write};
-use common::{assert_pkilint_clean, audit_verify, stderr, stdout};
+use common::{assert_pkilint_clean, assert_success, audit_verify, stderr, stdout};
 use serde_json::json;
 
 /// Issues an issuing CA under `profile` as `client`; returns (serial, cert path, chain path).
@@ -141,12 +141,7 @@ fn an_officer_revokes_and_the_hsm_signed_crl_says_so_to_openssl_and_pkilint() {
         "key-compromise",
         Some("online-p256"),
     );
-    assert!(
-        output.status.success(),
-        "{}{}",
-        stdout(&output),
-        stderr(&output)
-    );
+    assert_success(&output, "hsmca revoke");
     assert!(
         stdout(&output).contains("CRL number 2"),
         "{}",

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::appliance::{Appliance, p256, runtime, send_signal, spire_csr, write};
-use common::{openssl_verify_chain, stderr, stdout};
+use common::{assert_success, openssl_verify_chain, stderr, stdout};
 use serde_json::Value;
 
 /// `hsmca reload` as the officer.
@@ -79,12 +79,7 @@ fn reloading_to_a_new_intermediate_under_load_fails_no_request() {
     // The issuing-ca profile now signs with the RSA intermediate.
     appliance.write_config_with(|c| c.replacen(P256_PROFILE, RSA_PROFILE, 1));
     let output = hsmca_reload(&appliance);
-    assert!(
-        output.status.success(),
-        "{}{}",
-        stdout(&output),
-        stderr(&output)
-    );
+    assert_success(&output, "hsmca reload");
     assert!(
         stdout(&output).contains("online-rsa2048"),
         "{}",

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::appliance::{Appliance, p256, runtime, spire_csr, write};
-use common::{audit_verify, openssl_verify_chain, python_script, stderr, stdout};
+use common::{assert_success, audit_verify, openssl_verify_chain, python_script, stdout};
 use serde_json::{Value, json};
 
 /// The Vault section the tests use; `extra` lands inside `[vault]`.
@@ -24,15 +24,6 @@ sign_intermediate_profile = "issuing-ca"
 workload = "workload"
 "#
     )
-}
-
-fn assert_ok(output: &std::process::Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what}:\n{}{}",
-        stdout(output),
-        stderr(output)
-    );
 }
 
 fn workload_csr_pem() -> String {
@@ -67,7 +58,7 @@ fn hvac_logs_in_with_its_certificate_signs_and_reads_the_ca() {
             dir,
         ],
     );
-    assert_ok(&output, "vault_hvac.py");
+    assert_success(&output, "vault_hvac.py");
     let summary: Value = serde_json::from_str(stdout(&output).trim()).unwrap();
     assert_eq!(summary["login_policies"], json!(["default", "istiod"]));
     assert_eq!(summary["login_renewable"], true);
@@ -111,7 +102,7 @@ fn hvac_logs_in_with_its_certificate_signs_and_reads_the_ca() {
     );
     for chain in ["intermediate-chain.pem", "workload-chain.pem"] {
         let output = python_script("chain_check.py", &[&root, &dir.join(chain)]);
-        assert_ok(&output, chain);
+        assert_success(&output, chain);
     }
     let output = python_script(
         "leaf_rules.py",
@@ -120,7 +111,7 @@ fn hvac_logs_in_with_its_certificate_signs_and_reads_the_ca() {
             Path::new("spiffe://mesh.example/ns/prod/sa/web"),
         ],
     );
-    assert_ok(&output, "leaf_rules.py");
+    assert_success(&output, "leaf_rules.py");
     // The common_name became a DNS SAN (exclude_cn_from_sans was not set).
     let text = Command::new("openssl")
         .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])

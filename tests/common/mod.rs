@@ -205,6 +205,16 @@ pub fn openssl_verify(
     output.status.success()
 }
 
+/// Asserts that a command succeeded, showing its output otherwise.
+pub fn assert_success(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}{}",
+        stdout(output),
+        stderr(output)
+    );
+}
+
 /// `openssl verify` of `cert` against `roots`, with `untrusted` intermediates.
 pub fn openssl_verify_chain(roots: &Path, untrusted: &Path, cert: &Path) {
     let output = Command::new("openssl")
