@@ -101,6 +101,30 @@ impl Client {
         self.send_with_headers(method, path, &headers, body).await
     }
 
+    /// Opens one keep-alive connection (TLS handshake, HTTP/1.1) for many requests.
+    pub async fn connect(&self) -> Result<Connection, String> {
+        let stream = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| format!("cannot connect to {}:{}: {e}", self.host, self.port))?;
+        let _ = stream.set_nodelay(true);
+        let name = ServerName::try_from(self.host.clone())
+            .map_err(|e| format!("bad server name {:?}: {e}", self.host))?;
+        let tls = self
+            .connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS with {}:{} failed: {e}", self.host, self.port))?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+        Ok(Connection {
+            sender,
+            driver: tokio::spawn(connection),
+            host: format!("{}:{}", self.host, self.port),
+        })
+    }
+
     /// Sends one request with `headers` on a new connection and reads the whole answer.
     pub async fn send_with_headers(
         &self,
@@ -109,62 +133,10 @@ impl Client {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Result<Response, String> {
-        let stream = TcpStream::connect((self.host.as_str(), self.port))
+        self.connect()
+            .await?
+            .send(method, path, headers, body)
             .await
-            .map_err(|e| format!("cannot connect to {}:{}: {e}", self.host, self.port))?;
-        let name = ServerName::try_from(self.host.clone())
-            .map_err(|e| format!("bad server name {:?}: {e}", self.host))?;
-        let tls = self
-            .connector
-            .connect(name, stream)
-            .await
-            .map_err(|e| format!("TLS with {}:{} failed: {e}", self.host, self.port))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-        let driver = tokio::spawn(connection);
-        let mut request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", format!("{}:{}", self.host, self.port));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let response = match sender.send_request(request).await {
-            Ok(response) => response,
-            // The connection's own error says why (a TLS alert, say); the request's only that
-            // it was cancelled.
-            Err(error) => {
-                let cause = match driver.await {
-                    Ok(Err(connection_error)) => with_sources(&connection_error),
-                    _ => with_sources(&error),
-                };
-                return Err(format!("the request failed: {cause}"));
-            }
-        };
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer failed: {e}"))?
-            .to_bytes()
-            .to_vec();
-        driver.abort();
-        Ok(Response {
-            status,
-            retry_after,
-            body,
-        })
     }
 
     /// `POST /v1/sign`.
@@ -198,6 +170,74 @@ fn with_sources(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// One keep-alive HTTP/1.1 connection to the appliance; requests go one after another.
+pub struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    driver: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    host: String,
+}
+
+impl Connection {
+    /// Sends a request and reads the whole answer; the connection stays open for the next.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Response, String> {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let response = match self.sender.send_request(request).await {
+            Ok(response) => response,
+            // The connection's own error says why (a TLS alert, say); the request's only that
+            // it was cancelled.
+            Err(error) => {
+                let cause =
+                    match tokio::time::timeout(std::time::Duration::from_secs(1), &mut self.driver)
+                        .await
+                    {
+                        Ok(Ok(Err(connection_error))) => with_sources(&connection_error),
+                        _ => with_sources(&error),
+                    };
+                return Err(format!("the request failed: {cause}"));
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer failed: {e}"))?
+            .to_bytes()
+            .to_vec();
+        Ok(Response {
+            status,
+            retry_after,
+            body,
+        })
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
 }
 
 /// The files `hsmca request` writes, named as the consuming system expects.

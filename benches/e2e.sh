@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# The end-to-end benchmark, in one run on this machine: the raw SoftHSM2 C_Sign ceiling,
+# hsmca (native issuing-ca and workload, Vault sign/<role>) at 1, 16, 64 and 256 keep-alive
+# mTLS connections with the durable ledger and audit log on, and cfssl serve signing the
+# same CSRs with a P-256 key in memory over plain HTTP, all driven by examples/loadgen.rs.
+# Writes the table and a plot into docs/performance.md (between the e2e markers) and
+# docs/performance-e2e.svg.
+#
+#   bash benches/e2e.sh            # HSMCA_BENCH_SECONDS per run (default 5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+seconds=${HSMCA_BENCH_SECONDS:-5}
+connections=(1 16 64 256)
+
+softhsm/install-deps.sh
+if ! command -v cfssl >/dev/null; then
+    echo "==> installing golang-cfssl (the peer)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-cfssl >/dev/null
+fi
+echo "==> building hsmca and the load generator (release)" >&2
+cargo build --release --locked --quiet --bin hsmca --example loadgen
+hsmca=$repo/target/release/hsmca
+loadgen=$repo/target/release/examples/loadgen
+
+work=$(mktemp -d)
+results=$work/results
+mkdir -p "$results"
+cleanup() {
+    [ -n "${hsmca_pid:-}" ] && kill "$hsmca_pid" 2>/dev/null || true
+    [ -n "${cfssl_pid:-}" ] && kill "$cfssl_pid" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+softhsm/new-token.sh "$work/token" hsmca-bench >/dev/null
+export SOFTHSM2_CONF=$work/token/softhsm2.conf
+HSMCA=$hsmca deploy/dev-ceremony.sh "$work/ceremony" hsmca-bench "$work/token/user.pin" 2>/dev/null
+"$hsmca" dev-tls --out-dir "$work/tls" --client load=spiffe://mesh.example/load >/dev/null
+token=bench-token
+token_sha=$(printf %s "$token" | sha256sum | cut -d' ' -f1)
+cat >"$work/hsmca.toml" <<CONF
+[hsm]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "hsmca-bench"
+pin_file = "$work/token/user.pin"
+
+[server]
+listen = "127.0.0.1:18443"
+ops_listen = "127.0.0.1:19090"
+certificate = "tls/server.pem"
+key = "tls/server-key.pem"
+client_ca = "tls/tls-ca.pem"
+
+[storage]
+ledger = "ledger.sqlite"
+audit_log = "audit.log"
+
+[trust]
+roots = ["ceremony/out/root-2026.pem"]
+
+[issuers.online-p256]
+certificate = "ceremony/out/online-p256-2026.pem"
+key_label = "online-p256-2026"
+
+[profiles.issuing-ca]
+kind = "issuing-ca"
+issuer = "online-p256"
+default_ttl = "1h"
+max_ttl = "24h"
+
+[profiles.workload]
+kind = "workload"
+issuer = "online-p256"
+default_ttl = "1h"
+max_ttl = "24h"
+
+[[clients]]
+name = "load"
+identity = "spiffe://mesh.example/load"
+profiles = ["issuing-ca", "workload"]
+trust_domains = ["mesh.example"]
+max_ttl = "24h"
+requests_per_minute = 100000000
+burst = 10000000
+
+[vault]
+sign_intermediate_profile = "issuing-ca"
+
+[[vault.static_tokens]]
+sha256 = "$token_sha"
+identity = "spiffe://mesh.example/load"
+
+[vault.roles]
+workload = "workload"
+CONF
+
+ready() { # URL → exit 0 when it answers 200
+    python3 -c "import sys,urllib.request; sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=1).status == 200 else 1)" "$1" 2>/dev/null
+}
+echo "==> starting hsmca" >&2
+start_ns=$(date +%s%N)
+"$hsmca" --config "$work/hsmca.toml" serve >"$work/hsmca.out" 2>"$work/hsmca.log" &
+hsmca_pid=$!
+until ready http://127.0.0.1:19090/readyz; do
+    kill -0 "$hsmca_pid" 2>/dev/null || { cat "$work/hsmca.log" >&2; exit 1; }
+    sleep 0.01
+done
+ready_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
+echo "{\"start_to_ready_ms\": $ready_ms}" >"$results/startup.json"
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+peak_rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+clk_tck=$(getconf CLK_TCK)
+
+run() { # name pid loadgen-args...
+    local name=$1 pid=$2
+    shift 2
+    local before after
+    before=$(cpu_ticks "$pid")
+    "$loadgen" http "$@" --seconds "$seconds" --json "$results/$name.json" >&2
+    after=$(cpu_ticks "$pid")
+    python3 - "$results/$name.json" "$before" "$after" "$clk_tck" "$seconds" "$(peak_rss_kib "$pid")" <<'PY'
+import json, sys
+path, before, after, tck, seconds, rss = sys.argv[1:]
+r = json.load(open(path))
+r["server_cpu_percent"] = (int(after) - int(before)) / int(tck) / float(seconds) * 100
+r["server_peak_rss_mib"] = int(rss) / 1024
+json.dump(r, open(path, "w"), indent=2)
+PY
+}
+
+echo "==> raw SoftHSM2 C_Sign ceiling" >&2
+for threads in 1 2; do
+    "$loadgen" raw --token-label hsmca-bench --key-label online-p256-2026 --mechanism ecdsa \
+        --pin-file "$work/token/user.pin" --threads "$threads" --seconds "$seconds" \
+        --json "$results/raw-p256-$threads.json" >&2
+done
+"$loadgen" raw --token-label hsmca-bench --key-label online-rsa2048-2026 --mechanism rsa \
+    --pin-file "$work/token/user.pin" --threads 2 --seconds "$seconds" \
+    --json "$results/raw-rsa2048-2.json" >&2
+
+tls=(--cert "$work/tls/load.pem" --key "$work/tls/load-key.pem" --ca "$work/tls/tls-ca.pem")
+for n in "${connections[@]}"; do
+    run "hsmca-issuing-ca-$n" "$hsmca_pid" --target hsmca --profile issuing-ca \
+        --url https://127.0.0.1:18443 --connections "$n" "${tls[@]}"
+    run "hsmca-workload-$n" "$hsmca_pid" --target hsmca --profile workload \
+        --url https://127.0.0.1:18443 --connections "$n" "${tls[@]}"
+    run "vault-workload-$n" "$hsmca_pid" --target vault --token "$token" \
+        --url https://127.0.0.1:18443 --connections "$n" "${tls[@]}"
+done
+"$hsmca" audit verify "$work/audit.log" >&2
+
+echo "==> cfssl serve (P-256 key in memory, plain HTTP, writes nothing)" >&2
+(cd "$work" && echo '{"CN":"cfssl bench CA","key":{"algo":"ecdsa","size":256}}' \
+    | cfssl gencert -initca - 2>/dev/null | cfssljson -bare cfssl-ca)
+cfssl serve -address 127.0.0.1 -port 18888 -ca "$work/cfssl-ca.pem" \
+    -ca-key "$work/cfssl-ca-key.pem" >"$work/cfssl.log" 2>&1 &
+cfssl_pid=$!
+until python3 -c "import socket; socket.create_connection(('127.0.0.1', 18888), 1)" 2>/dev/null; do
+    sleep 0.05
+done
+for n in "${connections[@]}"; do
+    run "cfssl-sign-$n" "$cfssl_pid" --target cfssl --url http://127.0.0.1:18888 --connections "$n"
+done
+
+python3 benches/e2e_report.py "$results" docs/performance.md docs/performance-e2e.svg
+echo "==> docs/performance.md and docs/performance-e2e.svg updated" >&2
