@@ -101,7 +101,8 @@ impl Client {
         self.send_with_headers(method, path, &headers, body).await
     }
 
-    /// Opens one keep-alive connection (TLS handshake, HTTP/1.1) for many requests.
+    /// Opens one keep-alive connection (TLS handshake, HTTP/1.1) for many requests, as the
+    /// load generator uses; one-off requests go through [`Client::send_with_headers`].
     pub async fn connect(&self) -> Result<Connection, String> {
         let stream = TcpStream::connect((self.host.as_str(), self.port))
             .await
@@ -133,10 +134,62 @@ impl Client {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Result<Response, String> {
-        self.connect()
-            .await?
-            .send(method, path, headers, body)
+        let stream = TcpStream::connect((self.host.as_str(), self.port))
             .await
+            .map_err(|e| format!("cannot connect to {}:{}: {e}", self.host, self.port))?;
+        let name = ServerName::try_from(self.host.clone())
+            .map_err(|e| format!("bad server name {:?}: {e}", self.host))?;
+        let tls = self
+            .connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS with {}:{} failed: {e}", self.host, self.port))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+        let driver = tokio::spawn(connection);
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", format!("{}:{}", self.host, self.port));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let response = match sender.send_request(request).await {
+            Ok(response) => response,
+            // The connection's own error says why (a TLS alert, say); the request's only that
+            // it was cancelled.
+            Err(error) => {
+                let cause = match driver.await {
+                    Ok(Err(connection_error)) => with_sources(&connection_error),
+                    _ => with_sources(&error),
+                };
+                return Err(format!("the request failed: {cause}"));
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer failed: {e}"))?
+            .to_bytes()
+            .to_vec();
+        driver.abort();
+        Ok(Response {
+            status,
+            retry_after,
+            body,
+        })
     }
 
     /// `POST /v1/sign`.
