@@ -20,7 +20,6 @@ use super::config::CrlConfig;
 use super::error::ApiError;
 use super::routes::{ClientIdentity, read_json_body};
 use super::service::{IssuerState, Service};
-use crate::ledger::audit::AuditEvent;
 use crate::ledger::certificates::{CertificateStore, LedgerError, StoredCrl, normalize_serial};
 use crate::pki::{self, CrlTemplate, RevocationReason, RevokedEntry};
 
@@ -195,26 +194,19 @@ impl Service {
                 },
             )
             .map_err(ledger_error)?;
-        self.recorder
-            .record(
-                None,
-                AuditEvent {
-                    event: "crl.published".into(),
-                    actor: "hsmca".into(),
-                    details: json!({
-                        "issuer": issuer.name,
-                        "number": number,
-                        "revoked": revoked.len(),
-                        "next_update": next_update,
-                        "trigger": trigger,
-                        "sha256": crate::digest::sha256_hex(&der),
-                    }),
-                },
-            )
-            .await
-            .map_err(|e| {
-                ApiError::unavailable("audit_unavailable", e.to_string(), Duration::from_secs(5))
-            })?;
+        self.audit(
+            "crl.published",
+            "hsmca",
+            json!({
+                "issuer": issuer.name,
+                "number": number,
+                "revoked": revoked.len(),
+                "next_update": next_update,
+                "trigger": trigger,
+                "sha256": crate::digest::sha256_hex(&der),
+            }),
+        )
+        .await?;
         tracing::info!(issuer = %issuer.name, number, revoked = revoked.len(), trigger, "CRL published");
         self.crls.set(
             &issuer.name,
@@ -282,34 +274,17 @@ pub async fn revoke(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let actor = identity
-        .0
-        .clone()
-        .unwrap_or_else(|_| "(unidentified)".into());
-    let result = revoke_inner(&service, &identity, &headers, body).await;
-    let (event, response) = match result {
+    let actor = identity.actor();
+    let error = match revoke_inner(&service, &identity, &headers, body).await {
         Ok(answer) => return Json(answer).into_response(),
-        Err(error) => (
-            json!({ "status": error.status.as_u16(), "code": error.code, "message": error.message }),
-            error,
-        ),
+        Err(error) => error,
     };
-    tracing::info!(%actor, code = response.code, message = %response.message, "revocation refused");
-    let audited = service
-        .recorder
-        .record(
-            None,
-            AuditEvent {
-                event: "revoke.refused".into(),
-                actor,
-                details: event,
-            },
-        )
-        .await;
-    match audited {
-        Ok(_) => response.into_response(),
-        Err(e) => ApiError::unavailable("audit_unavailable", e.to_string(), Duration::from_secs(5))
-            .into_response(),
+    tracing::info!(%actor, code = error.code, message = %error.message, "revocation refused");
+    let details =
+        json!({ "status": error.status.as_u16(), "code": error.code, "message": error.message });
+    match service.audit("revoke.refused", &actor, details).await {
+        Ok(()) => error.into_response(),
+        Err(audit_error) => audit_error.into_response(),
     }
 }
 
@@ -399,26 +374,19 @@ async fn revoke_inner(
             other => ledger_error(other),
         })?;
     service
-        .recorder
-        .record(
-            None,
-            AuditEvent {
-                event: "revoke".into(),
-                actor: identity.to_owned(),
-                details: json!({
-                    "officer": officer.name,
-                    "serial": serial,
-                    "reason": reason.name(),
-                    "issuer": issuer.name,
-                    "subject": found.subject,
-                    "revoked_at": revoked_at,
-                }),
-            },
+        .audit(
+            "revoke",
+            identity,
+            json!({
+                "officer": officer.name,
+                "serial": serial,
+                "reason": reason.name(),
+                "issuer": issuer.name,
+                "subject": found.subject,
+                "revoked_at": revoked_at,
+            }),
         )
-        .await
-        .map_err(|e| {
-            ApiError::unavailable("audit_unavailable", e.to_string(), Duration::from_secs(5))
-        })?;
+        .await?;
     // The revocation stands even if the CRL cannot be signed now; the schedule retries.
     let crl_number = match service.publish_crl(issuer, "revocation").await {
         Ok(crl) => Some(crl.number),

@@ -22,6 +22,13 @@ use crate::duration::Seconds;
 #[derive(Clone, Debug)]
 pub struct ClientIdentity(pub Result<String, String>);
 
+impl ClientIdentity {
+    /// Who the audit log names as the actor: the identity, or `(unidentified)`.
+    pub fn actor(&self) -> String {
+        self.0.clone().unwrap_or_else(|_| "(unidentified)".into())
+    }
+}
+
 /// The routes, over the shared service state.
 pub fn router(service: Arc<Service>) -> Router {
     let vault = match &service.vault {
@@ -243,10 +250,7 @@ async fn reload(
     State(service): State<Arc<Service>>,
     Extension(identity): Extension<ClientIdentity>,
 ) -> Response {
-    let actor = identity
-        .0
-        .clone()
-        .unwrap_or_else(|_| "(unidentified)".into());
+    let actor = identity.actor();
     let officer = service
         .settings()
         .policy

@@ -15,7 +15,6 @@ use tower::ServiceExt;
 use super::routes::{ClientIdentity, ops_router, router};
 use super::service::Service;
 use super::tls;
-use crate::ledger::audit::AuditEvent;
 
 /// Serves until SIGTERM or SIGINT; returns once in-flight requests are done (or the grace
 /// period is over) and the ledger and audit log are flushed.
@@ -205,13 +204,12 @@ async fn refused_handshake(service: &Service, peer: SocketAddr, error: &std::io:
     };
     tracing::info!(%peer, %reason, "TLS client refused");
     service.metrics.count_tls_refusal();
-    let event = AuditEvent {
-        event: "tls.refused".into(),
-        actor: peer.ip().to_string(),
-        details: json!({ "peer": peer.to_string(), "reason": reason }),
-    };
-    if let Err(error) = service.recorder.record(None, event).await {
-        tracing::error!(%error, "cannot audit a refused TLS client");
+    let details = json!({ "peer": peer.to_string(), "reason": reason });
+    if let Err(error) = service
+        .audit("tls.refused", &peer.ip().to_string(), details)
+        .await
+    {
+        tracing::error!(error = %error.message, "cannot audit a refused TLS client");
     }
 }
 

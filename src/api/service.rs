@@ -418,15 +418,38 @@ impl Service {
         }
     }
 
-    /// Records a service event (start, stop) in the audit log.
-    pub async fn audit_service_event(&self, event: &str, details: serde_json::Value) {
+    /// Appends an audit record that comes with no certificate (a refusal, a revocation, a
+    /// CRL, a login, a service event) and waits until it is durable. A failure is the 503
+    /// every action gets that could not be audited.
+    pub async fn audit(
+        &self,
+        event: &str,
+        actor: &str,
+        details: serde_json::Value,
+    ) -> Result<(), super::ApiError> {
         let event = AuditEvent {
             event: event.into(),
-            actor: "hsmca".into(),
+            actor: actor.into(),
             details,
         };
-        if let Err(error) = self.recorder.record(None, event).await {
-            tracing::error!(%error, "cannot audit a service event");
+        self.recorder
+            .record(None, event)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                super::ApiError::unavailable(
+                    "audit_unavailable",
+                    format!("not served: the audit log cannot be written: {e}"),
+                    Duration::from_secs(5),
+                )
+            })
+    }
+
+    /// Records a service event (start, stop, reload) in the audit log; a failure is logged,
+    /// as there is no request to answer.
+    pub async fn audit_service_event(&self, event: &str, details: serde_json::Value) {
+        if let Err(error) = self.audit(event, "hsmca", details).await {
+            tracing::error!(error = %error.message, "cannot audit a service event");
         }
     }
 

@@ -31,10 +31,7 @@ impl RequestContext {
     /// A context for a request on a connection with `identity`.
     pub(crate) fn new(identity: &ClientIdentity) -> Self {
         RequestContext {
-            identity: identity
-                .0
-                .clone()
-                .unwrap_or_else(|_| "(unidentified)".into()),
+            identity: identity.actor(),
             profile: String::new(),
             csr_sha256: None,
         }
@@ -306,28 +303,21 @@ async fn audit_refusal(service: &Service, context: &RequestContext, error: ApiEr
         message = %error.message,
         "signing request refused"
     );
-    let event = AuditEvent {
-        event: if error.is_refusal() {
-            "sign.refused".into()
-        } else {
-            "sign.failed".into()
-        },
-        actor: context.identity.clone(),
-        details: json!({
-            "profile": context.profile,
-            "status": error.status.as_u16(),
-            "code": error.code,
-            "message": error.message,
-            "csr_sha256": context.csr_sha256,
-        }),
+    let event = if error.is_refusal() {
+        "sign.refused"
+    } else {
+        "sign.failed"
     };
-    match service.recorder.record(None, event).await {
-        Ok(_) => error,
-        Err(record_error) => ApiError::unavailable(
-            "audit_unavailable",
-            format!("the request was not served and could not be audited: {record_error}"),
-            Duration::from_secs(5),
-        ),
+    let details = json!({
+        "profile": context.profile,
+        "status": error.status.as_u16(),
+        "code": error.code,
+        "message": error.message,
+        "csr_sha256": context.csr_sha256,
+    });
+    match service.audit(event, &context.identity, details).await {
+        Ok(()) => error,
+        Err(audit_error) => audit_error,
     }
 }
 

@@ -25,7 +25,6 @@ use super::error::ApiError;
 use super::routes::{ClientIdentity, csr_bytes, pem_response, read_body};
 use super::service::{IssuerState, Service, Settings};
 use super::signing::{self, RequestContext, Signed};
-use crate::ledger::audit::AuditEvent;
 use crate::ledger::certificates::{CertificateStore, normalize_serial};
 use crate::pki::{ProfileKind, SubjectSpec};
 
@@ -249,55 +248,24 @@ fn auth_block(token: Option<&str>, info: &TokenInfo, client: &str) -> Value {
     })
 }
 
-/// Audits a Vault auth event (login, renewal, their refusals).
-async fn audit_auth(
-    service: &Service,
-    event: &str,
-    actor: &str,
-    details: Value,
-) -> Result<(), ApiError> {
-    service
-        .recorder
-        .record(
-            None,
-            AuditEvent {
-                event: event.into(),
-                actor: actor.into(),
-                details,
-            },
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| {
-            ApiError::unavailable(
-                "audit_unavailable",
-                format!("not served: the audit log cannot be written: {e}"),
-                std::time::Duration::from_secs(5),
-            )
-        })
-}
-
 /// `auth/cert/login`: the connection's client certificate, if its identity has a
 /// `[[clients]]` entry, is exchanged for a token bound to that identity.
 async fn cert_login(
     State(service): State<Arc<Service>>,
     Extension(identity): Extension<ClientIdentity>,
 ) -> Response {
-    let actor = identity
-        .0
-        .clone()
-        .unwrap_or_else(|_| "(unidentified)".into());
+    let actor = identity.actor();
     let settings = service.settings();
     let client = match signing::client(&settings, &identity) {
         Ok((_, client)) => client,
         Err(error) => {
-            let audited = audit_auth(
-                &service,
-                "vault.login.refused",
-                &actor,
-                json!({ "message": error.message }),
-            )
-            .await;
+            let audited = service
+                .audit(
+                    "vault.login.refused",
+                    &actor,
+                    json!({ "message": error.message }),
+                )
+                .await;
             return vault_error(audited.err().unwrap_or(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "permission_denied",
@@ -306,13 +274,13 @@ async fn cert_login(
         }
     };
     let (token, info) = vault(&service).tokens.issue(&actor);
-    if let Err(error) = audit_auth(
-        &service,
-        "vault.login",
-        &actor,
-        json!({ "client": client.name, "accessor": info.accessor }),
-    )
-    .await
+    if let Err(error) = service
+        .audit(
+            "vault.login",
+            &actor,
+            json!({ "client": client.name, "accessor": info.accessor }),
+        )
+        .await
     {
         return vault_error(error);
     }
@@ -391,13 +359,13 @@ async fn renew_self(
                     format!("permission denied: {refusal}"),
                 )
             })?;
-        audit_auth(
-            &service,
-            "vault.renew",
-            id,
-            json!({ "client": client.name, "accessor": info.accessor }),
-        )
-        .await?;
+        service
+            .audit(
+                "vault.renew",
+                id,
+                json!({ "client": client.name, "accessor": info.accessor }),
+            )
+            .await?;
         Ok::<_, ApiError>(auth_block(Some(token), &info, &client.name))
     }
     .await;
