@@ -104,10 +104,33 @@ impl Client {
     /// Opens one keep-alive connection (TLS handshake, HTTP/1.1) for many requests, as the
     /// load generator uses; one-off requests go through [`Client::send_with_headers`].
     pub async fn connect(&self) -> Result<Connection, String> {
+        let (sender, driver) = self.open(true).await?;
+        Ok(Connection {
+            sender,
+            driver,
+            host: format!("{}:{}", self.host, self.port),
+        })
+    }
+
+    /// TCP, TLS and the HTTP/1.1 handshake; the connection is driven by a spawned task.
+    /// `nodelay` is for the load generator's keep-alive connections; one-off requests keep
+    /// the socket's default.
+    async fn open(
+        &self,
+        nodelay: bool,
+    ) -> Result<
+        (
+            hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+            tokio::task::JoinHandle<Result<(), hyper::Error>>,
+        ),
+        String,
+    > {
         let stream = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| format!("cannot connect to {}:{}: {e}", self.host, self.port))?;
-        let _ = stream.set_nodelay(true);
+        if nodelay {
+            let _ = stream.set_nodelay(true);
+        }
         let name = ServerName::try_from(self.host.clone())
             .map_err(|e| format!("bad server name {:?}: {e}", self.host))?;
         let tls = self
@@ -119,11 +142,7 @@ impl Client {
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
                 .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-        Ok(Connection {
-            sender,
-            driver: tokio::spawn(connection),
-            host: format!("{}:{}", self.host, self.port),
-        })
+        Ok((sender, tokio::spawn(connection)))
     }
 
     /// Sends one request with `headers` on a new connection and reads the whole answer.
@@ -134,31 +153,9 @@ impl Client {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Result<Response, String> {
-        let stream = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| format!("cannot connect to {}:{}: {e}", self.host, self.port))?;
-        let name = ServerName::try_from(self.host.clone())
-            .map_err(|e| format!("bad server name {:?}: {e}", self.host))?;
-        let tls = self
-            .connector
-            .connect(name, stream)
-            .await
-            .map_err(|e| format!("TLS with {}:{} failed: {e}", self.host, self.port))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-        let driver = tokio::spawn(connection);
-        let mut request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", format!("{}:{}", self.host, self.port));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
+        let (mut sender, driver) = self.open(false).await?;
+        let host = format!("{}:{}", self.host, self.port);
+        let request = build_request(&host, method, path, headers, body)?;
         let response = match sender.send_request(request).await {
             Ok(response) => response,
             // The connection's own error says why (a TLS alert, say); the request's only that
@@ -171,25 +168,9 @@ impl Client {
                 return Err(format!("the request failed: {cause}"));
             }
         };
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer failed: {e}"))?
-            .to_bytes()
-            .to_vec();
+        let answer = read_response(response).await;
         driver.abort();
-        Ok(Response {
-            status,
-            retry_after,
-            body,
-        })
+        answer
     }
 
     /// `POST /v1/sign`.
@@ -211,6 +192,50 @@ impl Client {
         )
         .await
     }
+}
+
+/// An HTTP/1.1 request for `host` with `headers` and `body`.
+fn build_request(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<hyper::Request<Full<Bytes>>, String> {
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())
+}
+
+/// Reads a whole answer: status, `Retry-After` and body.
+async fn read_response(
+    response: hyper::Response<hyper::body::Incoming>,
+) -> Result<Response, String> {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer failed: {e}"))?
+        .to_bytes()
+        .to_vec();
+    Ok(Response {
+        status,
+        retry_after,
+        body,
+    })
 }
 
 /// An error and its sources, outermost first.
@@ -241,16 +266,7 @@ impl Connection {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Result<Response, String> {
-        let mut request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.host);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
+        let request = build_request(&self.host, method, path, headers, body)?;
         let response = match self.sender.send_request(request).await {
             Ok(response) => response,
             // The connection's own error says why (a TLS alert, say); the request's only that
@@ -266,24 +282,7 @@ impl Connection {
                 return Err(format!("the request failed: {cause}"));
             }
         };
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer failed: {e}"))?
-            .to_bytes()
-            .to_vec();
-        Ok(Response {
-            status,
-            retry_after,
-            body,
-        })
+        read_response(response).await
     }
 }
 
