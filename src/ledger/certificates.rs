@@ -115,6 +115,14 @@ pub enum LedgerError {
     },
 }
 
+/// Maps a SQLite error to [`LedgerError::Sqlite`] naming the ledger at `path`.
+fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> LedgerError + Copy + '_ {
+    move |source| LedgerError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 /// Where issued certificates are kept. SQLite ([`Ledger`]) is the embedded default; a
 /// backend shared by several replicas (PostgreSQL) implements the same contract.
 pub trait CertificateStore: Send {
@@ -198,10 +206,7 @@ impl Ledger {
     /// Opens (creating if needed, mode 0600) the ledger at `path`, in WAL mode with every
     /// commit synced to disk.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
-        let sqlite = |source| LedgerError::Sqlite {
-            path: path.to_owned(),
-            source,
-        };
+        let sqlite = sqlite(path);
         // Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
         // database file's mode, so the journal is never readable by others either.
         let restrict = |source| LedgerError::Permissions {
@@ -238,11 +243,7 @@ impl Ledger {
 
 impl CertificateStore for Ledger {
     fn record(&mut self, certificates: &[IssuedCertificate]) -> Result<(), LedgerError> {
-        let path = self.path.clone();
-        let sqlite = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sqlite = sqlite(&self.path);
         let transaction = self.connection.transaction().map_err(sqlite)?;
         for certificate in certificates {
             let inserted = transaction.execute(
@@ -304,10 +305,7 @@ impl CertificateStore for Ledger {
                 },
             )
             .optional()
-            .map_err(|source| LedgerError::Sqlite {
-                path: self.path.clone(),
-                source,
-            })
+            .map_err(sqlite(&self.path))
     }
 
     fn count(&self) -> Result<u64, LedgerError> {
@@ -316,10 +314,7 @@ impl CertificateStore for Ledger {
                 row.get::<_, i64>(0)
             })
             .map(|count| count.unsigned_abs())
-            .map_err(|source| LedgerError::Sqlite {
-                path: self.path.clone(),
-                source,
-            })
+            .map_err(sqlite(&self.path))
     }
 
     fn revoke(
@@ -334,10 +329,7 @@ impl CertificateStore for Ledger {
             .ok_or_else(|| LedgerError::UnknownSerial {
                 serial: serial.to_owned(),
             })?;
-        let sqlite = |source| LedgerError::Sqlite {
-            path: self.path.clone(),
-            source,
-        };
+        let sqlite = sqlite(&self.path);
         // One IMMEDIATE transaction: the check and the insert cannot interleave with another
         // revocation of the same serial.
         let transaction = self
@@ -369,10 +361,7 @@ impl CertificateStore for Ledger {
     }
 
     fn revoked(&self, issuer_key_id: &str) -> Result<Vec<Revocation>, LedgerError> {
-        let sqlite = |source| LedgerError::Sqlite {
-            path: self.path.clone(),
-            source,
-        };
+        let sqlite = sqlite(&self.path);
         let mut statement = self
             .connection
             .prepare(
@@ -409,10 +398,7 @@ impl CertificateStore for Ledger {
                 },
             )
             .optional()
-            .map_err(|source| LedgerError::Sqlite {
-                path: self.path.clone(),
-                source,
-            })
+            .map_err(sqlite(&self.path))
     }
 
     fn store_crl(&mut self, issuer_key_id: &str, crl: &StoredCrl) -> Result<(), LedgerError> {
@@ -436,19 +422,12 @@ impl CertificateStore for Ledger {
                     crl.der
                 ],
             )
-            .map_err(|source| LedgerError::Sqlite {
-                path: self.path.clone(),
-                source,
-            })?;
+            .map_err(sqlite(&self.path))?;
         Ok(())
     }
 
     fn bundle_sequence(&mut self, bundle_sha256: &str) -> Result<u64, LedgerError> {
-        let path = self.path.clone();
-        let sqlite = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sqlite = sqlite(&self.path);
         // IMMEDIATE: this transaction reads then writes, and a deferred one could not take
         // the write lock after another connection (the recorder) committed in between.
         let transaction = self
