@@ -117,7 +117,12 @@ async fn sign(
     match signing::conclude(&service, &settings, &context, result, started).await {
         Ok(signed) => Json(json!({
             "certificate": signed.pem,
-            "chain": format!("{}{}", signed.pem, signed.issuer_chain_pem),
+            // The new certificate and its issuers, without the root.
+            "chain": format!(
+                "{}{}",
+                signed.pem,
+                signed.issuer_path[..signed.issuer_path.len() - 1].concat()
+            ),
             "roots": settings.bundle.pem,
             "serial": signed.serial,
             "not_after": rfc3339(signed.not_after),

@@ -56,18 +56,17 @@ pub struct IssuerState {
     pub algorithm: SignatureAlgorithm,
     /// What the pre-signing checks need to know about it.
     pub view: pki::Issuer,
-    /// Its certificate and any intermediates above it, up to but not including the root.
-    pub chain: Vec<CaCertificate>,
-    /// The root of `[trust]` its chain ends at.
-    pub root: CaCertificate,
+    /// PEM of its certificate, the intermediates above it, and last the root of `[trust]`
+    /// they end at; encoded once, since every answer carries some of it.
+    pub path_pem: Vec<String>,
     /// Its CRL's URL, written into what it issues.
     pub crl_url: Option<String>,
 }
 
 impl IssuerState {
-    /// The chain as PEM, issuer first.
+    /// The chain as PEM, issuer first, up to but not including the root.
     pub fn chain_pem(&self) -> String {
-        self.chain.iter().map(CaCertificate::to_pem).collect()
+        self.path_pem[..self.path_pem.len() - 1].concat()
     }
 }
 
@@ -278,8 +277,11 @@ impl Settings {
                     certificate,
                     key,
                     algorithm,
-                    chain,
-                    root,
+                    path_pem: chain
+                        .iter()
+                        .chain(std::iter::once(&root))
+                        .map(CaCertificate::to_pem)
+                        .collect(),
                     crl_url: issuer.crl_url.clone(),
                 },
             );

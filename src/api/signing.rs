@@ -76,10 +76,8 @@ pub(crate) struct Signed {
     pub serial: String,
     /// `notAfter`, Unix seconds.
     pub not_after: u64,
-    /// The issuer's certificate and intermediates up to, not including, the root (PEM).
-    pub issuer_chain_pem: String,
-    /// The issuer's chain, certificate by certificate (PEM), then the root that ends it.
-    pub issuer_chain: Vec<String>,
+    /// The issuer's certificate, its intermediates and last the root (PEM, one per entry).
+    pub issuer_path: Vec<String>,
 }
 
 /// The connection's client and its policy entry; refused when either is missing.
@@ -245,13 +243,7 @@ pub(crate) async fn sign(
         pem: pki::to_pem("CERTIFICATE", &der),
         serial: serial_hex,
         not_after,
-        issuer_chain_pem: issuer.chain_pem(),
-        issuer_chain: issuer
-            .chain
-            .iter()
-            .chain(std::iter::once(&issuer.root))
-            .map(|c| c.to_pem())
-            .collect(),
+        issuer_path: issuer.path_pem.clone(),
     })
 }
 

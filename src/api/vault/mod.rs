@@ -548,7 +548,7 @@ fn overrides(fields: &mut Fields, endpoint: &Endpoint) -> Result<signing::Overri
 fn sign_data(signed: &Signed, endpoint: &Endpoint) -> Value {
     let trim = |pem: &str| pem.trim_end().to_owned();
     let certificate = trim(&signed.pem);
-    let issuer_chain: Vec<String> = signed.issuer_chain.iter().map(|pem| trim(pem)).collect();
+    let issuer_chain: Vec<String> = signed.issuer_path.iter().map(|pem| trim(pem)).collect();
     let ca_chain: Vec<String> = match endpoint {
         Endpoint::SignIntermediate => std::iter::once(certificate.clone())
             .chain(issuer_chain.iter().cloned())
@@ -594,7 +594,7 @@ async fn ca_der(State(service): State<Arc<Service>>) -> Response {
 async fn ca_chain(State(service): State<Arc<Service>>) -> Response {
     let settings = service.settings();
     let issuer = mount_issuer(&service, &settings);
-    pem_response(format!("{}{}", issuer.chain_pem(), issuer.root.to_pem()))
+    pem_response(issuer.path_pem.concat())
 }
 
 /// `cert/<serial>`: a certificate from the ledger; the serial as hex, with or without `:`
