@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use der::Decode;
 use serde_json::json;
 use x509_cert::name::Name;
 
@@ -17,7 +16,7 @@ use crate::duration::Seconds;
 use crate::hsm::HsmError;
 use crate::ledger::audit::AuditEvent;
 use crate::ledger::certificates::IssuedCertificate;
-use crate::pki::{self, CsrError, Template};
+use crate::pki::{self, CsrError};
 use crate::policy::ClientPolicy;
 
 /// What a refusal or issuance is about, for the audit record and the metrics.
@@ -171,6 +170,7 @@ pub(crate) async fn sign(
         )
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.code, e.message))?;
     let serial = service.serials.next().await.map_err(hsm_unavailable)?;
+    let serial_hex = hex::encode(serial.as_bytes());
     let prepared = template.prepare(serial, &issuer.view).map_err(internal)?;
     let hsm_started = Instant::now();
     let signature = service
@@ -185,24 +185,19 @@ pub(crate) async fn sign(
         .finish(&signature.map_err(hsm_unavailable)?)
         .map_err(internal)?;
 
-    let certificate = x509_cert::Certificate::from_der(&der).map_err(internal)?;
-    let tbs = &certificate.tbs_certificate;
-    let serial_hex = hex::encode(tbs.serial_number.as_bytes());
-    let not_after = tbs.validity.not_after.to_unix_duration().as_secs();
-    let sans = match &template {
-        Template::Ca(t) => t.spiffe_id.iter().cloned().collect(),
-        Template::Leaf(t) => std::iter::once(t.spiffe_id.clone())
-            .chain(t.dns_names.iter().cloned())
-            .collect::<Vec<_>>(),
-    };
+    // `finish` checked that the signed certificate carries exactly the template's TBS, so
+    // its fields are the template's.
+    let validity = template.validity();
+    let not_after = validity.not_after.to_unix_duration().as_secs();
+    let sans = template.sans();
     let row = IssuedCertificate {
         serial: serial_hex.clone(),
         issuer_key_id: hex::encode(&issuer.view.key_identifier),
-        subject: tbs.subject.to_string(),
+        subject: template.subject().to_string(),
         sans: sans.clone(),
         profile: request.profile.to_owned(),
         client: identity.to_owned(),
-        not_before: tbs.validity.not_before.to_unix_duration().as_secs() as i64,
+        not_before: validity.not_before.to_unix_duration().as_secs() as i64,
         not_after: not_after as i64,
         der: der.clone(),
     };
@@ -216,8 +211,8 @@ pub(crate) async fn sign(
             "serial": serial_hex,
             "subject": row.subject,
             "sans": sans,
-            "not_before": tbs.validity.not_before.to_string(),
-            "not_after": tbs.validity.not_after.to_string(),
+            "not_before": validity.not_before.to_string(),
+            "not_after": validity.not_after.to_string(),
             "certificate_sha256": crate::digest::sha256_hex(&der),
             "csr_sha256": context.csr_sha256,
         }),

@@ -105,6 +105,32 @@ impl Template {
             Template::Leaf(template) => template.prepare(serial, issuer),
         }
     }
+
+    /// The subject the certificate gets.
+    pub fn subject(&self) -> &Name {
+        match self {
+            Template::Ca(template) => &template.subject,
+            Template::Leaf(template) => &template.subject,
+        }
+    }
+
+    /// The validity the certificate gets.
+    pub fn validity(&self) -> &Validity {
+        match self {
+            Template::Ca(template) => &template.validity,
+            Template::Leaf(template) => &template.validity,
+        }
+    }
+
+    /// The subjectAltNames the certificate gets: its SPIFFE ID, then DNS names.
+    pub fn sans(&self) -> Vec<String> {
+        match self {
+            Template::Ca(template) => template.spiffe_id.iter().cloned().collect(),
+            Template::Leaf(template) => std::iter::once(template.spiffe_id.clone())
+                .chain(template.dns_names.iter().cloned())
+                .collect(),
+        }
+    }
 }
 
 impl Profile {
