@@ -31,10 +31,7 @@ fn issue(
     );
     // The chain without the new certificate: the online intermediate.
     let chain = answer["chain"].as_str().unwrap();
-    let intermediates = chain
-        .split_inclusive("-----END CERTIFICATE-----\n")
-        .skip(1)
-        .collect::<String>();
+    let intermediates = common::pem_blocks(chain)[1..].concat();
     let chain = write(dir, &format!("{name}-chain.pem"), &intermediates);
     (answer["serial"].as_str().unwrap().to_owned(), cert, chain)
 }

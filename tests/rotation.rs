@@ -20,10 +20,7 @@ fn hsmca_reload(appliance: &Appliance) -> std::process::Output {
 /// The subject CN of the certificate that issued the first certificate of `chain`.
 fn issuer_of(answer: &Value) -> String {
     let chain = answer["chain"].as_str().unwrap();
-    let issuer = chain
-        .split_inclusive("-----END CERTIFICATE-----\n")
-        .nth(1)
-        .unwrap();
+    let issuer = &common::pem_blocks(chain)[1];
     let der = der::pem::decode_vec(issuer.as_bytes()).unwrap().1;
     let certificate = <x509_cert::Certificate as der::Decode>::from_der(&der).unwrap();
     certificate.tbs_certificate.subject.to_string()

@@ -9,7 +9,8 @@ use std::process::Command;
 
 use common::appliance::{Appliance, TRUST_DOMAIN, p256, rsa2048, runtime, spire_csr, write};
 use common::{
-    assert_pkilint_clean, audit_verify, openssl_verify_chain, python_script, stderr, stdout,
+    assert_pkilint_clean, audit_verify, openssl_verify_chain, pem_blocks, python_script, stderr,
+    stdout,
 };
 use hsmca::ledger::certificates::{CertificateStore, Ledger};
 use serde_json::Value;
@@ -306,14 +307,6 @@ fn public_key_of(args: &[&str], file: &Path) -> String {
         .unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
     stdout(&output)
-}
-
-/// The PEM blocks of `text`, each with its trailing newline.
-fn pem_blocks(text: &str) -> Vec<String> {
-    text.split_inclusive("-----END CERTIFICATE-----\n")
-        .filter(|block| block.contains("BEGIN"))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// A CSR made by openssl with `key_args` (e.g. `["-newkey", "rsa:1024"]`), as PEM.

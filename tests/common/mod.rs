@@ -205,6 +205,14 @@ pub fn openssl_verify(
     output.status.success()
 }
 
+/// The PEM blocks of `text`, each with its trailing newline.
+pub fn pem_blocks(text: &str) -> Vec<String> {
+    text.split_inclusive("-----END CERTIFICATE-----\n")
+        .filter(|block| block.contains("BEGIN"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Asserts that a command succeeded, showing its output otherwise.
 pub fn assert_success(output: &Output, what: &str) {
     assert!(
