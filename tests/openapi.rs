@@ -12,6 +12,8 @@ use common::{assert_success, python, repo_path, stderr, stdout};
 /// `schemathesis run docs/openapi.yaml` as the dev TLS client `tls_name`, with `extra` options.
 fn schemathesis(appliance: &Appliance, tls_name: &str, extra: &[&str]) -> std::process::Output {
     Command::new(python().with_file_name("schemathesis"))
+        // Its cache goes into the working directory: the appliance's, not the repository.
+        .current_dir(appliance.dir.path())
         .arg("run")
         .arg(repo_path("docs/openapi.yaml"))
         .args([
