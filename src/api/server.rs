@@ -24,6 +24,15 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
     let acceptor = TlsAcceptor::from(Arc::new(tls_config));
     let graceful = GracefulShutdown::new();
     let app = router(service.clone());
+    if let Some(tail) = &service.discarded_audit_tail {
+        // Never acknowledged, so nothing issued is lost; but an operator should know.
+        service
+            .audit_service_event(
+                "audit.torn_tail_discarded",
+                json!({ "bytes": tail.bytes, "saved_to": tail.saved_to.display().to_string() }),
+            )
+            .await;
+    }
     service
         .audit_service_event(
             "service.started",

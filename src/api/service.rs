@@ -162,6 +162,8 @@ pub struct Service {
     pub ledger_admin: Mutex<Ledger>,
     /// The current CRL of each issuer.
     pub crls: super::crl::Crls,
+    /// The incomplete last audit record cut off at start (a crash interrupted its write).
+    pub discarded_audit_tail: Option<crate::ledger::audit::DiscardedTail>,
     hsm: Arc<Hsm>,
     config_path: PathBuf,
     fixed: FixedSections,
@@ -335,6 +337,7 @@ impl Service {
             .transpose()
             .map_err(StartError::Config)?;
         let audit = AuditLog::open(&config.resolve(&storage.audit_log))?;
+        let discarded_audit_tail = audit.discarded_tail().cloned();
         let recorder = Recorder::start(Box::new(ledger), audit)
             .map_err(|e| StartError::Config(format!("cannot start the ledger writer: {e}")))?;
         let pool = hsm.start_pool(&config.hsm.pool)?;
@@ -344,11 +347,12 @@ impl Service {
             pool,
             limiter: RateLimiter::default(),
             recorder,
-            serials: SerialSource::new(hsm.clone()),
+            serials: SerialSource::new(hsm.clone(), config.hsm.pool.op_timeout()),
             metrics: Metrics::default(),
             vault,
             ledger_admin,
             crls: super::crl::Crls::new(config.crl.clone()),
+            discarded_audit_tail,
             hsm,
             config_path: config_path.to_owned(),
             fixed: FixedSections::of(config),

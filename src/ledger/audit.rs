@@ -113,11 +113,25 @@ pub struct AuditLog {
     path: PathBuf,
     head: String,
     next_seq: u64,
+    discarded_tail: Option<DiscardedTail>,
+}
+
+/// An incomplete last record that [`AuditLog::open`] cut off: a write interrupted by a crash.
+/// Records are acknowledged only after their write and sync complete, so nothing anyone was
+/// told about is lost; the bytes are kept beside the log for inspection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscardedTail {
+    /// How many bytes were cut.
+    pub bytes: u64,
+    /// Where they were saved.
+    pub saved_to: PathBuf,
 }
 
 impl AuditLog {
     /// Opens (creating with mode 0600 if absent) and verifies the log; a broken log is never
-    /// appended to.
+    /// appended to. An incomplete last record, which only an interrupted write leaves, is cut
+    /// off and saved beside the log (see [`AuditLog::discarded_tail`]): every complete record
+    /// must still verify.
     pub fn open(path: &Path) -> Result<Self, AuditError> {
         use std::os::unix::fs::OpenOptionsExt;
         let io = |source| AuditError::Io {
@@ -135,13 +149,23 @@ impl AuditLog {
                 path: path.to_owned(),
             });
         }
-        let verified = verify(path)?;
+        let (verified, torn) = scan(path, true)?;
+        let discarded_tail = torn
+            .map(|torn| discard_torn_tail(&file, path, torn))
+            .transpose()
+            .map_err(io)?;
         Ok(AuditLog {
             file,
             path: path.to_owned(),
             head: verified.head,
             next_seq: verified.records + 1,
+            discarded_tail,
         })
+    }
+
+    /// The incomplete last record cut off when the log was opened, if there was one.
+    pub fn discarded_tail(&self) -> Option<&DiscardedTail> {
+        self.discarded_tail.as_ref()
     }
 
     /// Appends a record and makes it durable before returning.
@@ -202,41 +226,83 @@ impl AuditLog {
 
 /// Checks every record of the log; the error names the first bad line.
 pub fn verify(path: &Path) -> Result<VerifiedLog, AuditError> {
-    let file = File::open(path).map_err(|source| AuditError::Io {
+    scan(path, false).map(|(verified, _)| verified)
+}
+
+/// An incomplete last record: the bytes after the last line end.
+struct TornTail {
+    /// Where it starts: the length of the log without it.
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+/// Checks every record; with `keep_torn_tail`, an incomplete last line is returned instead of
+/// failing the check.
+fn scan(path: &Path, keep_torn_tail: bool) -> Result<(VerifiedLog, Option<TornTail>), AuditError> {
+    let io = |source| AuditError::Io {
         path: path.to_owned(),
         source,
-    })?;
-    let mut reader = BufReader::new(file);
+    };
+    let mut reader = BufReader::new(File::open(path).map_err(io)?);
     let mut head = GENESIS_HASH.to_owned();
-    let mut line_number = 0u64;
-    let mut line = String::new();
+    let mut records = 0u64;
+    let mut offset = 0u64;
+    let mut line = Vec::new();
     loop {
         line.clear();
-        let read = reader
-            .read_line(&mut line)
-            .map_err(|source| AuditError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
+        let read = reader.read_until(b'\n', &mut line).map_err(io)?;
         if read == 0 {
             break;
         }
-        line_number += 1;
+        let line_number = records + 1;
         let tampered = |reason: String| AuditError::Tampered {
             path: path.to_owned(),
             line: line_number,
             reason,
         };
-        let Some(record) = line.strip_suffix('\n') else {
+        let Some(record) = line.strip_suffix(b"\n") else {
+            if keep_torn_tail {
+                let bytes = std::mem::take(&mut line);
+                return Ok((
+                    VerifiedLog { records, head },
+                    Some(TornTail { offset, bytes }),
+                ));
+            }
             return Err(tampered(
                 "the last record is incomplete (no line end): a write was interrupted or the file was cut".into(),
             ));
         };
+        let record = std::str::from_utf8(record)
+            .map_err(|_| tampered("not an audit record (not UTF-8)".into()))?;
         head = check_record(record, line_number, &head).map_err(tampered)?;
+        records = line_number;
+        offset += read as u64;
     }
-    Ok(VerifiedLog {
-        records: line_number,
-        head,
+    Ok((VerifiedLog { records, head }, None))
+}
+
+/// Saves `torn` as `<log>.torn-<unix seconds>` (never overwriting), then cuts it from the log
+/// and syncs.
+fn discard_torn_tail(file: &File, path: &Path, torn: TornTail) -> std::io::Result<DiscardedTail> {
+    let seconds = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let mut saved_to = path.as_os_str().to_owned();
+    saved_to.push(format!(".torn-{seconds}-{}", torn.offset));
+    let saved_to = PathBuf::from(saved_to);
+    crate::files::create_new_file(&saved_to, &torn.bytes, crate::files::PRIVATE)?;
+    file.set_len(torn.offset)?;
+    file.sync_all()?;
+    tracing::warn!(
+        log = %path.display(),
+        bytes = torn.bytes.len(),
+        saved_to = %saved_to.display(),
+        "the audit log ended with an incomplete record (an interrupted write): cut it off and saved it"
+    );
+    Ok(DiscardedTail {
+        bytes: torn.bytes.len() as u64,
+        saved_to,
     })
 }
 
@@ -390,18 +456,44 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_last_record_is_reported_and_never_appended_to() {
+    fn a_torn_last_record_is_reported_and_cut_off_and_saved_when_opened_for_appending() {
         let (_dir, path, lines) = log_with(2);
         let mut text = lines.join("\n");
         text.push('\n');
-        text.push_str(&lines[1][..20]);
-        std::fs::write(&path, text).unwrap();
+        let complete = text.len() as u64;
+        // Cut inside a multi-byte character too: the tail need not be UTF-8.
+        let torn = "{\"seq\":3,\"actor\":\"é".as_bytes();
+        let mut bytes = text.into_bytes();
+        bytes.extend_from_slice(&torn[..torn.len() - 1]);
+        std::fs::write(&path, &bytes).unwrap();
         let (line, reason) = broken_line(&path);
         assert_eq!(line, 3);
         assert!(reason.contains("incomplete"), "{reason}");
+
+        let mut log = AuditLog::open(&path).unwrap();
+        let discarded = log.discarded_tail().unwrap().clone();
+        assert_eq!(discarded.bytes, torn.len() as u64 - 1);
+        assert_eq!(
+            std::fs::read(&discarded.saved_to).unwrap(),
+            &torn[..torn.len() - 1]
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), complete);
+        let receipt = log.append(&event(3)).unwrap();
+        assert_eq!(receipt.seq, 3);
+        drop(log);
+        assert_eq!(verify(&path).unwrap().records, 3);
+        assert!(AuditLog::open(&path).unwrap().discarded_tail().is_none());
+    }
+
+    #[test]
+    fn only_the_last_record_may_be_torn() {
+        let (_dir, path, lines) = log_with(3);
+        let mut broken = lines.clone();
+        broken[1].truncate(20);
+        rewrite(&path, &broken);
         assert!(matches!(
             AuditLog::open(&path),
-            Err(AuditError::Tampered { line: 3, .. })
+            Err(AuditError::Tampered { line: 2, .. })
         ));
     }
 
