@@ -79,6 +79,8 @@ pub struct Appliance {
     pub url: String,
     /// The plain-HTTP operations listener, `http://127.0.0.1:PORT`.
     pub ops_url: String,
+    /// Extra environment for `hsmca serve`.
+    pub env: Vec<(String, PathBuf)>,
 }
 
 impl Appliance {
@@ -119,6 +121,7 @@ impl Appliance {
             stdout: None,
             url: String::new(),
             ops_url: String::new(),
+            env: Vec::new(),
         };
         appliance.write_config("");
         appliance
@@ -184,8 +187,54 @@ key_label = "online-rsa2048-2026"
         command
             .arg("--config")
             .arg(self.config_path())
-            .env("HSMCA_LOG", "hsmca=info");
+            .env("HSMCA_LOG", "hsmca=info")
+            .envs(self.env.iter().cloned());
         command
+    }
+
+    /// Serves through the fault-injecting PKCS#11 module (softhsm/fault-module) in front of
+    /// SoftHSM2, controlled by the returned file (empty: no faults); `edit` changes the rest
+    /// of the standard config.
+    pub fn use_fault_module(&mut self, edit: impl Fn(String) -> String) -> PathBuf {
+        let module = super::fault_module();
+        self.write_config_with(|text| {
+            edit(text.replace(super::SOFTHSM_MODULE, &module.display().to_string()))
+        });
+        let control = self.path("faults");
+        std::fs::write(&control, "").unwrap();
+        self.env.push(("HSMCA_FAULTS".into(), control.clone()));
+        control
+    }
+
+    /// Checks that every certificate in `answers` (native `/v1/sign` answers) has its ledger
+    /// row, byte for byte, and its `sign.issued` audit record, and that the audit log verifies.
+    pub fn assert_recorded(&self, answers: &[&serde_json::Value]) {
+        use hsmca::ledger::certificates::{CertificateStore, Ledger};
+        let ledger = Ledger::open(&self.path("ledger.sqlite")).unwrap();
+        let records = self.audit_records();
+        let audited: std::collections::HashSet<&str> = records
+            .iter()
+            .filter(|r| r["event"] == "sign.issued")
+            .filter_map(|r| r["details"]["serial"].as_str())
+            .collect();
+        for answer in answers {
+            let serial = answer["serial"].as_str().unwrap();
+            let row = ledger
+                .find(serial)
+                .unwrap()
+                .unwrap_or_else(|| panic!("certificate {serial} was handed out without its row"));
+            assert_eq!(
+                hsmca::pki::to_pem("CERTIFICATE", &row.der),
+                answer["certificate"].as_str().unwrap(),
+                "the ledger row of {serial} differs from what the client received"
+            );
+            assert!(
+                audited.contains(serial),
+                "certificate {serial} has no sign.issued record"
+            );
+        }
+        let verify = super::audit_verify(&self.path("audit.log"));
+        assert!(verify.status.success(), "{verify:?}");
     }
 
     /// Starts the service and waits until it says where it listens. Panics with its output

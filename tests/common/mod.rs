@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 pub mod appliance;
+pub mod load;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -15,6 +16,20 @@ use hsmca::hsm::{Hsm, HsmConfig, PoolConfig};
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// Where Debian's opensc-pkcs11 package puts the call tracer.
 pub const PKCS11_SPY_MODULE: &str = "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so";
+
+/// The fault-injecting PKCS#11 module (softhsm/fault-module), built with the tests as a
+/// default workspace member, next to the test binaries' `deps` directory.
+pub fn fault_module() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let module = profile_dir.join("libhsmca_fault_pkcs11.so");
+    assert!(
+        module.exists(),
+        "{} is missing: build it with `cargo build -p hsmca-fault-pkcs11` (cargo builds it with the tests)",
+        module.display()
+    );
+    module
+}
 
 /// A SoftHSM2 token made fresh in its own temporary directory.
 pub struct TestToken {

@@ -1,0 +1,256 @@
+//! The appliance under HSM faults, through the fault-injecting PKCS#11 module
+//! (softhsm/fault-module) in front of a fresh SoftHSM2 token: transient errors, a slow HSM, a
+//! hung HSM, a vanished device. Throughout, nothing is handed out without its ledger row and
+//! audit record, and the ledger holds nothing that was not handed out.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::appliance::{Appliance, runtime};
+use common::load::{Load, Outcome, distinct_csrs, issued};
+use hsmca::ledger::certificates::{CertificateStore, Ledger};
+
+/// Replaces the fault module's rules; `generation` makes each write differ, since the module
+/// resets its `times=` counters only when the file changes.
+fn set_faults(control: &Path, generation: u32, rules: &str) {
+    std::fs::write(control, format!("# {generation}\n{rules}")).unwrap();
+}
+
+/// Lines of the module's injection log (`FUNCTION ACTION`).
+fn injected(control: &Path) -> Vec<String> {
+    let mut log = control.as_os_str().to_owned();
+    log.push(".log");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits (up to 20 s) until the injection log has `count` lines.
+fn wait_for_injections(control: &Path, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while injected(control).len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "the fault module injected {:?}, expected {count} faults",
+            injected(control)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls `/readyz` on the operations listener until it answers `status` (up to 20 s).
+fn wait_for_readiness(appliance: &Appliance, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (now, body) = appliance.ops_get("/readyz");
+        if now == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still answers {now} ({body}), expected {status}\n{}",
+            appliance.server_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops the appliance and checks the books: every certificate handed out is in the ledger
+/// byte for byte and audited, the ledger holds exactly those, and every refusal is audited.
+fn assert_books_balance(appliance: &mut Appliance, outcomes: &[Outcome]) {
+    assert!(appliance.stop().success(), "{}", appliance.server_log());
+    let answers = issued(outcomes);
+    appliance.assert_recorded(&answers);
+    let ledger = Ledger::open(&appliance.path("ledger.sqlite")).unwrap();
+    assert_eq!(
+        ledger.count().unwrap(),
+        answers.len() as u64,
+        "the ledger holds a certificate nobody received"
+    );
+    let refused = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Refused(..)))
+        .count();
+    let audited_refusals = appliance
+        .audit_records()
+        .iter()
+        .filter(|r| r["event"] == "sign.failed" || r["event"] == "sign.refused")
+        .count();
+    assert_eq!(audited_refusals, refused, "one audit record per refusal");
+}
+
+#[test]
+fn transient_hsm_errors_under_load_fail_at_most_one_request_each_and_heal_without_restart() {
+    let mut appliance = Appliance::prepare();
+    let control = appliance.use_fault_module(|text| text);
+    appliance.start();
+    let rt = runtime();
+    let load = Load::start(
+        &rt,
+        &appliance.client("istiod"),
+        8,
+        &distinct_csrs(16),
+        "issuing-ca",
+    );
+    // One fault at a time on the signing path, each on the next call only; every kind the
+    // recovery code treats differently.
+    let faults = [
+        "C_Sign CKR_DEVICE_ERROR times=1",
+        "C_Sign CKR_SESSION_HANDLE_INVALID times=1",
+        "C_SignInit CKR_DEVICE_REMOVED times=1",
+        "C_SignInit CKR_USER_NOT_LOGGED_IN times=1",
+        // The session is reopened after the first failure; fail that too.
+        "C_Sign CKR_DEVICE_ERROR times=1\nC_OpenSession CKR_DEVICE_ERROR times=1",
+        // A slow HSM: 20 signatures at 100 ms each.
+        "C_Sign delay=100ms times=20",
+    ];
+    let mut expected = 0;
+    for (generation, fault) in faults.iter().enumerate() {
+        set_faults(&control, generation as u32, fault);
+        expected += fault
+            .lines()
+            .map(|rule| {
+                rule.split_once("times=")
+                    .map_or(1, |(_, n)| n.parse::<usize>().unwrap())
+            })
+            .sum::<usize>();
+        wait_for_injections(&control, expected);
+    }
+    set_faults(&control, 99, "");
+    let before_heal = load.finish(&rt);
+    // Healed without a restart: ready, and the next requests all succeed.
+    wait_for_readiness(&appliance, 200);
+    let client = appliance.client("istiod");
+    let after: Vec<Outcome> = distinct_csrs(8)
+        .iter()
+        .map(|csr| {
+            let response = rt.block_on(client.sign(csr, "issuing-ca", None)).unwrap();
+            assert_eq!(
+                response.status,
+                200,
+                "after the faults: {:?}",
+                response.json()
+            );
+            Outcome::Issued(response.json().unwrap())
+        })
+        .collect();
+
+    let failures: Vec<_> = before_heal
+        .iter()
+        .filter(|o| !matches!(o, Outcome::Issued(_)))
+        .collect();
+    let error_faults = faults.len() - 1;
+    assert!(
+        failures.len() <= error_faults,
+        "{} failed requests for {error_faults} one-call faults: {failures:?}",
+        failures.len()
+    );
+    for failure in &failures {
+        assert!(
+            matches!(failure, Outcome::Refused(503, answer) if answer["error"]["code"] == "hsm_unavailable"),
+            "a fault must surface as 503 hsm_unavailable: {failure:?}"
+        );
+    }
+    assert!(
+        issued(&before_heal).len() > 20,
+        "the load went on through the faults"
+    );
+    let mut outcomes = before_heal;
+    outcomes.extend(after);
+    assert_books_balance(&mut appliance, &outcomes);
+}
+
+#[test]
+fn a_hung_hsm_answers_503_within_the_timeout_fails_readiness_and_recovers_when_it_returns() {
+    let mut appliance = Appliance::prepare();
+    let control = appliance
+        .use_fault_module(|text| text.replace("op_timeout_ms = 2000", "op_timeout_ms = 1000"));
+    appliance.start();
+    let rt = runtime();
+    let client = appliance.client("istiod");
+    let csrs = distinct_csrs(12);
+    let sign = |csr: &str| {
+        let response = rt.block_on(client.sign(csr, "issuing-ca", None)).unwrap();
+        assert_eq!(response.status, 200, "{:?}", response.json());
+        Outcome::Issued(response.json().unwrap())
+    };
+    let mut outcomes = vec![sign(&csrs[0])];
+
+    set_faults(&control, 1, "C_Sign hang");
+    // More requests than sessions, so some wait in the queue: every one must come back.
+    let hung: Vec<_> = rt.block_on(async {
+        let tasks: Vec<_> = csrs[1..11]
+            .iter()
+            .map(|csr| {
+                let (client, csr) = (client.clone(), csr.clone());
+                tokio::spawn(async move {
+                    tokio::time::timeout(
+                        Duration::from_secs(30),
+                        client.sign(&csr, "issuing-ca", None),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.unwrap());
+        }
+        answers
+    });
+    for answer in hung {
+        let response = answer
+            .expect("a request to a hung HSM must not hang")
+            .unwrap();
+        let body = response.json().unwrap();
+        assert_eq!(response.status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "hsm_timeout", "{body}");
+        assert!(response.retry_after.is_some());
+        outcomes.push(Outcome::Refused(response.status, body));
+    }
+    assert!(injected(&control).iter().any(|line| line == "C_Sign hang"));
+    // Readiness signs through the same sessions: it fails too.
+    wait_for_readiness(&appliance, 503);
+
+    // The HSM answers again: ready, and signing, without a restart.
+    set_faults(&control, 2, "");
+    wait_for_readiness(&appliance, 200);
+    outcomes.push(sign(&csrs[11]));
+    assert_books_balance(&mut appliance, &outcomes);
+}
+
+#[test]
+fn a_vanished_device_fails_readiness_and_signing_until_it_returns() {
+    let mut appliance = Appliance::prepare();
+    let control = appliance.use_fault_module(|text| text);
+    appliance.start();
+    let rt = runtime();
+    let client = appliance.client("istiod");
+    let csr = &distinct_csrs(1)[0];
+    let mut outcomes = Vec::new();
+    let mut sign = |expected: u16| {
+        let response = rt.block_on(client.sign(csr, "issuing-ca", None)).unwrap();
+        let body = response.json().unwrap();
+        assert_eq!(response.status, expected, "{body}");
+        outcomes.push(if expected == 200 {
+            Outcome::Issued(body)
+        } else {
+            assert_eq!(body["error"]["code"], "hsm_unavailable", "{body}");
+            Outcome::Refused(expected, body)
+        });
+    };
+    sign(200);
+    // Every call the appliance makes fails, re-initialising the module included.
+    set_faults(&control, 1, "* CKR_DEVICE_REMOVED");
+    sign(503);
+    wait_for_readiness(&appliance, 503);
+    sign(503);
+    set_faults(&control, 2, "");
+    wait_for_readiness(&appliance, 200);
+    sign(200);
+    assert_books_balance(&mut appliance, &outcomes);
+}
