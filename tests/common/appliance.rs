@@ -257,7 +257,12 @@ key_label = "online-rsa2048-2026"
         });
         std::thread::spawn(move || {
             use std::io::Write;
-            let mut file = std::fs::File::create(log).unwrap();
+            // Appended to, so that a restarted service's log follows the previous one's.
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let _ = writeln!(file, "{line}");
             }
@@ -297,6 +302,13 @@ key_label = "online-rsa2048-2026"
         self.signal("TERM");
         let mut child = self.child.take().expect("the appliance is running");
         child.wait().unwrap()
+    }
+
+    /// Kills the service with SIGKILL, as a crash or an OOM kill would, and reaps it.
+    pub fn kill9(&mut self) {
+        self.signal("KILL");
+        let mut child = self.child.take().expect("the appliance is running");
+        child.wait().unwrap();
     }
 
     /// Sends a signal to the running service (`kill -s NAME`).
