@@ -452,3 +452,52 @@ fn vault_refusals_use_vaults_shape_and_are_audited() {
     }));
     assert!(audit_verify(&appliance.path("audit.log")).status.success());
 }
+
+#[test]
+fn guessing_vault_tokens_is_rate_limited_per_client_identity_and_audited() {
+    let mut appliance = Appliance::prepare();
+    appliance.write_config(&vault_config(""));
+    appliance.start();
+    let rt = runtime();
+    let spire_token = login(&appliance, "spire");
+    let istiod_token = login(&appliance, "istiod");
+    let csr = serde_json::to_string(&spire_csr(&p256(), &["spiffe://mesh.example"])).unwrap();
+    let body = format!(r#"{{"csr":{csr},"ttl":"3600"}}"#);
+    let sign = |client: &str, token: &str| {
+        rt.block_on(appliance.client(client).send_with_headers(
+            "PUT",
+            "/v1/pki/root/sign-intermediate",
+            &[("x-vault-token", token)],
+            body.clone().into_bytes(),
+        ))
+        .unwrap()
+    };
+    for guess in 0..10 {
+        let response = sign("istiod", &format!("hvs.guess-{guess}"));
+        assert_eq!(response.status, 403, "guess {guess}");
+    }
+    // The limit is reached: even istiod's real token is not checked now.
+    let limited = sign("istiod", &istiod_token);
+    assert_eq!(limited.status, 429);
+    assert_eq!(
+        limited.json().unwrap(),
+        json!({"errors": ["rate limit quota exceeded"]})
+    );
+    let retry: u64 = limited.retry_after.as_deref().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    // Another identity is not affected.
+    assert_eq!(sign("spire", &spire_token).status, 200);
+    assert!(appliance.stop().success());
+    let reasons: Vec<String> = appliance
+        .audit_records()
+        .iter()
+        .filter(|r| r["event"] == "sign.refused")
+        .map(|r| r["details"]["message"].to_string())
+        .collect();
+    assert_eq!(reasons.len(), 11, "{reasons:?}");
+    assert!(
+        reasons[10].contains("too many bad Vault tokens"),
+        "{reasons:?}"
+    );
+    assert!(audit_verify(&appliance.path("audit.log")).status.success());
+}

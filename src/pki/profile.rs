@@ -27,6 +27,39 @@ pub enum ProfileKind {
     Workload,
 }
 
+/// Longest DNS name (RFC 1035), without the root's dot.
+const MAX_DNS_NAME_LEN: usize = 253;
+/// Longest DNS label.
+const MAX_DNS_LABEL_LEN: usize = 63;
+
+/// A DNS SAN must be a plain lower-case host name (RFC 1123 labels): no wildcard, no trailing
+/// dot, nothing a consumer could read differently from the policy's suffix match (a NUL, an
+/// upper-case twin of an allowed name).
+fn check_dns_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_DNS_NAME_LEN {
+        return Err(format!("it must be 1 to {MAX_DNS_NAME_LEN} bytes long"));
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > MAX_DNS_LABEL_LEN {
+            return Err(format!(
+                "every label must be 1 to {MAX_DNS_LABEL_LEN} bytes long (no empty label, no trailing dot)"
+            ));
+        }
+        if let Some(bad) = label
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
+            return Err(format!(
+                "labels may hold only lower-case letters, digits and '-'; found {bad:?}"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a label may not start or end with '-'".into());
+        }
+    }
+    Ok(())
+}
+
 /// One `[profiles.<name>]` section.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,6 +276,14 @@ impl Profile {
                 }
             },
         }
+        for name in &csr.dns_sans {
+            if let Err(problem) = check_dns_name(name) {
+                return Err(refuse(
+                    "invalid_dns_name",
+                    format!("the DNS SAN {name:?} is not a host name: {problem}"),
+                ));
+            }
+        }
         Ok(RequestedNames {
             subject,
             spiffe_id,
@@ -354,6 +395,29 @@ impl Profile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_sans_must_be_plain_lower_case_host_names() {
+        for good in ["a.svc.cluster.local", "x-1.example", "a"] {
+            assert!(check_dns_name(good).is_ok(), "{good}");
+        }
+        let long_label = format!("{}.example", "a".repeat(64));
+        let long_name = ["abcdefghi"; 26].join(".");
+        for (bad, why) in [
+            ("", "1 to 253"),
+            ("*.svc.cluster.local", "found '*'"),
+            ("a.svc.cluster.local.", "trailing dot"),
+            ("a\0.svc.cluster.local", "found '\\0'"),
+            ("A.svc.cluster.local", "found 'A'"),
+            ("-a.example", "start or end"),
+            ("a..example", "no empty label"),
+            (long_label.as_str(), "1 to 63"),
+            (long_name.as_str(), "1 to 253"),
+        ] {
+            let problem = check_dns_name(bad).unwrap_err();
+            assert!(problem.contains(why), "{bad:?}: {problem}");
+        }
+    }
     use crate::pki::{CaCertificate, Signer, SoftwareKey, SubjectSpec, verify_csr};
     use der::Tagged;
 

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use x509_cert::name::Name;
 
 use self::fields::Fields;
-use self::tokens::{TokenInfo, TokenStore};
+use self::tokens::{TokenInfo, TokenRefusal, TokenStore};
 use super::config::VaultConfig;
 use super::error::ApiError;
 use super::routes::{ClientIdentity, csr_bytes, pem_response, read_body};
@@ -163,6 +163,8 @@ fn envelope(data: Value, auth: Value, warnings: Option<Vec<String>>) -> Response
 fn vault_error(error: ApiError) -> Response {
     let message = if error.code == "permission_denied" {
         "permission denied".to_owned()
+    } else if error.code == "token_rate_limited" {
+        "rate limit quota exceeded".to_owned()
     } else {
         error.message
     };
@@ -203,13 +205,27 @@ fn authenticate(
     vault(service)
         .tokens
         .check(token(headers), identity)
-        .map_err(|refusal| {
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "permission_denied",
-                format!("permission denied: {refusal}"),
+        .map_err(token_refused)
+}
+
+/// A refused token: 403 "permission denied", or 429 once the identity has presented too many
+/// bad tokens. The message beyond what Vault says reaches only the audit log.
+fn token_refused(refusal: TokenRefusal) -> ApiError {
+    match refusal {
+        TokenRefusal::TooManyFailures { retry_after } => ApiError {
+            retry_after: Some(retry_after),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "token_rate_limited",
+                format!("rate limit quota exceeded: {refusal}"),
             )
-        })
+        },
+        refusal => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            format!("permission denied: {refusal}"),
+        ),
+    }
 }
 
 async fn health() -> Response {
@@ -352,13 +368,7 @@ async fn renew_self(
         let info = vault(&service)
             .tokens
             .renew(token, id, increment)
-            .map_err(|refusal| {
-                ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "permission_denied",
-                    format!("permission denied: {refusal}"),
-                )
-            })?;
+            .map_err(token_refused)?;
         service
             .audit(
                 "vault.renew",

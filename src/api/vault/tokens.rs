@@ -1,8 +1,9 @@
 //! Vault tokens: 256 random bits, kept only as SHA-256 hashes, compared in constant time,
 //! bound to the client identity that obtained them, with a TTL, renewal and a maximum age.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_lc_rs::rand::SecureRandom;
 use base64ct::{Base64UrlUnpadded, Encoding};
@@ -20,6 +21,12 @@ pub enum TokenRefusal {
     Expired,
     /// Sent on a connection of another client.
     WrongClient,
+    /// This client identity presented too many bad tokens lately; no token is checked for it
+    /// until the wait is over, so guessing gains nothing.
+    TooManyFailures {
+        /// How long until tokens are checked again.
+        retry_after: Duration,
+    },
 }
 
 impl std::fmt::Display for TokenRefusal {
@@ -30,6 +37,9 @@ impl std::fmt::Display for TokenRefusal {
             TokenRefusal::Expired => "the Vault token has expired",
             TokenRefusal::WrongClient => {
                 "the Vault token belongs to another client identity than this connection's"
+            }
+            TokenRefusal::TooManyFailures { .. } => {
+                "too many bad Vault tokens from this client identity in the last minute"
             }
         })
     }
@@ -58,7 +68,23 @@ pub struct TokenStore {
     entries: Mutex<Vec<Entry>>,
     ttl: Seconds,
     max_ttl: Seconds,
+    /// Bad tokens per client identity in the current window.
+    failures: Mutex<HashMap<String, FailureWindow>>,
 }
+
+/// Bad tokens a client identity presented since `since`.
+struct FailureWindow {
+    since: Instant,
+    count: u32,
+}
+
+/// Bad tokens (unknown, expired or another client's) one client identity may present per
+/// [`FAILURE_WINDOW`] before its token checks are refused outright. Real clients present a bad
+/// token after a restart of the appliance (tokens live in memory) and log in again: a few.
+pub const MAX_TOKEN_FAILURES: u32 = 10;
+
+/// The window [`MAX_TOKEN_FAILURES`] counts in.
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 fn sha256(token: &str) -> [u8; 32] {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
@@ -120,6 +146,7 @@ impl TokenStore {
             entries: Mutex::new(entries),
             ttl,
             max_ttl,
+            failures: Mutex::new(HashMap::new()),
         })
     }
 
@@ -143,8 +170,37 @@ impl TokenStore {
         (token, info)
     }
 
-    /// Checks `token` on a connection with `identity`.
+    /// Checks `token` on a connection with `identity`. An identity that presented
+    /// [`MAX_TOKEN_FAILURES`] bad tokens within a minute is refused without a check until the
+    /// minute is over.
     pub fn check(&self, token: Option<&str>, identity: &str) -> Result<TokenInfo, TokenRefusal> {
+        let now = Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(window) = failures.get(identity)
+            && window.count >= MAX_TOKEN_FAILURES
+            && let Some(retry_after) = (window.since + FAILURE_WINDOW).checked_duration_since(now)
+        {
+            return Err(TokenRefusal::TooManyFailures { retry_after });
+        }
+        let result = self.check_token(token, identity);
+        if matches!(
+            result,
+            Err(TokenRefusal::Unknown | TokenRefusal::Expired | TokenRefusal::WrongClient)
+        ) {
+            // Windows that are over are dropped here, so the map holds only recent offenders.
+            failures.retain(|_, window| now.duration_since(window.since) < FAILURE_WINDOW);
+            let window = failures
+                .entry(identity.to_owned())
+                .or_insert(FailureWindow {
+                    since: now,
+                    count: 0,
+                });
+            window.count += 1;
+        }
+        result
+    }
+
+    fn check_token(&self, token: Option<&str>, identity: &str) -> Result<TokenInfo, TokenRefusal> {
         let token = token
             .filter(|t| !t.is_empty())
             .ok_or(TokenRefusal::Missing)?;
@@ -202,6 +258,33 @@ impl TokenStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_identity_guessing_tokens_is_refused_outright_after_the_limit() {
+        let store = TokenStore::new(Seconds(60), Seconds(90), &[]).unwrap();
+        let (token, _) = store.issue("spiffe://td/spire");
+        for _ in 0..MAX_TOKEN_FAILURES {
+            assert_eq!(
+                store
+                    .check(Some("hvs.guess"), "spiffe://td/guesser")
+                    .unwrap_err(),
+                TokenRefusal::Unknown
+            );
+        }
+        // Missing tokens are not guesses and do not count.
+        assert_eq!(
+            store.check(None, "spiffe://td/spire").unwrap_err(),
+            TokenRefusal::Missing
+        );
+        match store.check(Some(&token), "spiffe://td/guesser") {
+            Err(TokenRefusal::TooManyFailures { retry_after }) => {
+                assert!(retry_after <= FAILURE_WINDOW && retry_after > Duration::ZERO)
+            }
+            other => panic!("{other:?}"),
+        }
+        // Other identities are not affected.
+        assert!(store.check(Some(&token), "spiffe://td/spire").is_ok());
+    }
 
     #[test]
     fn tokens_are_bound_to_their_identity_and_expire() {
