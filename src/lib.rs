@@ -26,6 +26,8 @@ pub mod config;
 pub mod digest;
 pub mod duration;
 pub mod files;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod hsm;
 pub mod ledger;
 pub mod pki;

@@ -12,6 +12,15 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     echo "==> installing cargo-nextest" >&2
     cargo install cargo-nextest --locked --quiet
 fi
+# Fuzzing needs a nightly toolchain (sanitizers) and cargo-fuzz.
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "tests/run.sh: the fuzz targets need a nightly toolchain: rustup toolchain install nightly" >&2
+    exit 1
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "==> installing cargo-fuzz" >&2
+    cargo install cargo-fuzz --locked --quiet
+fi
 
 # The tools that check our output from outside (pkilint, pyca cryptography, hvac,
 # kubernetes-validate, schemathesis), in a venv
@@ -33,6 +42,8 @@ echo "==> cargo clippy -D warnings" >&2
 cargo clippy --all-targets --locked --quiet -- -D warnings
 echo "==> cargo test --doc" >&2
 cargo test --doc --locked --quiet
+echo "==> fuzzing: CSR parsing, the config loader, Vault request decoding (${HSMCA_FUZZ_SECONDS:-20}s each)" >&2
+tests/fuzz/run.sh "${HSMCA_FUZZ_SECONDS:-20}"
 # Last, so that its summary line closes the output.
 echo "==> cargo nextest run (unit and integration tests)" >&2
 cargo nextest run --locked --no-fail-fast

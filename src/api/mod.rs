@@ -29,3 +29,5 @@ pub use error::ApiError;
 pub use server::serve;
 pub use service::{Service, StartError};
 pub use tls::{read_certificates, read_private_key, server_config};
+#[cfg(fuzzing)]
+pub use vault::decode_sign_body as fuzz_vault_sign_body;

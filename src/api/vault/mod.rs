@@ -25,6 +25,7 @@ use super::error::ApiError;
 use super::routes::{ClientIdentity, csr_bytes, pem_response, read_body};
 use super::service::{IssuerState, Service, Settings};
 use super::signing::{self, RequestContext, Signed};
+use crate::duration::Seconds;
 use crate::ledger::certificates::{CertificateStore, normalize_serial};
 use crate::pki::{ProfileKind, SubjectSpec};
 
@@ -467,16 +468,7 @@ async fn vault_sign(
             .map_err(bad_request)?
             .ok_or_else(|| bad_request("missing csr".into()))?;
         context.describe(&profile, csr.as_bytes());
-        let overrides = overrides(&mut fields, &endpoint)?;
-        let ttl = fields.ttl("ttl").map_err(bad_request)?;
-        if fields
-            .string("format")
-            .map_err(bad_request)?
-            .is_some_and(|f| f != "pem")
-        {
-            return Err(bad_request("only format \"pem\" is supported".into()));
-        }
-        fields.ignore(&IGNORED_FIELDS);
+        let (overrides, ttl) = sign_options(&mut fields, &endpoint)?;
         warnings = fields.warnings();
         let csr = csr_bytes(&csr)?;
         let request = signing::Request {
@@ -491,6 +483,41 @@ async fn vault_sign(
     match signing::conclude(service, &settings, &context, result, started).await {
         Ok(signed) => envelope(sign_data(&signed, &endpoint), Value::Null, warnings),
         Err(error) => vault_error(error),
+    }
+}
+
+/// Everything but the CSR that a Vault signing body asks for, read as `endpoint` reads it;
+/// `fields` keeps the unknown fields for the warnings.
+fn sign_options(
+    fields: &mut Fields,
+    endpoint: &Endpoint,
+) -> Result<(signing::Overrides, Option<Seconds>), ApiError> {
+    let overrides = overrides(fields, endpoint)?;
+    let ttl = fields.ttl("ttl").map_err(bad_request)?;
+    if fields
+        .string("format")
+        .map_err(bad_request)?
+        .is_some_and(|f| f != "pem")
+    {
+        return Err(bad_request("only format \"pem\" is supported".into()));
+    }
+    fields.ignore(&IGNORED_FIELDS);
+    Ok((overrides, ttl))
+}
+
+/// Fuzzing entry point (`tests/fuzz`): decodes `body` as both signing endpoints do.
+#[cfg(fuzzing)]
+pub fn decode_sign_body(body: &[u8]) {
+    for endpoint in [
+        Endpoint::SignIntermediate,
+        Endpoint::SignRole("workload".into()),
+    ] {
+        if let Ok(mut fields) = Fields::parse(body) {
+            let _ = fields.string("csr");
+            if sign_options(&mut fields, &endpoint).is_ok() {
+                let _ = fields.warnings();
+            }
+        }
     }
 }
 
