@@ -87,6 +87,17 @@ fn hostile_csrs_names_and_ttls_are_refused_and_audited() {
             "bad_csr",
         ),
         (
+            "an Ed25519 key the profile does not list",
+            spire_csr(
+                &rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
+                &["spiffe://mesh.example"],
+            ),
+            "issuing-ca",
+            None,
+            400,
+            "key_type_not_allowed",
+        ),
+        (
             "SPIFFE ID over 2048 bytes",
             csr_with_sans(vec![uri(&long_id)]),
             "workload",
@@ -368,4 +379,61 @@ fn an_expired_client_certificate_is_refused_at_the_handshake_and_audited() {
         .collect();
     assert_eq!(reasons.len(), 1, "{reasons:?}");
     assert!(reasons[0].contains("Expired"), "{reasons:?}");
+}
+
+#[test]
+fn extensions_a_csr_requests_are_never_copied() {
+    let mut appliance = Appliance::prepare();
+    appliance.start();
+    let tmp = tempfile::tempdir().unwrap();
+    let csr = tmp.path().join("req.csr");
+    let output = std::process::Command::new("openssl")
+        .args(["req", "-new", "-nodes", "-subj", "/CN=workload"])
+        .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args([
+            "-addext",
+            "subjectAltName=URI:spiffe://mesh.example/ns/prod/a",
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE,pathlen:5"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .args(["-addext", "extendedKeyUsage=codeSigning"])
+        .args(["-addext", "nameConstraints=permitted;DNS:evil.example"])
+        .arg("-keyout")
+        .arg(tmp.path().join("req.key"))
+        .arg("-out")
+        .arg(&csr)
+        .output()
+        .unwrap();
+    common::assert_success(&output, "openssl req");
+    let rt = runtime();
+    let response = rt
+        .block_on(appliance.client("istiod").sign(
+            &std::fs::read_to_string(&csr).unwrap(),
+            "workload",
+            None,
+        ))
+        .unwrap();
+    let answer = response.json().unwrap();
+    assert_eq!(response.status, 200, "{answer}");
+    let cert = write(
+        tmp.path(),
+        "cert.pem",
+        answer["certificate"].as_str().unwrap(),
+    );
+    let output = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-ext"])
+        .arg("basicConstraints,keyUsage,extendedKeyUsage,nameConstraints")
+        .arg("-in")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    common::assert_success(&output, "openssl x509");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("CA:FALSE"), "{text}");
+    assert!(!text.contains("Certificate Sign"), "{text}");
+    assert!(!text.contains("Code Signing"), "{text}");
+    assert!(text.contains("TLS Web Server Authentication"), "{text}");
+    assert!(!text.contains("evil.example"), "{text}");
+    assert!(appliance.stop().success());
+    appliance.assert_recorded(&[&answer]);
 }
