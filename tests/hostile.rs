@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -223,29 +222,6 @@ fn hostile_csrs_names_and_ttls_are_refused_and_audited() {
     assert_eq!(ledger.count().unwrap(), 0);
 }
 
-/// TLS client config presenting `cert`/`key` (none if `None`) and trusting the dev TLS CA.
-fn tls_client(appliance: &Appliance, identity: Option<(&Path, &Path)>) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in hsmca::api::read_certificates(&appliance.path("tls/tls-ca.pem"), "ca").unwrap() {
-        roots.add(cert).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    match identity {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                hsmca::api::read_certificates(cert, "cert").unwrap(),
-                hsmca::api::read_private_key(key, "key").unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    }
-}
-
 /// Reads until the server closes the stream; returns how long that took (`Err` if it did not
 /// within 20 s).
 async fn time_until_closed(mut stream: impl AsyncReadExt + Unpin) -> Result<Duration, ()> {
@@ -268,13 +244,10 @@ fn slow_clients_are_cut_off_at_the_header_timeout() {
     });
     appliance.start();
     let address = appliance.url.trim_start_matches("https://").to_owned();
-    let config = Arc::new(tls_client(
-        &appliance,
-        Some((
-            &appliance.path("tls/istiod.pem"),
-            &appliance.path("tls/istiod-key.pem"),
-        )),
-    ));
+    let config = Arc::new(appliance.tls_client(Some((
+        &appliance.path("tls/istiod.pem"),
+        &appliance.path("tls/istiod-key.pem"),
+    ))));
     let rt = runtime();
     // A connection that never starts TLS.
     let silent = rt.block_on(async {

@@ -656,17 +656,7 @@ burst = 2
 fn request_without_client_certificate(appliance: &Appliance) -> Result<String, String> {
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in hsmca::api::read_certificates(&appliance.path("tls/tls-ca.pem"), "ca").unwrap() {
-        roots.add(cert).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = appliance.tls_client(None);
     let address = appliance.url.trim_start_matches("https://").to_owned();
     runtime().block_on(async move {
         let stream = tokio::net::TcpStream::connect(&address)

@@ -378,6 +378,29 @@ key_label = "online-rsa2048-2026"
         (status, body)
     }
 
+    /// A rustls client config presenting `cert`/`key` (none if `None`) and trusting the dev TLS CA.
+    pub fn tls_client(&self, identity: Option<(&Path, &Path)>) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in hsmca::api::read_certificates(&self.path("tls/tls-ca.pem"), "ca").unwrap() {
+            roots.add(cert).unwrap();
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        match identity {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    hsmca::api::read_certificates(cert, "cert").unwrap(),
+                    hsmca::api::read_private_key(key, "key").unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        }
+    }
+
     /// A client of the trusted TLS CA.
     pub fn client(&self, name: &str) -> Client {
         self.client_from("tls", name)
