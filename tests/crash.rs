@@ -82,3 +82,15 @@ fn sigkill_under_load_loses_no_issued_certificate_and_repeats_no_serial() {
         .collect();
     assert!(refused.is_empty(), "refusals under load: {refused:?}");
 }
+
+#[test]
+fn sigterm_the_moment_the_service_says_it_serves_still_stops_cleanly() {
+    let mut appliance = Appliance::prepare();
+    for _ in 0..5 {
+        appliance.start();
+        // No pause: the handlers must be in place before the "serving" line.
+        assert!(appliance.stop().success(), "{}", appliance.server_log());
+        let records = appliance.audit_records();
+        assert_eq!(records.last().unwrap()["event"], "service.stopped");
+    }
+}

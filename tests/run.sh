@@ -44,6 +44,8 @@ echo "==> cargo test --doc" >&2
 cargo test --doc --locked --quiet
 echo "==> fuzzing: CSR parsing, the config loader, Vault request decoding (${HSMCA_FUZZ_SECONDS:-20}s each)" >&2
 tests/fuzz/run.sh "${HSMCA_FUZZ_SECONDS:-20}"
+# The fault-injecting PKCS#11 module the fault tests load: nextest builds test targets only.
+cargo build --locked --quiet -p hsmca-fault-pkcs11
 # Last, so that its summary line closes the output.
 echo "==> cargo nextest run (unit and integration tests)" >&2
 cargo nextest run --locked --no-fail-fast

@@ -75,11 +75,13 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
         }
         None => None,
     };
+    // Every handler is installed before the "serving" line, for the same reason as StopSignals.
+    let mut stop_signals = StopSignals::install()?;
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let reload_on_sighup = {
         let service = service.clone();
         tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            let Ok(mut hangups) = hangups else {
                 tracing::error!("cannot listen for SIGHUP; use `hsmca reload`");
                 return;
             };
@@ -93,7 +95,7 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
     // The line operators and tests wait for.
     println!("hsmca: serving on https://{}", listener.local_addr()?);
 
-    let mut stop = std::pin::pin!(shutdown_signal());
+    let mut stop = std::pin::pin!(stop_signals.recv());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -222,13 +224,27 @@ async fn refused_handshake(service: &Service, peer: SocketAddr, error: &std::io:
     }
 }
 
-/// Resolves with the signal's name on SIGTERM or SIGINT.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT, caught from the moment this is made: it must exist before anyone is
+/// told the service is up, or an early SIGTERM kills it without draining or auditing.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves with the signal's name on SIGTERM or SIGINT.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }

@@ -17,15 +17,15 @@ pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// Where Debian's opensc-pkcs11 package puts the call tracer.
 pub const PKCS11_SPY_MODULE: &str = "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so";
 
-/// The fault-injecting PKCS#11 module (softhsm/fault-module), built with the tests as a
-/// default workspace member, next to the test binaries' `deps` directory.
+/// The fault-injecting PKCS#11 module (softhsm/fault-module), next to the test binaries'
+/// `deps` directory; tests/run.sh builds it before the tests.
 pub fn fault_module() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap();
     let module = profile_dir.join("libhsmca_fault_pkcs11.so");
     assert!(
         module.exists(),
-        "{} is missing: build it with `cargo build -p hsmca-fault-pkcs11` (cargo builds it with the tests)",
+        "{} is missing: build it with `cargo build -p hsmca-fault-pkcs11` (tests/run.sh does)",
         module.display()
     );
     module
