@@ -97,27 +97,24 @@ fn transient_hsm_errors_under_load_fail_at_most_one_request_each_and_heal_withou
         "issuing-ca",
     );
     // One fault at a time on the signing path, each on the next call only; every kind the
-    // recovery code treats differently.
+    // recovery code treats differently. With each, how many injections it makes.
     let faults = [
-        "C_Sign CKR_DEVICE_ERROR times=1",
-        "C_Sign CKR_SESSION_HANDLE_INVALID times=1",
-        "C_SignInit CKR_DEVICE_REMOVED times=1",
-        "C_SignInit CKR_USER_NOT_LOGGED_IN times=1",
+        ("C_Sign CKR_DEVICE_ERROR times=1", 1),
+        ("C_Sign CKR_SESSION_HANDLE_INVALID times=1", 1),
+        ("C_SignInit CKR_DEVICE_REMOVED times=1", 1),
+        ("C_SignInit CKR_USER_NOT_LOGGED_IN times=1", 1),
         // The session is reopened after the first failure; fail that too.
-        "C_Sign CKR_DEVICE_ERROR times=1\nC_OpenSession CKR_DEVICE_ERROR times=1",
+        (
+            "C_Sign CKR_DEVICE_ERROR times=1\nC_OpenSession CKR_DEVICE_ERROR times=1",
+            2,
+        ),
         // A slow HSM: 20 signatures at 100 ms each.
-        "C_Sign delay=100ms times=20",
+        ("C_Sign delay=100ms times=20", 20),
     ];
     let mut expected = 0;
-    for (generation, fault) in faults.iter().enumerate() {
+    for (generation, (fault, injections)) in faults.iter().enumerate() {
         set_faults(&control, generation as u32, fault);
-        expected += fault
-            .lines()
-            .map(|rule| {
-                rule.split_once("times=")
-                    .map_or(1, |(_, n)| n.parse::<usize>().unwrap())
-            })
-            .sum::<usize>();
+        expected += injections;
         wait_for_injections(&control, expected);
     }
     set_faults(&control, 99, "");

@@ -281,8 +281,8 @@ fn scan(path: &Path, keep_torn_tail: bool) -> Result<(VerifiedLog, Option<TornTa
     Ok((VerifiedLog { records, head }, None))
 }
 
-/// Saves `torn` as `<log>.torn-<unix seconds>` (never overwriting), then cuts it from the log
-/// and syncs.
+/// Saves `torn` as `<log>.torn-<unix seconds>-<offset>` (never overwriting), then cuts it
+/// from the log and syncs.
 fn discard_torn_tail(file: &File, path: &Path, torn: TornTail) -> std::io::Result<DiscardedTail> {
     let seconds = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -37,17 +37,19 @@ impl Load {
         profile: &str,
     ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        // Encoded once, shared by every connection.
+        let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+            csrs.iter()
+                .map(|csr| {
+                    json!({ "csr": csr, "profile": profile })
+                        .to_string()
+                        .into_bytes()
+                })
+                .collect(),
+        );
         let tasks = (0..connections)
             .map(|index| {
-                let (client, stop) = (client.clone(), stop.clone());
-                let bodies: Vec<Vec<u8>> = csrs
-                    .iter()
-                    .map(|csr| {
-                        json!({ "csr": csr, "profile": profile })
-                            .to_string()
-                            .into_bytes()
-                    })
-                    .collect();
+                let (client, stop, bodies) = (client.clone(), stop.clone(), bodies.clone());
                 rt.spawn(async move {
                     let mut outcomes = Vec::new();
                     let mut connection = None;
