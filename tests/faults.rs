@@ -251,3 +251,76 @@ fn a_vanished_device_fails_readiness_and_signing_until_it_returns() {
     sign(200);
     assert_books_balance(&mut appliance, &outcomes);
 }
+
+#[test]
+fn past_max_in_flight_a_signing_request_is_refused_at_once_with_503_and_audited() {
+    let mut appliance = Appliance::prepare();
+    // Two slots, and an HSM that holds each signature until told to go on; the operation
+    // timeout is long so the held requests keep their slots for the whole test.
+    let control = appliance.use_fault_module(|text| {
+        text.replace("op_timeout_ms = 2000", "op_timeout_ms = 60000")
+            .replace("[server]\n", "[server]\nmax_in_flight = 2\n")
+    });
+    appliance.start();
+    let rt = runtime();
+    let client = appliance.client("istiod");
+    let csrs = distinct_csrs(4);
+    set_faults(&control, 1, "C_Sign hang");
+    let held: Vec<_> = csrs[..2]
+        .iter()
+        .map(|csr| {
+            let (client, csr) = (client.clone(), csr.clone());
+            rt.spawn(async move { client.sign(&csr, "issuing-ca", None).await })
+        })
+        .collect();
+    // Both slots are taken once both signatures are inside the HSM.
+    wait_for_injections(&control, 2);
+
+    let refused = rt
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                client.sign(&csrs[2], "issuing-ca", None),
+            )
+            .await
+        })
+        .expect("a request over the limit is answered at once, not queued")
+        .unwrap();
+    let body = refused.json().unwrap();
+    assert_eq!(refused.status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("server.max_in_flight"),
+        "{body}"
+    );
+    assert!(
+        refused.retry_after.is_some(),
+        "a shed request says when to retry"
+    );
+    let mut outcomes = vec![Outcome::Refused(refused.status, body)];
+
+    // The HSM goes on: the held requests are signed, and their slots free again.
+    set_faults(&control, 2, "");
+    for task in held {
+        let response = rt.block_on(task).unwrap().unwrap();
+        assert_eq!(response.status, 200, "{:?}", response.json());
+        outcomes.push(Outcome::Issued(response.json().unwrap()));
+    }
+    let response = rt
+        .block_on(client.sign(&csrs[3], "issuing-ca", None))
+        .unwrap();
+    assert_eq!(response.status, 200, "{:?}", response.json());
+    outcomes.push(Outcome::Issued(response.json().unwrap()));
+
+    let failed: Vec<_> = appliance
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["event"] == "sign.failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["details"]["code"], "overloaded");
+    assert_books_balance(&mut appliance, &outcomes);
+}

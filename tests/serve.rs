@@ -805,6 +805,9 @@ fn sigterm_during_a_burst_finishes_in_flight_requests_and_loses_no_record() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let mut appliance = Appliance::prepare();
+    // The burst is about draining, not shedding: room for all of it at once.
+    appliance
+        .write_config_with(|text| text.replace("[server]\n", "[server]\nmax_in_flight = 512\n"));
     appliance.start();
     let pid = appliance.pid();
     let client = appliance.client("istiod");

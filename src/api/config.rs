@@ -1,6 +1,7 @@
 //! The `[server]`, `[storage]`, `[trust]` and `[issuers.<name>]` sections `hsmca serve` reads.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -56,6 +57,12 @@ pub struct ServerConfig {
     /// How long SIGTERM waits for in-flight requests (default 30 s).
     #[serde(default = "ServerConfig::default_shutdown_grace")]
     pub shutdown_grace: Seconds,
+    /// Signing requests handled at once (default 128). One more is answered at once with
+    /// 503 `overloaded` and Retry-After instead of waiting: once the cores and the HSM are
+    /// busy, a longer queue only adds latency, and a client told to come back can go to
+    /// another replica.
+    #[serde(default = "ServerConfig::default_max_in_flight")]
+    pub max_in_flight: NonZeroUsize,
     /// A second, plain-HTTP listener for `/healthz`, `/readyz` and `/metrics` only, for
     /// probes and scrapers that hold no client certificate (Kubernetes, Prometheus). Bind it
     /// to an address only they reach. Default: none.
@@ -77,6 +84,9 @@ impl ServerConfig {
     }
     fn default_shutdown_grace() -> Seconds {
         Seconds(30)
+    }
+    fn default_max_in_flight() -> NonZeroUsize {
+        NonZeroUsize::new(128).expect("128 is not zero")
     }
 }
 

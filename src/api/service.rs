@@ -148,6 +148,8 @@ pub struct Service {
     pub pool: SignerPool,
     /// Per-client request rates.
     pub limiter: RateLimiter,
+    /// Slots for signing requests in progress (`server.max_in_flight`).
+    pub in_flight: tokio::sync::Semaphore,
     /// Ledger and audit log writer.
     pub recorder: Recorder,
     /// Serial numbers from the HSM's RNG.
@@ -342,10 +344,12 @@ impl Service {
             .map_err(|e| StartError::Config(format!("cannot start the ledger writer: {e}")))?;
         let pool = hsm.start_pool(&config.hsm.pool)?;
         let hsm = Arc::new(hsm);
+        let max_in_flight = server.max_in_flight.get();
         Ok(Service {
             server,
             pool,
             limiter: RateLimiter::default(),
+            in_flight: tokio::sync::Semaphore::new(max_in_flight),
             recorder,
             serials: SerialSource::new(hsm.clone(), config.hsm.pool.op_timeout()),
             metrics: Metrics::default(),

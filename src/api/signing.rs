@@ -110,6 +110,17 @@ pub(crate) async fn sign(
     client
         .allow_profile(request.profile)
         .map_err(policy_denied)?;
+    // Held until the certificate is recorded: the expensive part (CSR check, HSM, ledger).
+    let _slot = service.in_flight.try_acquire().map_err(|_| {
+        ApiError::unavailable(
+            "overloaded",
+            format!(
+                "{} signing requests are in progress, the most this appliance takes at once (server.max_in_flight); retry shortly",
+                service.server.max_in_flight
+            ),
+            Duration::from_secs(1),
+        )
+    })?;
     if let Err(wait) = service
         .limiter
         .take(identity, client.requests_per_minute, client.burst)
