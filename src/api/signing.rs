@@ -183,6 +183,8 @@ pub(crate) async fn sign(
     let serial = service.serials.next().await.map_err(hsm_unavailable)?;
     let serial_hex = hex::encode(serial.as_bytes());
     let prepared = template.prepare(serial, &issuer.view).map_err(internal)?;
+    // The recorder holds its next group open for this certificate while the HSM signs it.
+    let expected = service.recorder.expect();
     let hsm_started = Instant::now();
     let signature = service
         .pool
@@ -229,6 +231,7 @@ pub(crate) async fn sign(
         }),
     };
     let record_started = Instant::now();
+    drop(expected);
     // The certificate leaves only once its ledger row and audit record are durable.
     service
         .recorder

@@ -245,23 +245,27 @@ impl CertificateStore for Ledger {
     fn record(&mut self, certificates: &[IssuedCertificate]) -> Result<(), LedgerError> {
         let sqlite = sqlite(&self.path);
         let transaction = self.connection.transaction().map_err(sqlite)?;
-        for certificate in certificates {
-            let inserted = transaction.execute(
+        // Prepared once per connection, not once per row: parsing the statement cost more
+        // than executing it.
+        let mut insert = transaction
+            .prepare_cached(
                 "INSERT INTO certificates
                      (serial, issuer_key_id, subject, sans, profile, client, not_before, not_after, der)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    certificate.serial,
-                    certificate.issuer_key_id,
-                    certificate.subject,
-                    serde_json::to_string(&certificate.sans).expect("strings serialise"),
-                    certificate.profile,
-                    certificate.client,
-                    certificate.not_before,
-                    certificate.not_after,
-                    certificate.der,
-                ],
-            );
+            )
+            .map_err(sqlite)?;
+        for certificate in certificates {
+            let inserted = insert.execute(params![
+                certificate.serial,
+                certificate.issuer_key_id,
+                certificate.subject,
+                serde_json::to_string(&certificate.sans).expect("strings serialise"),
+                certificate.profile,
+                certificate.client,
+                certificate.not_before,
+                certificate.not_after,
+                certificate.der,
+            ]);
             match inserted {
                 Ok(_) => {}
                 Err(rusqlite::Error::SqliteFailure(error, _))
@@ -274,6 +278,7 @@ impl CertificateStore for Ledger {
                 Err(source) => return Err(sqlite(source)),
             }
         }
+        drop(insert);
         transaction.commit().map_err(sqlite)
     }
 
