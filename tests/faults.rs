@@ -255,32 +255,29 @@ fn a_vanished_device_fails_readiness_and_signing_until_it_returns() {
 #[test]
 fn past_max_in_flight_a_signing_request_is_refused_at_once_with_503_and_audited() {
     let mut appliance = Appliance::prepare();
-    // Two slots, and an HSM that holds each signature until told to go on; the operation
-    // timeout is long so the held requests keep their slots for the whole test.
+    // One slot, and an HSM that holds each signature until told to go on; the operation
+    // timeout is long so the held request keeps its slot for the whole test.
     let control = appliance.use_fault_module(|text| {
         text.replace("op_timeout_ms = 2000", "op_timeout_ms = 60000")
-            .replace("[server]\n", "[server]\nmax_in_flight = 2\n")
+            .replace("[server]\n", "[server]\nmax_in_flight = 1\n")
     });
     appliance.start();
     let rt = runtime();
     let client = appliance.client("istiod");
-    let csrs = distinct_csrs(4);
+    let csrs = distinct_csrs(3);
     set_faults(&control, 1, "C_Sign hang");
-    let held: Vec<_> = csrs[..2]
-        .iter()
-        .map(|csr| {
-            let (client, csr) = (client.clone(), csr.clone());
-            rt.spawn(async move { client.sign(&csr, "issuing-ca", None).await })
-        })
-        .collect();
-    // Both slots are taken once both signatures are inside the HSM.
-    wait_for_injections(&control, 2);
+    let held = {
+        let (client, csr) = (client.clone(), csrs[0].clone());
+        rt.spawn(async move { client.sign(&csr, "issuing-ca", None).await })
+    };
+    // The slot is taken once the signature is inside the HSM.
+    wait_for_injections(&control, 1);
 
     let refused = rt
         .block_on(async {
             tokio::time::timeout(
                 Duration::from_secs(20),
-                client.sign(&csrs[2], "issuing-ca", None),
+                client.sign(&csrs[1], "issuing-ca", None),
             )
             .await
         })
@@ -302,15 +299,13 @@ fn past_max_in_flight_a_signing_request_is_refused_at_once_with_503_and_audited(
     );
     let mut outcomes = vec![Outcome::Refused(refused.status, body)];
 
-    // The HSM goes on: the held requests are signed, and their slots free again.
+    // The HSM goes on: the held request is signed, and its slot frees again.
     set_faults(&control, 2, "");
-    for task in held {
-        let response = rt.block_on(task).unwrap().unwrap();
-        assert_eq!(response.status, 200, "{:?}", response.json());
-        outcomes.push(Outcome::Issued(response.json().unwrap()));
-    }
+    let response = rt.block_on(held).unwrap().unwrap();
+    assert_eq!(response.status, 200, "{:?}", response.json());
+    outcomes.push(Outcome::Issued(response.json().unwrap()));
     let response = rt
-        .block_on(client.sign(&csrs[3], "issuing-ca", None))
+        .block_on(client.sign(&csrs[2], "issuing-ca", None))
         .unwrap();
     assert_eq!(response.status, 200, "{:?}", response.json());
     outcomes.push(Outcome::Issued(response.json().unwrap()));

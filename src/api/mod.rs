@@ -9,6 +9,7 @@
 mod bundle;
 pub mod client;
 mod config;
+mod cpu;
 mod crl;
 pub mod dev_tls;
 mod error;

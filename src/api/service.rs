@@ -150,6 +150,8 @@ pub struct Service {
     pub limiter: RateLimiter,
     /// Slots for signing requests in progress (`server.max_in_flight`).
     pub in_flight: tokio::sync::Semaphore,
+    /// Threads for the signature verifications of a request, one per core.
+    pub(crate) verifier: super::cpu::CpuPool,
     /// Ledger and audit log writer.
     pub recorder: Recorder,
     /// Serial numbers from the HSM's RNG.
@@ -345,11 +347,16 @@ impl Service {
         let pool = hsm.start_pool(&config.hsm.pool)?;
         let hsm = Arc::new(hsm);
         let max_in_flight = server.max_in_flight.get();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let verifier = super::cpu::CpuPool::start(cores).map_err(|e| {
+            StartError::Config(format!("cannot start the verification threads: {e}"))
+        })?;
         Ok(Service {
             server,
             pool,
             limiter: RateLimiter::default(),
             in_flight: tokio::sync::Semaphore::new(max_in_flight),
+            verifier,
             recorder,
             serials: SerialSource::new(hsm.clone(), config.hsm.pool.op_timeout()),
             metrics: Metrics::default(),

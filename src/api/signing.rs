@@ -137,7 +137,13 @@ pub(crate) async fn sign(
             )
         });
     }
-    let mut csr = pki::verify_csr(request.csr).map_err(|e| {
+    let csr_bytes = request.csr.to_vec();
+    let verified = service
+        .verifier
+        .run(move || pki::verify_csr(&csr_bytes))
+        .await
+        .map_err(internal)?;
+    let mut csr = verified.map_err(|e| {
         let code = match e {
             CsrError::Key(_) => "weak_or_unsupported_key",
             CsrError::Signature(_) => "bad_csr_signature",
@@ -194,8 +200,12 @@ pub(crate) async fn sign(
         .metrics
         .hsm_sign_latency
         .observe(hsm_started.elapsed());
-    let der = prepared
-        .finish(&signature.map_err(hsm_unavailable)?)
+    let signature = signature.map_err(hsm_unavailable)?;
+    let der = service
+        .verifier
+        .run(move || prepared.finish(&signature))
+        .await
+        .map_err(internal)?
         .map_err(internal)?;
 
     // `finish` checked that the signed certificate carries exactly the template's TBS, so
