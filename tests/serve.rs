@@ -937,3 +937,57 @@ fn an_hsm_outage_fails_readiness_and_signing_with_503_and_the_service_recovers()
     );
     assert!(audit_verify(&appliance.path("audit.log")).status.success());
 }
+
+#[test]
+fn a_service_started_on_an_audit_log_edited_before_its_last_record_stops_issuing() {
+    let mut appliance = Appliance::prepare();
+    appliance.start();
+    let rt = runtime();
+    let client = appliance.client("istiod");
+    let csr = spire_csr(&p256(), &["spiffe://mesh.example"]);
+    let response = rt.block_on(client.sign(&csr, "issuing-ca", None)).unwrap();
+    assert_eq!(response.status, 200, "{:?}", response.json());
+    assert!(appliance.stop().success(), "{}", appliance.server_log());
+
+    // Rewrite an early record; the last one stays intact, so the log opens at its tail and
+    // the service starts, but the check of the records before it finds the edit.
+    let log = appliance.path("audit.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 3, "{text}");
+    let edited = lines[1].replacen("\"actor\":\"", "\"actor\":\"X", 1);
+    assert_ne!(edited, lines[1]);
+    let mut tampered = lines.clone();
+    tampered[1] = &edited;
+    std::fs::write(&log, tampered.join("\n") + "\n").unwrap();
+
+    appliance.start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let body = loop {
+        let (status, body) = appliance.ops_get("/readyz");
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still ready on a broken audit log: {body}\n{}",
+            appliance.server_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(body.contains("audit.log is broken at line 2"), "{body}");
+    let client = appliance.client("istiod");
+    let refused = rt.block_on(client.sign(&csr, "issuing-ca", None)).unwrap();
+    let answer = refused.json().unwrap();
+    assert_eq!(refused.status, 503, "{answer}");
+    // The refusal cannot be audited either, and says so.
+    assert_eq!(answer["error"]["code"], "audit_unavailable", "{answer}");
+    assert!(
+        appliance
+            .server_log()
+            .contains("refusing all further issuance"),
+        "{}",
+        appliance.server_log()
+    );
+    appliance.stop();
+}

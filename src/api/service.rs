@@ -340,10 +340,15 @@ impl Service {
             .map(super::vault::VaultState::new)
             .transpose()
             .map_err(StartError::Config)?;
-        let audit = AuditLog::open(&config.resolve(&storage.audit_log))?;
+        // Only the last record is read now, so start-up does not grow with the log; the rest
+        // is verified beside the first requests, and a broken chain stops issuance.
+        let (audit, earlier_records) = AuditLog::open_at_tail(&config.resolve(&storage.audit_log))?;
         let discarded_audit_tail = audit.discarded_tail().cloned();
         let recorder = Recorder::start(Box::new(ledger), audit)
             .map_err(|e| StartError::Config(format!("cannot start the ledger writer: {e}")))?;
+        recorder
+            .verify_in_background(earlier_records)
+            .map_err(|e| StartError::Config(format!("cannot start the audit log check: {e}")))?;
         let pool = hsm.start_pool(&config.hsm.pool)?;
         let hsm = Arc::new(hsm);
         let max_in_flight = server.max_in_flight.get();
@@ -483,11 +488,10 @@ impl Service {
             return result.clone();
         }
         let mut failures = Vec::new();
-        if !self.recorder.is_healthy() {
-            failures.push(
-                "the ledger or audit log failed a write; restart hsmca after fixing the storage"
-                    .to_string(),
-            );
+        if let Some(why) = self.recorder.stopped_because() {
+            failures.push(format!(
+                "{why}; nothing is issued until hsmca is restarted on sound storage (`hsmca audit verify` checks the log)"
+            ));
         }
         let settings = self.settings();
         for issuer in settings.issuers.values() {

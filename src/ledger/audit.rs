@@ -95,6 +95,16 @@ pub enum AuditError {
         /// The log file.
         path: PathBuf,
     },
+    /// The last record, the only one [`AuditLog::open_at_tail`] reads, fails its own hash.
+    #[error(
+        "audit log {path}: its last record is broken ({reason}); `hsmca audit verify` names the first bad line"
+    )]
+    BrokenLastRecord {
+        /// The log file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A record fails verification.
     #[error("audit log {path} is broken at line {line}: {reason}")]
     Tampered {
@@ -133,27 +143,12 @@ impl AuditLog {
     /// off and saved beside the log (see [`AuditLog::discarded_tail`]): every complete record
     /// must still verify.
     pub fn open(path: &Path) -> Result<Self, AuditError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let io = |source| AuditError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
-        if file.try_lock().is_err() {
-            return Err(AuditError::Locked {
-                path: path.to_owned(),
-            });
-        }
-        let (verified, torn) = scan(path, true)?;
+        let file = open_for_appending(path)?;
+        let (verified, torn) = scan(path, true, u64::MAX)?;
         let discarded_tail = torn
             .map(|torn| discard_torn_tail(&file, path, torn))
             .transpose()
-            .map_err(io)?;
+            .map_err(|source| io_error(path, source))?;
         Ok(AuditLog {
             file,
             path: path.to_owned(),
@@ -161,6 +156,49 @@ impl AuditLog {
             next_seq: verified.records + 1,
             discarded_tail,
         })
+    }
+
+    /// Opens the log like [`AuditLog::open`] but reads only its last record (and cuts a torn
+    /// tail), so opening takes the same time however long the log is; the records before it
+    /// are checked later by [`EarlierRecords::verify`], which the signing service runs beside
+    /// its first requests and which stops issuance if it fails.
+    pub fn open_at_tail(path: &Path) -> Result<(Self, EarlierRecords), AuditError> {
+        let file = open_for_appending(path)?;
+        let tail = read_tail(path).map_err(|source| io_error(path, source))?;
+        let discarded_tail = tail
+            .torn
+            .map(|torn| discard_torn_tail(&file, path, torn))
+            .transpose()
+            .map_err(|source| io_error(path, source))?;
+        let (records, head) = match &tail.last_record {
+            None => (0, GENESIS_HASH.to_owned()),
+            Some(record) => {
+                let broken = |reason: String| AuditError::BrokenLastRecord {
+                    path: path.to_owned(),
+                    reason,
+                };
+                let text = std::str::from_utf8(record)
+                    .map_err(|_| broken("not an audit record (not UTF-8)".into()))?;
+                let (fields, hash) = parse_record(text).map_err(broken)?;
+                (fields.seq, hash.to_owned())
+            }
+        };
+        let earlier = EarlierRecords {
+            path: path.to_owned(),
+            length: tail.complete_length,
+            expected: VerifiedLog {
+                records,
+                head: head.clone(),
+            },
+        };
+        let log = AuditLog {
+            file,
+            path: path.to_owned(),
+            head,
+            next_seq: records + 1,
+            discarded_tail,
+        };
+        Ok((log, earlier))
     }
 
     /// The incomplete last record cut off when the log was opened, if there was one.
@@ -226,7 +264,121 @@ impl AuditLog {
 
 /// Checks every record of the log; the error names the first bad line.
 pub fn verify(path: &Path) -> Result<VerifiedLog, AuditError> {
-    scan(path, false).map(|(verified, _)| verified)
+    scan(path, false, u64::MAX).map(|(verified, _)| verified)
+}
+
+/// The part of a log that [`AuditLog::open_at_tail`] found but did not check.
+#[derive(Debug)]
+pub struct EarlierRecords {
+    path: PathBuf,
+    /// The log's length when opened: the records appended since are not part of the check.
+    length: u64,
+    /// The last record as opened.
+    expected: VerifiedLog,
+}
+
+impl EarlierRecords {
+    /// Checks every record up to the one the log was opened at: the chain must be intact
+    /// and end in exactly that record.
+    pub fn verify(&self) -> Result<VerifiedLog, AuditError> {
+        let (verified, _) = scan(&self.path, false, self.length)?;
+        if verified != self.expected {
+            return Err(AuditError::Tampered {
+                path: self.path.clone(),
+                line: verified.records,
+                reason: format!(
+                    "the chain ends in record {} ({}), but the log was opened at record {} ({}): it was rewritten while hsmca ran",
+                    verified.records, verified.head, self.expected.records, self.expected.head
+                ),
+            });
+        }
+        Ok(verified)
+    }
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> AuditError {
+    AuditError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Opens (creating with mode 0600 if absent) for appending, with the one-writer lock.
+fn open_for_appending(path: &Path) -> Result<File, AuditError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| io_error(path, source))?;
+    if file.try_lock().is_err() {
+        return Err(AuditError::Locked {
+            path: path.to_owned(),
+        });
+    }
+    Ok(file)
+}
+
+/// The end of a log: its last complete record and what follows it.
+struct Tail {
+    /// The last complete record, without its line end.
+    last_record: Option<Vec<u8>>,
+    /// The length of the log up to and including that record's line end.
+    complete_length: u64,
+    /// Bytes after the last line end: an interrupted write.
+    torn: Option<TornTail>,
+}
+
+/// Reads the log backwards from its end until the start of its last complete record.
+fn read_tail(path: &Path) -> std::io::Result<Tail> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 64 * 1024;
+    let file = File::open(path)?;
+    let length = file.metadata()?.len();
+    // `bytes` holds the log from `start` to its end.
+    let mut bytes = Vec::new();
+    let mut start = length;
+    loop {
+        let line_ends: Vec<usize> = bytes
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == b'\n')
+            .map(|(at, _)| at)
+            .collect();
+        // The last line end, and the one before it (or the start of the log).
+        let found = match line_ends.as_slice() {
+            [.., before, last] => Some((Some(*before), *last)),
+            [last] if start == 0 => Some((None, *last)),
+            [] if start == 0 => {
+                let torn = (!bytes.is_empty()).then_some(TornTail { offset: 0, bytes });
+                return Ok(Tail {
+                    last_record: None,
+                    complete_length: 0,
+                    torn,
+                });
+            }
+            _ => None,
+        };
+        if let Some((before, last)) = found {
+            let first = before.map_or(0, |at| at + 1);
+            let torn = (last + 1 < bytes.len()).then(|| TornTail {
+                offset: start + last as u64 + 1,
+                bytes: bytes[last + 1..].to_vec(),
+            });
+            return Ok(Tail {
+                last_record: Some(bytes[first..last].to_vec()),
+                complete_length: start + last as u64 + 1,
+                torn,
+            });
+        }
+        let read_from = start.saturating_sub(CHUNK);
+        let mut chunk = vec![0; (start - read_from) as usize];
+        file.read_exact_at(&mut chunk, read_from)?;
+        chunk.extend_from_slice(&bytes);
+        bytes = chunk;
+        start = read_from;
+    }
 }
 
 /// An incomplete last record: the bytes after the last line end.
@@ -238,12 +390,14 @@ struct TornTail {
 
 /// Checks every record; with `keep_torn_tail`, an incomplete last line is returned instead of
 /// failing the check.
-fn scan(path: &Path, keep_torn_tail: bool) -> Result<(VerifiedLog, Option<TornTail>), AuditError> {
-    let io = |source| AuditError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut reader = BufReader::new(File::open(path).map_err(io)?);
+fn scan(
+    path: &Path,
+    keep_torn_tail: bool,
+    limit: u64,
+) -> Result<(VerifiedLog, Option<TornTail>), AuditError> {
+    use std::io::Read;
+    let io = |source| io_error(path, source);
+    let mut reader = BufReader::new(File::open(path).map_err(io)?.take(limit));
     let mut head = GENESIS_HASH.to_owned();
     let mut records = 0u64;
     let mut offset = 0u64;
@@ -308,23 +462,7 @@ fn discard_torn_tail(file: &File, path: &Path, torn: TornTail) -> std::io::Resul
 
 /// Checks one record against its position and its predecessor's hash; returns its hash.
 fn check_record(record: &str, seq: u64, prev: &str) -> Result<String, String> {
-    let split = record
-        .len()
-        .checked_sub(HASH_FIELD_LEN)
-        .filter(|&at| record.is_char_boundary(at))
-        .ok_or("not an audit record (too short)")?;
-    let (body, hash_field) = record.split_at(split);
-    let claimed = hash_field
-        .strip_prefix(HASH_FIELD)
-        .and_then(|rest| rest.strip_suffix("\"}"))
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or("the record does not end with its hash")?;
-    let body = format!("{body}}}");
-    if sha256_hex(body.as_bytes()) != claimed {
-        return Err("the record's content does not match its hash: it was edited".into());
-    }
-    let fields: ChainFields =
-        serde_json::from_str(&body).map_err(|e| format!("not an audit record: {e}"))?;
+    let (fields, claimed) = parse_record(record)?;
     if fields.seq != seq {
         return Err(format!(
             "sequence number {} where {seq} belongs: records were removed, inserted or reordered",
@@ -342,6 +480,28 @@ fn check_record(record: &str, seq: u64, prev: &str) -> Result<String, String> {
         });
     }
     Ok(claimed.to_owned())
+}
+
+/// Checks a record against its own hash; returns its chain fields and the hash.
+fn parse_record(record: &str) -> Result<(ChainFields, &str), String> {
+    let split = record
+        .len()
+        .checked_sub(HASH_FIELD_LEN)
+        .filter(|&at| record.is_char_boundary(at))
+        .ok_or("not an audit record (too short)")?;
+    let (body, hash_field) = record.split_at(split);
+    let claimed = hash_field
+        .strip_prefix(HASH_FIELD)
+        .and_then(|rest| rest.strip_suffix("\"}"))
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or("the record does not end with its hash")?;
+    let body = format!("{body}}}");
+    if sha256_hex(body.as_bytes()) != claimed {
+        return Err("the record's content does not match its hash: it was edited".into());
+    }
+    let fields: ChainFields =
+        serde_json::from_str(&body).map_err(|e| format!("not an audit record: {e}"))?;
+    Ok((fields, claimed))
 }
 
 #[cfg(test)]
@@ -493,6 +653,68 @@ mod tests {
         rewrite(&path, &broken);
         assert!(matches!(
             AuditLog::open(&path),
+            Err(AuditError::Tampered { line: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn opening_at_the_tail_finds_the_same_head_and_checks_the_rest_afterwards() {
+        // Records longer than the backward read's chunk, so the tail read crosses chunks.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path).unwrap();
+        for i in 0..3 {
+            let mut long = event(i);
+            long.details = serde_json::json!({ "padding": "p".repeat(100_000) });
+            log.append(&long).unwrap();
+        }
+        log.append(&event(4)).unwrap();
+        drop(log);
+        let verified = verify(&path).unwrap();
+        let (mut log, earlier) = AuditLog::open_at_tail(&path).unwrap();
+        assert_eq!(log.head(), verified.head);
+        // Appending goes on from the head; the check covers what was there when opened.
+        assert_eq!(log.append(&event(5)).unwrap().seq, 5);
+        assert_eq!(earlier.verify().unwrap(), verified);
+        assert_eq!(verify(&path).unwrap().records, 5);
+
+        // An empty log opens at the genesis hash.
+        let empty = dir.path().join("empty.jsonl");
+        let (log, earlier) = AuditLog::open_at_tail(&empty).unwrap();
+        assert_eq!(log.head(), GENESIS_HASH);
+        assert_eq!(earlier.verify().unwrap().records, 0);
+    }
+
+    #[test]
+    fn opening_at_the_tail_cuts_a_torn_record_and_refuses_a_broken_last_one() {
+        let (_dir, path, lines) = log_with(3);
+        let mut torn = lines.join("\n");
+        torn.push_str("\n{\"seq\":4,\"ti");
+        std::fs::write(&path, &torn).unwrap();
+        let (log, earlier) = AuditLog::open_at_tail(&path).unwrap();
+        assert!(log.discarded_tail().is_some());
+        assert_eq!(earlier.verify().unwrap().records, 3);
+        drop(log);
+
+        let mut edited = lines.clone();
+        edited[2] = edited[2].replace("officer-3", "officer-X");
+        rewrite(&path, &edited);
+        assert!(matches!(
+            AuditLog::open_at_tail(&path),
+            Err(AuditError::BrokenLastRecord { .. })
+        ));
+    }
+
+    #[test]
+    fn a_record_edited_before_the_tail_is_found_by_the_later_check() {
+        let (_dir, path, lines) = log_with(4);
+        let mut edited = lines.clone();
+        edited[1] = edited[1].replace("officer-2", "officer-X");
+        rewrite(&path, &edited);
+        // The last record is intact, so the log opens; the check of the rest fails.
+        let (_log, earlier) = AuditLog::open_at_tail(&path).unwrap();
+        assert!(matches!(
+            earlier.verify(),
             Err(AuditError::Tampered { line: 2, .. })
         ));
     }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::audit::{AuditEvent, AuditLog, AuditReceipt};
+use super::audit::{AuditEvent, AuditLog, AuditReceipt, EarlierRecords};
 use super::certificates::{CertificateStore, IssuedCertificate};
 
 /// The most entries written in one group.
@@ -59,11 +59,33 @@ pub struct RecorderStats {
     pub entries: AtomicU64,
 }
 
+/// Whether the recorder may still write, and if not, why.
+#[derive(Debug, Default)]
+struct Health {
+    stopped: AtomicBool,
+    why: Mutex<Option<String>>,
+}
+
+impl Health {
+    fn is_ok(&self) -> bool {
+        !self.stopped.load(Ordering::Relaxed)
+    }
+
+    fn stop(&self, why: String) {
+        tracing::error!(reason = %why, "refusing all further issuance until hsmca is restarted");
+        self.why
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(why);
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The handle callers use; the writer thread runs until the handle is shut down.
 pub struct Recorder {
     sender: Mutex<Option<mpsc::Sender<Entry>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
     stats: Arc<RecorderStats>,
     announced: Arc<AtomicUsize>,
 }
@@ -83,13 +105,13 @@ impl Recorder {
     /// Starts the writer thread over `store` and `audit`.
     pub fn start(store: Box<dyn CertificateStore>, audit: AuditLog) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::channel();
-        let healthy = Arc::new(AtomicBool::new(true));
+        let health = Arc::new(Health::default());
         let stats = Arc::new(RecorderStats::default());
         let announced = Arc::new(AtomicUsize::new(0));
         let writer = Writer {
             store,
             audit,
-            healthy: healthy.clone(),
+            health: health.clone(),
             stats: stats.clone(),
             announced: announced.clone(),
         };
@@ -99,7 +121,7 @@ impl Recorder {
         Ok(Recorder {
             sender: Mutex::new(Some(sender)),
             thread: Mutex::new(Some(thread)),
-            healthy,
+            health,
             stats,
             announced,
         })
@@ -135,9 +157,41 @@ impl Recorder {
         response.await.unwrap_or(Err(RecordError::Stopped))
     }
 
-    /// False once a write has failed: the service must not issue until restarted.
+    /// False once a write has failed or the log's chain was found broken: the service must
+    /// not issue until restarted.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.is_ok()
+    }
+
+    /// Why the recorder stopped, once it has.
+    pub fn stopped_because(&self) -> Option<String> {
+        self.health
+            .why
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Checks the records before the one the audit log was opened at
+    /// ([`AuditLog::open_at_tail`]) on a thread of its own, while entries are written; if
+    /// the chain is broken the recorder stops, as after a failed write, and nothing more is
+    /// issued.
+    pub fn verify_in_background(&self, earlier: EarlierRecords) -> std::io::Result<()> {
+        let health = self.health.clone();
+        std::thread::Builder::new()
+            .name("audit-verify".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                match earlier.verify() {
+                    Ok(verified) => tracing::info!(
+                        records = verified.records,
+                        millis = started.elapsed().as_millis() as u64,
+                        "audit log chain verified up to where this run started appending"
+                    ),
+                    Err(error) => health.stop(error.to_string()),
+                }
+            })?;
+        Ok(())
     }
 
     /// Group and entry counters.
@@ -165,7 +219,7 @@ impl Drop for Recorder {
 struct Writer {
     store: Box<dyn CertificateStore>,
     audit: AuditLog,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
     stats: Arc<RecorderStats>,
     announced: Arc<AtomicUsize>,
 }
@@ -191,7 +245,7 @@ impl Writer {
     }
 
     fn write(&mut self, group: &mut Vec<Entry>) {
-        if !self.healthy.load(Ordering::Relaxed) {
+        if !self.health.is_ok() {
             for entry in group.drain(..) {
                 let _ = entry.reply.send(Err(RecordError::Stopped));
             }
@@ -224,8 +278,8 @@ impl Writer {
                 }
             }
             Err(error) => {
-                self.healthy.store(false, Ordering::Relaxed);
-                tracing::error!(%error, "audit log write failed; refusing all further issuance until restart");
+                self.health
+                    .stop(format!("the audit log could not be written: {error}"));
                 for entry in group.drain(..) {
                     let _ = entry.reply.send(Err(RecordError::Audit(error.to_string())));
                 }
