@@ -338,12 +338,18 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_entries_are_all_durable_and_a_duplicate_fails_alone() {
+    /// A recorder over a new ledger and audit log in a temporary directory.
+    fn fresh_recorder() -> (tempfile::TempDir, Recorder) {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
         let log = AuditLog::open(&dir.path().join("audit.log")).unwrap();
         let recorder = Recorder::start(Box::new(ledger), log).unwrap();
+        (dir, recorder)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_entries_are_all_durable_and_a_duplicate_fails_alone() {
+        let (dir, recorder) = fresh_recorder();
         let recorder_ref = &recorder;
         // All pending at once, so the writer sees groups of many entries.
         let results = futures::future::join_all(
@@ -377,10 +383,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_announced_entry_that_never_comes_does_not_hold_up_the_others() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
-        let log = AuditLog::open(&dir.path().join("audit.log")).unwrap();
-        let recorder = Recorder::start(Box::new(ledger), log).unwrap();
+        let (dir, recorder) = fresh_recorder();
         // Announced and never withdrawn: the writer may wait for it once per group, but
         // every group is still written.
         let _never = recorder.expect();
