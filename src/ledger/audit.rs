@@ -340,35 +340,28 @@ fn read_tail(path: &Path) -> std::io::Result<Tail> {
     let mut bytes = Vec::new();
     let mut start = length;
     loop {
-        let line_ends: Vec<usize> = bytes
-            .iter()
-            .enumerate()
-            .filter(|&(_, &b)| b == b'\n')
-            .map(|(at, _)| at)
-            .collect();
-        // The last line end, and the one before it (or the start of the log).
-        let found = match line_ends.as_slice() {
-            [.., before, last] => Some((Some(*before), *last)),
-            [last] if start == 0 => Some((None, *last)),
-            [] if start == 0 => {
-                let torn = (!bytes.is_empty()).then_some(TornTail { offset: 0, bytes });
+        let line_end = |within: &[u8]| within.iter().rposition(|&b| b == b'\n');
+        if let Some(last) = line_end(&bytes) {
+            // The last record runs from the line end before it, or from the log's start.
+            let before = line_end(&bytes[..last]);
+            if before.is_some() || start == 0 {
+                let first = before.map_or(0, |at| at + 1);
+                let torn = (last + 1 < bytes.len()).then(|| TornTail {
+                    offset: start + last as u64 + 1,
+                    bytes: bytes[last + 1..].to_vec(),
+                });
                 return Ok(Tail {
-                    last_record: None,
-                    complete_length: 0,
+                    last_record: Some(bytes[first..last].to_vec()),
+                    complete_length: start + last as u64 + 1,
                     torn,
                 });
             }
-            _ => None,
-        };
-        if let Some((before, last)) = found {
-            let first = before.map_or(0, |at| at + 1);
-            let torn = (last + 1 < bytes.len()).then(|| TornTail {
-                offset: start + last as u64 + 1,
-                bytes: bytes[last + 1..].to_vec(),
-            });
+        } else if start == 0 {
+            // No line end in the whole log: no complete record at all.
+            let torn = (!bytes.is_empty()).then_some(TornTail { offset: 0, bytes });
             return Ok(Tail {
-                last_record: Some(bytes[first..last].to_vec()),
-                complete_length: start + last as u64 + 1,
+                last_record: None,
+                complete_length: 0,
                 torn,
             });
         }
@@ -694,6 +687,16 @@ mod tests {
         let (log, earlier) = AuditLog::open_at_tail(&path).unwrap();
         assert!(log.discarded_tail().is_some());
         assert_eq!(earlier.verify().unwrap().records, 3);
+        drop(log);
+
+        // A first record cut mid-write: no complete record at all.
+        let first_only = path.with_extension("first");
+        std::fs::write(&first_only, "{\"seq\":1,\"ti").unwrap();
+        let (log, earlier) = AuditLog::open_at_tail(&first_only).unwrap();
+        assert_eq!(log.head(), GENESIS_HASH);
+        assert!(log.discarded_tail().is_some());
+        assert_eq!(earlier.verify().unwrap().records, 0);
+        assert_eq!(std::fs::metadata(&first_only).unwrap().len(), 0);
         drop(log);
 
         let mut edited = lines.clone();
