@@ -10,7 +10,7 @@
 //! serves many requests. With nothing announced it commits at once, so a lone request
 //! never waits.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -59,25 +59,26 @@ pub struct RecorderStats {
     pub entries: AtomicU64,
 }
 
-/// Whether the recorder may still write, and if not, why.
+/// Whether the recorder may still write: it may until it has a reason to stop, and the
+/// first reason is kept.
 #[derive(Debug, Default)]
-struct Health {
-    stopped: AtomicBool,
-    why: Mutex<Option<String>>,
-}
+struct Health(Mutex<Option<String>>);
 
 impl Health {
+    fn stopped_because(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn is_ok(&self) -> bool {
-        !self.stopped.load(Ordering::Relaxed)
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_none()
     }
 
     fn stop(&self, why: String) {
         tracing::error!(reason = %why, "refusing all further issuance until hsmca is restarted");
-        self.why
+        self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert(why);
-        self.stopped.store(true, Ordering::Relaxed);
     }
 }
 
@@ -157,19 +158,10 @@ impl Recorder {
         response.await.unwrap_or(Err(RecordError::Stopped))
     }
 
-    /// False once a write has failed or the log's chain was found broken: the service must
-    /// not issue until restarted.
-    pub fn is_healthy(&self) -> bool {
-        self.health.is_ok()
-    }
-
-    /// Why the recorder stopped, once it has.
+    /// Why the recorder stopped, once it has (a failed write, a broken audit chain); from
+    /// then on the service must not issue until restarted.
     pub fn stopped_because(&self) -> Option<String> {
-        self.health
-            .why
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.health.stopped_because()
     }
 
     /// Checks the records before the one the audit log was opened at
