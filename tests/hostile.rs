@@ -275,13 +275,7 @@ fn slow_clients_are_cut_off_at_the_header_timeout() {
         );
     }
     // The service is still there for everyone else.
-    let answer = rt
-        .block_on(
-            appliance
-                .client("istiod")
-                .send("GET", "/v1/bundle", None, vec![]),
-        )
-        .unwrap();
+    let answer = appliance.get("istiod", "/v1/bundle");
     assert_eq!(answer.status, 200);
     assert!(appliance.stop().success());
 }
@@ -335,13 +329,7 @@ fn an_expired_client_certificate_is_refused_at_the_handshake_and_audited() {
     let error = refused.unwrap_err();
     assert!(error.contains("alert"), "{error}");
     // The same CA bundle still admits the dev clients.
-    let admitted = rt
-        .block_on(
-            appliance
-                .client("istiod")
-                .send("GET", "/v1/bundle", None, vec![]),
-        )
-        .unwrap();
+    let admitted = appliance.get("istiod", "/v1/bundle");
     assert_eq!(admitted.status, 200);
     assert!(appliance.stop().success());
     let reasons: Vec<String> = appliance

@@ -171,13 +171,7 @@ fn an_officer_revokes_and_the_hsm_signed_crl_says_so_to_openssl_and_pkilint() {
         stderr(&accepted)
     );
     // The DER form is the same CRL.
-    let der = runtime()
-        .block_on(
-            appliance
-                .client("spire")
-                .send("GET", "/v1/crl/online-p256", None, vec![]),
-        )
-        .unwrap();
+    let der = appliance.get("spire", "/v1/crl/online-p256");
     assert_eq!(der.status, 200);
     assert_eq!(
         hsmca::pki::to_pem("X509 CRL", &der.body),

@@ -275,13 +275,7 @@ fn spire_and_cert_manager_requests_replayed_byte_for_byte_get_what_they_read() {
 
     // cert-manager's Vault issuer: health, then sign/<role> with a Go duration and string
     // booleans (as istiod through istio-csr would be served).
-    let health = rt
-        .block_on(
-            appliance
-                .client("istiod")
-                .send("GET", "/v1/sys/health", None, vec![]),
-        )
-        .unwrap();
+    let health = appliance.get("istiod", "/v1/sys/health");
     assert_eq!(health.status, 200);
     // cert-manager's request, as it sends it, for a Certificate with `duration`.
     let cert_manager_sign = |ttl: &str| {

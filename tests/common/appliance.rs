@@ -406,6 +406,13 @@ key_label = "online-rsa2048-2026"
         self.client_from("tls", name)
     }
 
+    /// `GET path` as the dev client `client`, on a connection of its own.
+    pub fn get(&self, client: &str, path: &str) -> hsmca::api::client::Response {
+        runtime()
+            .block_on(self.client(client).send("GET", path, None, vec![]))
+            .unwrap()
+    }
+
     /// The audit log's records as JSON.
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.path("audit.log"))
