@@ -101,6 +101,46 @@ fn csr(workload: bool, index: usize) -> String {
     params.serialize_request(&key).unwrap().pem().unwrap()
 }
 
+/// What the connections saw: answers by status, and the latencies of certificates and of
+/// 503s (shed load) apart.
+#[derive(Default)]
+struct Tally {
+    statuses: BTreeMap<String, u64>,
+    /// Microseconds, one per 200.
+    issued: Vec<u64>,
+    /// Microseconds, one per 503.
+    shed: Vec<u64>,
+    /// Requests that got an answer or lost their connection (connect failures excluded).
+    answered: u64,
+}
+
+impl Tally {
+    fn count(&mut self, status: String) {
+        *self.statuses.entry(status).or_default() += 1;
+    }
+
+    /// A request sent at `sent` that ended with `status`.
+    fn answer(&mut self, status: String, sent: Instant) {
+        let micros = sent.elapsed().as_micros() as u64;
+        match status.as_str() {
+            "200" => self.issued.push(micros),
+            "503" => self.shed.push(micros),
+            _ => {}
+        }
+        self.answered += 1;
+        self.count(status);
+    }
+
+    fn merge(&mut self, other: Tally) {
+        for (status, n) in other.statuses {
+            *self.statuses.entry(status).or_default() += n;
+        }
+        self.issued.extend(other.issued);
+        self.shed.extend(other.shed);
+        self.answered += other.answered;
+    }
+}
+
 fn http(args: &[String]) -> Value {
     let target = required(args, "--target");
     let url = required(args, "--url");
@@ -155,8 +195,7 @@ fn http(args: &[String]) -> Value {
                 arg(args, "--ca").map(PathBuf::from),
             );
             tasks.push(tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
+                let mut tally = Tally::default();
                 let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
                 if let Some(token) = &token {
                     headers.push(("x-vault-token", token));
@@ -165,8 +204,8 @@ fn http(args: &[String]) -> Value {
                     let mut connection = match plain::connect(&url).await {
                         Ok(c) => c,
                         Err(e) => {
-                            *statuses.entry(format!("connect: {e}")).or_default() += 1;
-                            return (latencies, statuses);
+                            tally.count(format!("connect: {e}"));
+                            return tally;
                         }
                     };
                     let mut i = worker;
@@ -175,10 +214,9 @@ fn http(args: &[String]) -> Value {
                         i += connections;
                         let sent = Instant::now();
                         let status = connection.post(&path, body).await;
-                        latencies.push((status == "200", sent.elapsed().as_micros() as u64));
-                        *statuses.entry(status).or_default() += 1;
+                        tally.answer(status, sent);
                     }
-                    return (latencies, statuses);
+                    return tally;
                 }
                 let client = hsmca::api::client::Client::new(
                     &url,
@@ -194,7 +232,7 @@ fn http(args: &[String]) -> Value {
                         match client.connect().await {
                             Ok(c) => connection = Some(c),
                             Err(e) => {
-                                *statuses.entry(format!("connect: {e}")).or_default() += 1;
+                                tally.count(format!("connect: {e}"));
                                 continue;
                             }
                         }
@@ -207,7 +245,6 @@ fn http(args: &[String]) -> Value {
                         .unwrap()
                         .send("POST", &path, &headers, body)
                         .await;
-                    let elapsed = sent.elapsed().as_micros() as u64;
                     let status = match answer {
                         Ok(response) => response.status.to_string(),
                         Err(_) => {
@@ -215,31 +252,27 @@ fn http(args: &[String]) -> Value {
                             "connection error".to_string()
                         }
                     };
-                    latencies.push((status == "200", elapsed));
-                    *statuses.entry(status).or_default() += 1;
+                    tally.answer(status, sent);
                 }
-                (latencies, statuses)
+                tally
             }));
         }
-        let mut latencies = Vec::new();
-        let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
+        let mut tally = Tally::default();
         for task in tasks {
-            let (l, s) = task.await.unwrap();
-            latencies.extend(l);
-            for (k, v) in s {
-                *statuses.entry(k).or_default() += v;
-            }
+            tally.merge(task.await.unwrap());
         }
-        (latencies, statuses, started.elapsed())
+        (tally, started.elapsed())
     });
-    let (latencies, statuses, elapsed) = results;
-    let (mut issued, mut refused): (Vec<_>, Vec<_>) = latencies.into_iter().partition(|l| l.0);
-    issued.sort_unstable();
-    refused.sort_unstable();
-    let issued: Vec<u64> = issued.into_iter().map(|(_, micros)| micros).collect();
-    let refused: Vec<u64> = refused.into_iter().map(|(_, micros)| micros).collect();
+    let (mut tally, elapsed) = results;
+    tally.issued.sort_unstable();
+    tally.shed.sort_unstable();
+    let Tally {
+        statuses,
+        issued,
+        shed: shed_latencies,
+        answered,
+    } = tally;
     let ok = statuses.get("200").copied().unwrap_or(0);
-    let shed = statuses.get("503").copied().unwrap_or(0);
     let errors: u64 = statuses
         .iter()
         .filter(|(k, _)| k.as_str() != "200")
@@ -250,16 +283,16 @@ fn http(args: &[String]) -> Value {
         "scenario": if target == "vault" { "sign/workload".to_string() } else { profile },
         "connections": connections,
         "seconds": elapsed.as_secs_f64(),
-        "requests": issued.len() + refused.len(),
+        "requests": answered,
         "ok": ok,
         "errors": errors,
-        "shed_503": shed,
+        "shed_503": shed_latencies.len(),
         "statuses": statuses,
         "throughput": ok as f64 / elapsed.as_secs_f64(),
         "p50_ms": percentile(&issued, 0.50),
         "p99_ms": percentile(&issued, 0.99),
         "p999_ms": percentile(&issued, 0.999),
-        "refused_p99_ms": percentile(&refused, 0.99),
+        "refused_p99_ms": percentile(&shed_latencies, 0.99),
     })
 }
 
@@ -320,7 +353,6 @@ mod plain {
     }
 }
 
-/// The raw PKCS#11 ceiling: threads, each with its own session, calling `C_Sign` in a loop.
 /// Polls a plain-HTTP URL until it answers 200; the report holds how long that took.
 fn ready(args: &[String]) -> Value {
     use std::io::{Read, Write};
@@ -351,6 +383,7 @@ fn ready(args: &[String]) -> Value {
     }
 }
 
+/// The raw PKCS#11 ceiling: threads, each with its own session, calling `C_Sign` in a loop.
 fn raw(args: &[String]) -> Value {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::mechanism::Mechanism;
