@@ -69,7 +69,6 @@ kind = "issuing-ca"
 issuer = "online-p256"
 default_ttl = "720h"
 max_ttl = "2160h"
-name_constraints = true
 
 [profiles.workload]
 kind = "workload"

@@ -95,6 +95,11 @@ fn the_configuration_the_manifests_ship_is_one_hsmca_accepts() {
         .map(|line| format!("{}\n", line.strip_prefix("    ").unwrap_or(line)))
         .collect();
     let config = hsmca::config::Config::parse(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    // Chains under the shipped profiles must verify in rustls-based peers (ztunnel,
+    // linkerd2-proxy), so none of them writes URI name constraints.
+    for (name, profile) in &config.profiles {
+        assert_eq!(profile.verifier_warning(), None, "profile {name}");
+    }
     let server = config.server.expect("[server]");
     assert!(
         server.ops_listen.is_some(),

@@ -201,6 +201,9 @@ impl Settings {
         }
         for (name, profile) in &config.profiles {
             profile.validate(name).map_err(StartError::Config)?;
+            if let Some(warning) = profile.verifier_warning() {
+                tracing::warn!(profile = %name, "{warning}");
+            }
             if !config.issuers.contains_key(&profile.issuer) {
                 return Err(StartError::Config(format!(
                     "profile {name}: issuer {:?} is not defined in [issuers]",

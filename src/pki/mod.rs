@@ -29,7 +29,9 @@ pub use error::PkiError;
 pub use leaf::LeafTemplate;
 pub use lint::{check_ca_certificate, check_crl, check_leaf_certificate};
 pub use name::{SubjectSpec, directory_string, rebuild_requested_name};
-pub use profile::{Profile, ProfileKind, ProfileRefusal, RequestedNames, Template};
+pub use profile::{
+    Profile, ProfileKind, ProfileRefusal, RequestedNames, Template, URI_NAME_CONSTRAINTS_WARNING,
+};
 pub use signed::{Prepared, verify_signed};
 pub use signer::{HsmSigner, Signer, SoftwareKey};
 pub use spiffe::{SpiffeId, SpiffeIdError};

@@ -60,6 +60,14 @@ fn check_dns_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Which verifiers refuse a chain through a CA with a permitted URI subtree, and why; logged
+/// by `hsmca serve` for every profile with `name_constraints = true`.
+pub const URI_NAME_CONSTRAINTS_WARNING: &str = "name_constraints = true writes URI name \
+    constraints: rustls-webpki (ztunnel, linkerd2-proxy, spiffe-rustls) and pyca cryptography \
+    refuse every certificate under such a CA (they do not evaluate URI subtrees and fail \
+    closed); Go crypto/x509 (SPIRE, istiod) and OpenSSL accept it. Turn it off unless every \
+    verifier in the mesh is Go or OpenSSL";
+
 /// One `[profiles.<name>]` section.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,9 +88,17 @@ pub struct Profile {
     /// leaves only).
     pub path_len: Option<u8>,
     /// `issuing-ca` only: add a critical nameConstraints extension permitting only URIs in
-    /// the requested trust domain.
+    /// the requested trust domain. Off by default: rustls-webpki (ztunnel, linkerd2-proxy,
+    /// spiffe-rustls) and pyca `cryptography` refuse every chain through such a CA (see
+    /// [`URI_NAME_CONSTRAINTS_WARNING`]).
     #[serde(default)]
     pub name_constraints: bool,
+    /// `issuing-ca` only: DNS domains the new CA may issue for, written as permitted dNSName
+    /// subtrees of a critical nameConstraints extension (e.g. Linkerd's
+    /// `identity.linkerd.cluster.local`). Every verifier we know evaluates these, and they
+    /// leave URI SANs unconstrained.
+    #[serde(default)]
+    pub permitted_dns_domains: Vec<String>,
     /// How far `notBefore` is set back to absorb clock skew (default 10 s, as SPIRE does).
     #[serde(default = "Profile::default_backdate")]
     pub backdate: Seconds,
@@ -200,13 +216,33 @@ impl Profile {
                 "profile {name}: max_ttl must be above zero and key_types must not be empty"
             ));
         }
-        if self.kind == ProfileKind::Workload && (self.path_len.is_some() || self.name_constraints)
+        if self.kind == ProfileKind::Workload
+            && (self.path_len.is_some()
+                || self.name_constraints
+                || !self.permitted_dns_domains.is_empty())
         {
             return Err(format!(
-                "profile {name}: path_len and name_constraints apply to issuing-ca profiles only"
+                "profile {name}: path_len, name_constraints and permitted_dns_domains apply to issuing-ca profiles only"
             ));
         }
+        for domain in &self.permitted_dns_domains {
+            // RFC 5280: "example.org" permits it and its subdomains, ".example.org" only the
+            // subdomains; both forms are understood by rustls-webpki, Go, OpenSSL and pyca.
+            let host = domain.strip_prefix('.').unwrap_or(domain);
+            check_dns_name(host).map_err(|problem| {
+                format!(
+                    "profile {name}: permitted_dns_domains entry {domain:?} is not a DNS domain: {problem}"
+                )
+            })?;
+        }
         Ok(())
+    }
+
+    /// The warning `hsmca serve` logs for this profile at start, if its certificates will be
+    /// refused by some verifiers in the mesh.
+    pub fn verifier_warning(&self) -> Option<&'static str> {
+        self.name_constraints
+            .then_some(URI_NAME_CONSTRAINTS_WARNING)
     }
 
     /// Checks the CSR's key, subject and SANs against this profile and the SPIFFE rules.
@@ -374,7 +410,7 @@ impl Profile {
                     (Some(id), true) => vec![id.trust_domain().to_owned()],
                     _ => Vec::new(),
                 },
-                permitted_dns_domains: Vec::new(),
+                permitted_dns_domains: self.permitted_dns_domains.clone(),
                 crl_distribution_points: crl_url.iter().map(|url| url.to_string()).collect(),
                 ca_issuers: Vec::new(),
                 spiffe_id,
@@ -597,6 +633,62 @@ mod tests {
             refused.message.contains("below this profile's min_ttl 30d"),
             "{}",
             refused.message
+        );
+    }
+
+    #[test]
+    fn dns_name_constraints_are_checked_and_written_uri_ones_warn() {
+        let mut ca = profile("issuing-ca");
+        assert_eq!(ca.verifier_warning(), None);
+        ca.name_constraints = true;
+        assert!(
+            ca.verifier_warning()
+                .is_some_and(|w| w.contains("rustls-webpki") && w.contains("pyca"))
+        );
+        ca.permitted_dns_domains = vec![
+            "identity.linkerd.cluster.local".into(),
+            ".svc.example".into(),
+        ];
+        ca.validate("ca").unwrap();
+
+        let now = crate::pki::now().unix_duration();
+        let (_, issuer) = issuer(now);
+        let request = csr(&["spiffe://td"], true);
+        let names = ca.requested_names(&request).unwrap();
+        let template = ca.template(
+            &request,
+            &names,
+            Seconds(3600),
+            &issuer.as_issuer(),
+            SignatureAlgorithm::EcdsaP256Sha256,
+            None,
+            now,
+        );
+        let Ok(Template::Ca(template)) = template else {
+            panic!("an issuing-ca profile makes CA templates")
+        };
+        assert_eq!(template.permitted_uri_domains, ["td"]);
+        assert_eq!(template.permitted_dns_domains, ca.permitted_dns_domains);
+
+        for (bad, why) in [
+            ("*.linkerd.local", "found '*'"),
+            ("Identity.local", "found 'I'"),
+            ("local.", "trailing dot"),
+            ("", "1 to 253"),
+        ] {
+            ca.permitted_dns_domains = vec![bad.into()];
+            let problem = ca.validate("ca").unwrap_err();
+            assert!(
+                problem.contains("permitted_dns_domains") && problem.contains(why),
+                "{bad:?}: {problem}"
+            );
+        }
+        let mut leaf = profile("workload");
+        leaf.permitted_dns_domains = vec!["example.org".into()];
+        assert!(
+            leaf.validate("w")
+                .unwrap_err()
+                .contains("issuing-ca profiles only")
         );
     }
 

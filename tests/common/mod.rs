@@ -258,6 +258,17 @@ pub fn openssl_verify_chain(roots: &Path, untrusted: &Path, cert: &Path) {
     );
 }
 
+/// `openssl x509 -text` of the certificate in `cert`.
+pub fn openssl_text(cert: &Path) -> String {
+    let output = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output)
+}
+
 /// `hsmca audit verify LOG`, which needs no config and no HSM.
 pub fn audit_verify(log: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hsmca"))
