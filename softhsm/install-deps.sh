@@ -8,7 +8,8 @@
 #   systemd       - systemd-analyze, which scores the hardening of deploy/systemd/hsmca.service
 set -euo pipefail
 
-packages=(softhsm2 opensc openssl python3-venv systemd)
+# More packages may be named as arguments (tests/run.sh adds the ones only the tests need).
+packages=(softhsm2 opensc openssl python3-venv systemd "$@")
 missing=()
 for pkg in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

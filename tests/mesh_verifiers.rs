@@ -1,5 +1,6 @@
 //! Every chain hsmca issues, checked by the verifiers the mesh's peers run, none written here:
-//! **rustls-webpki** (ztunnel, linkerd2-proxy, spiffe-rustls), pyca `cryptography`'s path
+//! **rustls-webpki** (ztunnel, linkerd2-proxy, spiffe-rustls), Go's `crypto/x509` (SPIRE,
+//! istiod, Linkerd's controller; `tests/go/svid_verify.go`), pyca `cryptography`'s path
 //! builder and OpenSSL. For each issuing-CA layout `hsmca request` writes (plain, istio,
 //! linkerd; P-256 and RSA-2048), a workload certificate is signed under the new CA's key the
 //! way SPIRE or istiod would (by `openssl x509 -req`, which sets the AKI from the CA's SKI as
@@ -10,7 +11,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::appliance::{Appliance, TRUST_DOMAIN, p256, runtime, write};
@@ -196,7 +198,32 @@ fn rustls_webpki(
     })
 }
 
-/// Asserts that rustls-webpki, pyca and OpenSSL all accept `leaf` presented with `chain` to
+/// Go's `crypto/x509` on `leaf` presented with `chain` to a peer trusting `roots`, for server
+/// and client authentication (and `dns_name`): `tests/go/svid_verify.go`, built once.
+fn go_verify(roots: &Path, chain: &Path, leaf: &Path, dns_name: Option<&str>) -> Output {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    let binary = BINARY.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("svid_verify");
+        let build = Command::new("go")
+            .arg("build")
+            .arg("-o")
+            .arg(&out)
+            .arg(common::repo_path("tests/go/svid_verify.go"))
+            .env(
+                "GOCACHE",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-cache"),
+            )
+            .output()
+            .expect("go is not installed: softhsm/install-deps.sh installs golang-go");
+        assert_success(&build, "go build tests/go/svid_verify.go");
+        out
+    });
+    let mut command = Command::new(binary);
+    command.arg(roots).arg(chain).arg(leaf).args(dns_name);
+    command.output().unwrap()
+}
+
+/// Asserts that rustls-webpki, Go, pyca and OpenSSL all accept `leaf` presented with `chain` to
 /// a peer trusting `roots`.
 fn assert_every_verifier_accepts(
     roots: &Path,
@@ -211,6 +238,13 @@ fn assert_every_verifier_accepts(
     {
         assert_eq!(decision, Ok(()), "rustls-webpki {usage} auth, {what}");
     }
+    let go = go_verify(roots, chain, leaf, dns_name);
+    assert!(
+        go.status.success(),
+        "Go, {what}: {}{}",
+        stdout(&go),
+        stderr(&go)
+    );
     let pyca = python_script("svid_verify.py", &[roots, chain, leaf]);
     assert!(
         pyca.status.success(),
@@ -235,7 +269,7 @@ fn wait_for_log(appliance: &Appliance, text: &str) -> String {
 }
 
 #[test]
-fn every_issued_chain_verifies_with_rustls_webpki_pyca_and_openssl() {
+fn every_issued_chain_verifies_with_rustls_webpki_go_pyca_and_openssl() {
     let mut appliance = Appliance::prepare();
     appliance.write_config_with(|text| {
         let istiod_profiles = r#"profiles = ["issuing-ca", "issuing-ca-rsa", "workload"]"#;
@@ -291,7 +325,7 @@ fn every_issued_chain_verifies_with_rustls_webpki_pyca_and_openssl() {
         }
     }
 
-    // The DNS subtree is enforced by rustls-webpki: a name outside it is refused.
+    // The DNS subtree is enforced by rustls-webpki and Go: a name outside it is refused.
     let linkerd = IssuedCa::files(
         &dir.join("linkerd-ecdsa-p256-issuing-ca-linkerd"),
         "linkerd",
@@ -317,6 +351,14 @@ fn every_issued_chain_verifies_with_rustls_webpki_pyca_and_openssl() {
         ]
     );
 
+    let go = go_verify(&linkerd.roots, &linkerd.chain, &outside, None);
+    assert!(
+        !go.status.success() && stdout(&go).contains("not permitted"),
+        "Go: {}{}",
+        stdout(&go),
+        stderr(&go)
+    );
+
     // The workload profile's own leaves.
     let leaf_key = p256();
     let mut params =
@@ -339,8 +381,8 @@ fn every_issued_chain_verifies_with_rustls_webpki_pyca_and_openssl() {
         "workload profile leaf",
     );
 
-    // URI name constraints: rustls-webpki and pyca refuse every SVID under such a CA, OpenSSL
-    // accepts it; the start-up warning says so, once, for that profile only.
+    // URI name constraints: rustls-webpki and pyca refuse every SVID under such a CA, Go and
+    // OpenSSL accept it; the start-up warning says so, once, for that profile only.
     let constrained = request(
         &appliance,
         "issuing-ca-uri-constrained",
@@ -372,6 +414,8 @@ fn every_issued_chain_verifies_with_rustls_webpki_pyca_and_openssl() {
         stderr(&pyca)
     );
     openssl_verify_chain(&constrained.roots, &constrained.chain, &svid);
+    let go = go_verify(&constrained.roots, &constrained.chain, &svid, None);
+    assert!(go.status.success(), "Go: {}{}", stdout(&go), stderr(&go));
 
     let warning = "writes URI name constraints";
     wait_for_log(&appliance, warning);

@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-softhsm/install-deps.sh
+# golang-go: Go's crypto/x509, the verifier of SPIRE and istiod (tests/go/svid_verify.go).
+softhsm/install-deps.sh golang-go
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "==> installing cargo-nextest" >&2
     cargo install cargo-nextest --locked --quiet
