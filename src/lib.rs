@@ -15,6 +15,7 @@
 //! * [`digest`]: the SHA-256 fingerprint format every layer records.
 //! * [`duration`]: `1h30m`-style durations for the configuration and the API.
 //! * [`files`]: output files created exclusively, with the mode they need from the start.
+//! * [`secret`]: PINs and passwords from a private file or the environment, never echoed.
 //!
 //! Only `hsm` speaks PKCS#11; `api` and `ceremony` reach the HSM through it.
 #![forbid(unsafe_code)]
@@ -32,3 +33,4 @@ pub mod hsm;
 pub mod ledger;
 pub mod pki;
 pub mod policy;
+pub mod secret;

@@ -7,8 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# golang-go: Go's crypto/x509, the verifier of SPIRE and istiod (tests/go/svid_verify.go).
-softhsm/install-deps.sh golang-go
+# golang-go: Go's crypto/x509, the verifier of SPIRE and istiod (tests/go/svid_verify.go);
+# postgresql: the server tests/common/postgres.rs starts per test, as the postgres user.
+softhsm/install-deps.sh golang-go postgresql
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "==> installing cargo-nextest" >&2
     cargo install cargo-nextest --locked --quiet

@@ -1,13 +1,11 @@
 //! The user PIN: loaded from a private file or an environment variable, held in a zeroizing
 //! secret, and never printed.
 
-use std::path::Path;
-
 use secrecy::SecretString;
-use zeroize::Zeroizing;
 
 use super::config::PinSource;
 use super::error::HsmError;
+use crate::secret::{SecretError, SecretSource};
 
 /// A token user PIN. Its `Debug` output is redacted and its memory is wiped on drop.
 pub struct Pin(SecretString);
@@ -21,52 +19,20 @@ impl std::fmt::Debug for Pin {
 impl Pin {
     /// Loads the PIN from its configured source.
     pub fn load(source: &PinSource) -> Result<Self, HsmError> {
-        match source {
-            PinSource::File(path) => Self::from_file(path),
-            PinSource::Env(var) => Self::from_env(var),
-        }
-    }
-
-    fn from_file(path: &Path) -> Result<Self, HsmError> {
-        use std::os::unix::fs::PermissionsExt;
-
-        let metadata = std::fs::metadata(path).map_err(|source| HsmError::PinFile {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mode = metadata.permissions().mode() & 0o777;
-        // A PIN readable by other users is a PIN already disclosed: refuse before reading it.
-        if mode & 0o077 != 0 {
-            return Err(HsmError::PinFilePermissions {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-        let text =
-            Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|source| HsmError::PinFile {
-                    path: path.to_owned(),
-                    source,
-                })?,
-            );
-        Self::from_text(&text).ok_or_else(|| HsmError::PinEmpty {
-            origin: format!("file {}", path.display()),
-        })
-    }
-
-    fn from_env(var: &str) -> Result<Self, HsmError> {
-        let text = Zeroizing::new(std::env::var(var).map_err(|_| HsmError::PinEnvMissing {
-            var: var.to_owned(),
-        })?);
-        Self::from_text(&text).ok_or_else(|| HsmError::PinEmpty {
-            origin: format!("environment variable {var}"),
-        })
-    }
-
-    /// Strips the line ending editors and `echo` add; an empty PIN is no PIN.
-    fn from_text(text: &str) -> Option<Self> {
-        let pin = text.trim_end_matches(['\n', '\r']);
-        (!pin.is_empty()).then(|| Pin(SecretString::from(pin)))
+        let source = match source {
+            PinSource::File(path) => SecretSource::File(path.clone()),
+            PinSource::Env(var) => SecretSource::Env(var.clone()),
+        };
+        crate::secret::load(&source)
+            .map(Pin)
+            .map_err(|error| match error {
+                SecretError::File { path, source } => HsmError::PinFile { path, source },
+                SecretError::Permissions { path, mode } => {
+                    HsmError::PinFilePermissions { path, mode }
+                }
+                SecretError::EnvMissing { var } => HsmError::PinEnvMissing { var },
+                SecretError::Empty { origin } => HsmError::PinEmpty { origin },
+            })
     }
 
     pub(crate) fn secret(&self) -> &SecretString {

@@ -3,4 +3,5 @@
 
 pub mod audit;
 pub mod certificates;
+pub mod postgres;
 pub mod recorder;

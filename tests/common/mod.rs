@@ -5,6 +5,7 @@
 
 pub mod appliance;
 pub mod load;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,470 @@
+//! PostgreSQL, the store several replicas share: its `[storage]` settings, the connection
+//! pool (TLS verify-full through rustls, the password from a private file or the
+//! environment), and the versioned schema.
+//!
+//! Migrations run in one transaction under an advisory lock, so replicas starting together
+//! apply each exactly once, and a half-applied schema never exists; a binary refuses a
+//! database whose schema is newer than the newest it knows.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::secret::{SecretError, SecretSource};
+
+/// The `postgres` settings of `[storage]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgresql://USER@HOST:PORT/DATABASE`; a password in it is refused (it would end up
+    /// in logs and process listings): use `password_file` or `password_env`.
+    pub postgres: String,
+    /// A file holding the password, mode 0600 (refused otherwise).
+    pub password_file: Option<PathBuf>,
+    /// Or an environment variable holding it.
+    pub password_env: Option<String>,
+    /// `verify-full` (default: TLS, the server's certificate checked against `ca_file` and
+    /// its name against the URL's host) or `disable` (a unix socket or loopback only).
+    #[serde(default)]
+    pub sslmode: PostgresTls,
+    /// The CA that issued the server's certificate (PEM), for `verify-full`.
+    pub ca_file: Option<PathBuf>,
+    /// Connections per replica (default 8).
+    #[serde(default = "PostgresConfig::default_pool_size")]
+    pub pool_size: usize,
+}
+
+/// How hsmca talks to the server.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PostgresTls {
+    /// TLS, the certificate verified against `ca_file` and the host name.
+    #[default]
+    VerifyFull,
+    /// No TLS: only for a unix socket or a loopback address.
+    Disable,
+}
+
+/// Why the PostgreSQL store cannot be used. Never holds the password.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    /// The settings are wrong; says which and why.
+    #[error("[storage] postgres: {0}")]
+    Config(String),
+    /// The password could not be read.
+    #[error("[storage] postgres password: {0}")]
+    Password(#[from] SecretError),
+    /// The CA file could not be read or holds no certificate.
+    #[error("[storage] postgres ca_file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The server could not be reached or refused us.
+    #[error("PostgreSQL at {target}: {source}")]
+    Unavailable {
+        /// `host:port/database`, without credentials.
+        target: String,
+        /// What the driver or the pool said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A statement failed.
+    #[error("PostgreSQL at {target}: {source}")]
+    Query {
+        /// `host:port/database`, without credentials.
+        target: String,
+        /// What the server said.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The database was migrated by a newer hsmca.
+    #[error(
+        "PostgreSQL at {target}: the schema is at version {found}, newer than this hsmca knows ({known}); run the hsmca release that migrated it, or a newer one"
+    )]
+    SchemaTooNew {
+        /// `host:port/database`.
+        target: String,
+        /// The database's version.
+        found: i32,
+        /// The newest this binary knows.
+        known: i32,
+    },
+}
+
+impl PostgresConfig {
+    fn default_pool_size() -> usize {
+        8
+    }
+
+    /// Checks what can be checked without the server: the URL, one password source, TLS
+    /// settings, the pool size.
+    pub fn validate(&self) -> Result<(), PostgresError> {
+        self.driver_config().map(|_| ())
+    }
+
+    fn password_source(&self) -> Result<SecretSource, PostgresError> {
+        match (&self.password_file, &self.password_env) {
+            (Some(path), None) => Ok(SecretSource::File(path.clone())),
+            (None, Some(var)) => Ok(SecretSource::Env(var.clone())),
+            (None, None) => Err(PostgresError::Config(
+                "set password_file (mode 0600) or password_env".into(),
+            )),
+            (Some(_), Some(_)) => Err(PostgresError::Config(
+                "set one of password_file and password_env, not both".into(),
+            )),
+        }
+    }
+
+    /// The driver's settings from the URL, without the password; checks them.
+    fn driver_config(&self) -> Result<tokio_postgres::Config, PostgresError> {
+        if !(self.postgres.starts_with("postgresql://") || self.postgres.starts_with("postgres://"))
+        {
+            return Err(PostgresError::Config(
+                "postgres must be a URL: postgresql://USER@HOST:PORT/DATABASE".into(),
+            ));
+        }
+        // Parsed without echoing the text: it might hold a password after all.
+        let config = tokio_postgres::Config::from_str(&self.postgres).map_err(|_| {
+            PostgresError::Config(
+                "postgres is not a valid URL: postgresql://USER@HOST:PORT/DATABASE".into(),
+            )
+        })?;
+        if config.get_password().is_some() {
+            return Err(PostgresError::Config(
+                "the URL holds a password: remove it and use password_file or password_env".into(),
+            ));
+        }
+        if config.get_user().is_none() || config.get_dbname().is_none() {
+            return Err(PostgresError::Config(
+                "the URL must name the user and the database: postgresql://USER@HOST:PORT/DATABASE"
+                    .into(),
+            ));
+        }
+        if self.pool_size == 0 {
+            return Err(PostgresError::Config("pool_size must be at least 1".into()));
+        }
+        match (self.sslmode, &self.ca_file) {
+            (PostgresTls::VerifyFull, None) => {
+                return Err(PostgresError::Config(
+                    "sslmode verify-full (the default) needs ca_file, the CA of the server's certificate; or sslmode = \"disable\" for a unix socket or loopback server"
+                        .into(),
+                ));
+            }
+            (PostgresTls::Disable, _) if !config.get_hosts().iter().all(is_local) => {
+                return Err(PostgresError::Config(
+                    "sslmode disable is for a unix socket or a loopback address only; use verify-full with ca_file for a server on the network"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        self.password_source()?;
+        Ok(config)
+    }
+
+    /// `host:port/database` for messages: never the user's password, which is not in it.
+    pub fn target(&self) -> String {
+        match tokio_postgres::Config::from_str(&self.postgres) {
+            Ok(config) => {
+                let host = match config.get_hosts().first() {
+                    Some(Host::Tcp(host)) => host.clone(),
+                    Some(Host::Unix(path)) => path.display().to_string(),
+                    None => "localhost".into(),
+                };
+                let port = config.get_ports().first().copied().unwrap_or(5432);
+                format!("{host}:{port}/{}", config.get_dbname().unwrap_or_default())
+            }
+            Err(_) => "(invalid URL)".into(),
+        }
+    }
+
+    /// Reads the password, builds the pool and checks that the server answers, with the
+    /// schema migrated to this binary's version. Connections are made as needed, up to
+    /// `pool_size`; one that breaks is replaced on the next use.
+    pub async fn connect(&self) -> Result<Pool, PostgresError> {
+        let mut config = self.driver_config()?;
+        let password: SecretString = crate::secret::load(&self.password_source()?)?;
+        config.password(password.expose_secret().as_bytes());
+        config.connect_timeout(std::time::Duration::from_secs(5));
+        config.ssl_mode(match self.sslmode {
+            PostgresTls::VerifyFull => SslMode::Require,
+            PostgresTls::Disable => SslMode::Disable,
+        });
+        let tls = MakeRustlsConnect::new(self.tls_config()?);
+        let manager = Manager::from_config(
+            config,
+            tls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(self.pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(Some(std::time::Duration::from_secs(5)))
+            .wait_timeout(Some(std::time::Duration::from_secs(5)))
+            .build()
+            .map_err(|e| PostgresError::Config(e.to_string()))?;
+        migrate(&pool, &self.target()).await?;
+        Ok(pool)
+    }
+
+    /// The rustls client settings: the CA file's certificates as the only roots (with
+    /// `verify-full`); the host name is checked by rustls against the URL's host.
+    fn tls_config(&self) -> Result<rustls::ClientConfig, PostgresError> {
+        let mut roots = rustls::RootCertStore::empty();
+        if let (PostgresTls::VerifyFull, Some(path)) = (self.sslmode, &self.ca_file) {
+            for certificate in read_ca_file(path)? {
+                roots.add(certificate).map_err(|e| PostgresError::CaFile {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PostgresError::Config(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth())
+    }
+}
+
+fn is_local(host: &Host) -> bool {
+    match host {
+        Host::Unix(_) => true,
+        Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    }
+}
+
+fn read_ca_file(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, PostgresError> {
+    use rustls::pki_types::pem::PemObject;
+    let error = |reason: String| PostgresError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let certificates = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| error(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(error("no PEM certificate in it".into()));
+    }
+    Ok(certificates)
+}
+
+/// One step of the schema; applied in order, each exactly once.
+struct Migration {
+    version: i32,
+    what: &'static str,
+    sql: &'static str,
+}
+
+/// The schema, version by version. Never edit a released step: add one.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    what: "certificates, revocations, CRLs, bundle sequence, the audit chain, Vault tokens",
+    sql: "
+CREATE TABLE certificates (
+    serial        text PRIMARY KEY,
+    issuer_key_id text NOT NULL,
+    subject       text NOT NULL,
+    sans          text NOT NULL,
+    profile       text NOT NULL,
+    client        text NOT NULL,
+    not_before    bigint NOT NULL,
+    not_after     bigint NOT NULL,
+    der           bytea NOT NULL,
+    issued_at     bigint NOT NULL DEFAULT extract(epoch FROM now())::bigint
+);
+CREATE INDEX certificates_by_issuer ON certificates (issuer_key_id);
+CREATE TABLE revocations (
+    serial        text PRIMARY KEY REFERENCES certificates (serial),
+    reason        text NOT NULL,
+    revoked_at    bigint NOT NULL,
+    officer       text NOT NULL
+);
+CREATE TABLE crls (
+    issuer_key_id text NOT NULL,
+    number        bigint NOT NULL,
+    this_update   bigint NOT NULL,
+    next_update   bigint NOT NULL,
+    der           bytea NOT NULL,
+    PRIMARY KEY (issuer_key_id, number)
+);
+CREATE TABLE bundles (
+    sequence      bigint PRIMARY KEY,
+    sha256        text NOT NULL,
+    published_at  bigint NOT NULL DEFAULT extract(epoch FROM now())::bigint
+);
+-- The cluster's one audit chain: each record as the JSON line the file log would hold,
+-- and the head, one row, locked by every append so that records from all replicas chain.
+CREATE TABLE audit_records (
+    seq           bigint PRIMARY KEY,
+    line          text NOT NULL
+);
+CREATE TABLE audit_head (
+    singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    seq           bigint NOT NULL,
+    hash          text NOT NULL
+);
+INSERT INTO audit_head (seq, hash)
+    VALUES (0, '0000000000000000000000000000000000000000000000000000000000000000');
+-- Vault tokens by the SHA-256 of the token, never the token itself.
+CREATE TABLE vault_tokens (
+    token_sha256  text PRIMARY KEY,
+    client        text NOT NULL,
+    policy_name   text NOT NULL,
+    expires_at    bigint NOT NULL
+);
+",
+}];
+
+/// The newest schema version this binary knows.
+pub fn schema_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// Any number, the same in every hsmca: the advisory lock replicas take to migrate one at a
+/// time (ASCII "hsmca" in hex).
+const MIGRATION_LOCK: i64 = 0x68_73_6d_63_61;
+
+/// Brings the schema to [`schema_version`] in one transaction, or refuses a newer one.
+async fn migrate(pool: &Pool, target: &str) -> Result<(), PostgresError> {
+    let unavailable =
+        |source: Box<dyn std::error::Error + Send + Sync>| PostgresError::Unavailable {
+            target: target.to_owned(),
+            source,
+        };
+    let query = |source| PostgresError::Query {
+        target: target.to_owned(),
+        source,
+    };
+    let mut client = pool.get().await.map_err(|e| unavailable(Box::new(e)))?;
+    let transaction = client.transaction().await.map_err(query)?;
+    transaction
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(query)?;
+    transaction
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS hsmca_schema (
+                 version    integer PRIMARY KEY,
+                 what       text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await
+        .map_err(query)?;
+    let found: i32 = transaction
+        .query_one("SELECT coalesce(max(version), 0) FROM hsmca_schema", &[])
+        .await
+        .map_err(query)?
+        .get(0);
+    if found > schema_version() {
+        return Err(PostgresError::SchemaTooNew {
+            target: target.to_owned(),
+            found,
+            known: schema_version(),
+        });
+    }
+    for migration in MIGRATIONS.iter().filter(|m| m.version > found) {
+        transaction
+            .batch_execute(migration.sql)
+            .await
+            .map_err(query)?;
+        transaction
+            .execute(
+                "INSERT INTO hsmca_schema (version, what) VALUES ($1, $2)",
+                &[&migration.version, &migration.what],
+            )
+            .await
+            .map_err(query)?;
+        tracing::info!(
+            version = migration.version,
+            what = migration.what,
+            "PostgreSQL schema migrated"
+        );
+    }
+    transaction.commit().await.map_err(query)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> PostgresConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn settings_are_checked_before_any_connection() {
+        let good = config(
+            "postgres = \"postgresql://hsmca@db.example:5432/hsmca\"\npassword_file = \"/etc/hsmca/pg\"\nca_file = \"/etc/hsmca/pg-ca.pem\"\n",
+        );
+        good.validate().unwrap();
+        assert_eq!(good.target(), "db.example:5432/hsmca");
+        assert_eq!(good.pool_size, 8);
+        assert_eq!(good.sslmode, PostgresTls::VerifyFull);
+        for (edit, why) in [
+            (
+                (
+                    "postgres",
+                    "\"postgresql://hsmca:hunter2@db.example/hsmca\"",
+                ),
+                "holds a password",
+            ),
+            (("postgres", "\"db.example\""), "must be a URL"),
+            (
+                ("postgres", "\"postgresql://db.example/hsmca\""),
+                "name the user",
+            ),
+            (("ca_file", "\"\"\nsslmode = \"disable\""), "loopback"),
+            (("pool_size", "0"), "at least 1"),
+            (
+                ("password_file", "\"/p\"\npassword_env = \"PG\""),
+                "not both",
+            ),
+        ] {
+            let mut table: toml::Table = toml::from_str(
+                "postgres = \"postgresql://hsmca@db.example:5432/hsmca\"\npassword_file = \"/etc/hsmca/pg\"\nca_file = \"/etc/hsmca/pg-ca.pem\"\n",
+            )
+            .unwrap();
+            let value: toml::Table = toml::from_str(&format!("{} = {}", edit.0, edit.1)).unwrap();
+            table.extend(value);
+            let bad: PostgresConfig = table.try_into().unwrap();
+            let error = bad.validate().unwrap_err().to_string();
+            assert!(error.contains(why), "{edit:?}: {error}");
+            assert!(!error.contains("hunter2"), "{error}");
+        }
+        let no_tls = config(
+            "postgres = \"postgresql://hsmca@127.0.0.1:5432/hsmca\"\npassword_env = \"PG\"\nsslmode = \"disable\"\n",
+        );
+        no_tls.validate().unwrap();
+        let no_ca = config(
+            "postgres = \"postgresql://hsmca@db.example:5432/hsmca\"\npassword_env = \"PG\"\n",
+        );
+        assert!(
+            no_ca
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("needs ca_file")
+        );
+    }
+}
