@@ -3,4 +3,7 @@
 
 pub mod audit;
 pub mod certificates;
+mod config;
 pub mod recorder;
+
+pub use config::StorageConfig;
