@@ -18,6 +18,21 @@ pub struct ApiError {
     pub message: String,
     /// For 429 and 503: when to try again.
     pub retry_after: Option<Duration>,
+    /// How much of `message` a dialect that keeps reasons from clients (Vault) shows.
+    pub disclosure: Disclosure,
+}
+
+/// How much of a refusal a client is told by a dialect that keeps reasons to the audit log
+/// (Vault's). The native API always shows the whole message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Disclosure {
+    /// The whole message.
+    #[default]
+    Full,
+    /// Only that permission was denied (a refused token, an unknown client).
+    PermissionDenied,
+    /// Only that a rate limit was hit (too many bad tokens).
+    RateLimited,
 }
 
 impl ApiError {
@@ -28,6 +43,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            disclosure: Disclosure::Full,
         }
     }
 

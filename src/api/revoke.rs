@@ -129,7 +129,7 @@ async fn revoke_inner(
         .ledger_admin
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .revoke(&serial, reason.name(), revoked_at, identity)
+        .revoke(&serial, reason, revoked_at, identity)
         .map_err(|error| match error {
             LedgerError::AlreadyRevoked { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "already_revoked", error.to_string())

@@ -19,7 +19,7 @@ use super::error::ApiError;
 use super::service::Service;
 use super::settings::IssuerState;
 use crate::ledger::certificates::{CertificateStore, LedgerError, StoredCrl};
-use crate::pki::{self, CrlTemplate, RevocationReason, RevokedEntry};
+use crate::pki::{self, CrlTemplate, RevokedEntry};
 
 /// Now, Unix seconds.
 pub(super) fn unix_now() -> i64 {
@@ -109,8 +109,7 @@ pub async fn publish_crl(
                     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ledger", e.to_string())
                 })?,
                 revoked_at: time(revocation.revoked_at)?,
-                reason: RevocationReason::from_name(&revocation.reason)
-                    .unwrap_or(RevocationReason::Unspecified),
+                reason: revocation.reason,
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;

@@ -23,7 +23,7 @@ use self::fields::Fields;
 pub use self::state::VaultState;
 use self::tokens::{TokenInfo, TokenRefusal, TokenStore};
 use super::body::{csr_bytes, pem_response, read_body};
-use super::error::ApiError;
+use super::error::{ApiError, Disclosure};
 use super::identity::ClientIdentity;
 use super::service::Service;
 use super::settings::{IssuerState, Settings};
@@ -79,12 +79,10 @@ fn envelope(data: Value, auth: Value, warnings: Option<Vec<String>>) -> Response
 /// Vault's error shape: `{"errors": [...]}`, with the status of the refusal. A refused
 /// token is only ever "permission denied", whatever the reason was (the audit log keeps it).
 fn vault_error(error: ApiError) -> Response {
-    let message = if error.code == "permission_denied" {
-        "permission denied".to_owned()
-    } else if error.code == "token_rate_limited" {
-        "rate limit quota exceeded".to_owned()
-    } else {
-        error.message
+    let message = match error.disclosure {
+        Disclosure::PermissionDenied => "permission denied".to_owned(),
+        Disclosure::RateLimited => "rate limit quota exceeded".to_owned(),
+        Disclosure::Full => error.message,
     };
     let mut response = (error.status, Json(json!({ "errors": [message] }))).into_response();
     if let Some(retry) = error.retry_after {
@@ -132,17 +130,22 @@ fn token_refused(refusal: TokenRefusal) -> ApiError {
     match refusal {
         TokenRefusal::TooManyFailures { retry_after } => ApiError {
             retry_after: Some(retry_after),
+            disclosure: Disclosure::RateLimited,
             ..ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "token_rate_limited",
                 format!("rate limit quota exceeded: {refusal}"),
             )
         },
-        refusal => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "permission_denied",
-            format!("permission denied: {refusal}"),
-        ),
+        refusal => permission_denied(format!("permission denied: {refusal}")),
+    }
+}
+
+/// A 403 that Vault answers as "permission denied"; `message` reaches only the audit log.
+fn permission_denied(message: String) -> ApiError {
+    ApiError {
+        disclosure: Disclosure::PermissionDenied,
+        ..ApiError::new(StatusCode::FORBIDDEN, "permission_denied", message)
     }
 }
 
@@ -200,11 +203,11 @@ async fn cert_login(
                     json!({ "message": error.message }),
                 )
                 .await;
-            return vault_error(audited.err().unwrap_or(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "permission_denied",
-                error.message,
-            )));
+            return vault_error(
+                audited
+                    .err()
+                    .unwrap_or_else(|| permission_denied(error.message)),
+            );
         }
     };
     let (token, info) = vault(&service).tokens.issue(&actor);
