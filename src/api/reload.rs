@@ -62,9 +62,5 @@ fn load(service: &Service) -> Result<Settings, ReloadError> {
     if !changed.is_empty() {
         return Err(ReloadError::NeedsRestart(changed));
     }
-    Ok(Settings::load(
-        &config,
-        &service.hsm,
-        &service.ledger_admin,
-    )?)
+    Ok(Settings::load(&config, &service.hsm, &service.ledger)?)
 }

@@ -16,7 +16,7 @@ use super::crl::{self, ledger_error, unix_now};
 use super::error::ApiError;
 use super::identity::ClientIdentity;
 use super::service::Service;
-use crate::ledger::certificates::{CertificateStore, LedgerError, normalize_serial};
+use crate::ledger::certificates::{LedgerError, normalize_serial};
 use crate::pki::RevocationReason;
 
 /// `POST /v1/revoke` body.
@@ -84,10 +84,9 @@ async fn revoke_inner(
     })?;
     let serial = normalize_serial(&request.serial);
     let found = service
-        .ledger_admin
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .find(&serial)
+        .ledger
+        .find(serial.clone())
+        .await
         .map_err(ledger_error)?
         .ok_or_else(|| {
             ApiError::new(
@@ -126,10 +125,9 @@ async fn revoke_inner(
     }
     let revoked_at = unix_now();
     service
-        .ledger_admin
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .revoke(&serial, reason, revoked_at, identity)
+        .ledger
+        .revoke(serial.clone(), reason, revoked_at, identity.to_owned())
+        .await
         .map_err(|error| match error {
             LedgerError::AlreadyRevoked { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "already_revoked", error.to_string())

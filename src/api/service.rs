@@ -17,6 +17,7 @@ use super::vault::VaultState;
 use crate::config::{Config, ServerConfig};
 use crate::duration::Seconds;
 use crate::hsm::{HealthState, Hsm, SignerPool};
+use crate::ledger::Store;
 use crate::ledger::audit::{AuditEvent, AuditLog, DiscardedTail};
 use crate::ledger::certificates::Ledger;
 use crate::ledger::recorder::Recorder;
@@ -43,10 +44,10 @@ pub struct Service {
     pub metrics: Metrics,
     /// The Vault-compatible dialect, when `[vault]` is configured.
     pub vault: Option<VaultState>,
-    /// A second connection to the ledger for lookups, revocations and CRLs, which are rare
-    /// and must not wait behind a group of issuances; WAL lets it read while the recorder
-    /// writes, and SQLite serialises the writes.
-    pub ledger_admin: Mutex<Ledger>,
+    /// The ledger for lookups, revocations, CRLs and the bundle sequence: a second
+    /// connection beside the recorder's, as these are rare and must not wait behind a group
+    /// of issuances (SQLite's WAL lets it read while the recorder writes).
+    pub ledger: Store,
     /// The current CRL of each issuer.
     pub crls: Crls,
     /// The incomplete last audit record cut off at start (a crash interrupted its write).
@@ -93,7 +94,7 @@ impl Service {
         }
         let hsm = Hsm::open(&config.hsm)?;
         let ledger = Ledger::open(&config.resolve(&storage.ledger))?;
-        let ledger_admin = Mutex::new(Ledger::open(&config.resolve(&storage.ledger))?);
+        let ledger_admin = Store::new(Box::new(Ledger::open(&config.resolve(&storage.ledger))?));
         let settings = Settings::load(config, &hsm, &ledger_admin)?;
         let vault = config
             .vault
@@ -127,7 +128,7 @@ impl Service {
             serials: SerialSource::new(hsm.clone(), config.hsm.pool.op_timeout()),
             metrics: Metrics::default(),
             vault,
-            ledger_admin,
+            ledger: ledger_admin,
             crls: Crls::new(config.crl.clone()),
             discarded_audit_tail,
             hsm,

@@ -3,14 +3,12 @@
 //! trust bundle; and which sections only a restart can change.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use super::bundle;
 use super::error::StartError;
 use crate::config::{Config, CrlConfig, ServerConfig, TrustConfig, VaultConfig};
 use crate::hsm::{Hsm, HsmConfig, HsmKey, SignatureAlgorithm};
-use crate::ledger::StorageConfig;
-use crate::ledger::certificates::{CertificateStore, Ledger};
+use crate::ledger::{StorageConfig, Store};
 use crate::pki::{self, CaCertificate, Profile};
 use crate::policy::Policy;
 
@@ -113,12 +111,8 @@ impl FixedSections {
 
 impl Settings {
     /// Checks the reloadable sections of `config` and finds each issuer's key in `hsm`;
-    /// `ledger` keeps the bundle's sequence.
-    pub(super) fn load(
-        config: &Config,
-        hsm: &Hsm,
-        ledger: &Mutex<Ledger>,
-    ) -> Result<Self, StartError> {
+    /// `ledger` keeps the bundle's sequence. Blocks: run it where a thread may wait.
+    pub(super) fn load(config: &Config, hsm: &Hsm, ledger: &Store) -> Result<Self, StartError> {
         let missing = |section: &str| {
             StartError::Config(format!(
                 "`hsmca serve` needs a [{section}] section in the config file"
@@ -225,10 +219,8 @@ impl Settings {
             );
         }
         let pem = bundle::pem_bundle(&roots);
-        let sequence = ledger
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .bundle_sequence(&crate::digest::sha256_hex(pem.as_bytes()))?;
+        let sha256 = crate::digest::sha256_hex(pem.as_bytes());
+        let sequence = ledger.blocking(|store| store.bundle_sequence(&sha256))?;
         let spiffe = bundle::spiffe_bundle(&roots, sequence, trust.spiffe_refresh_hint.0);
         Ok(Settings {
             issuers,

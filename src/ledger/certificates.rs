@@ -90,6 +90,9 @@ pub enum LedgerError {
         /// The stored reason.
         reason: String,
     },
+    /// A ledger operation's thread ended before the operation did (it panicked).
+    #[error("the ledger operation did not complete: {0}")]
+    Interrupted(String),
     /// No certificate with this serial was issued.
     #[error("no certificate with serial {serial} is in the ledger")]
     UnknownSerial {
@@ -166,6 +169,13 @@ pub trait CertificateStore: Send {
 
     /// The last CRL stored for the issuer, if any.
     fn latest_crl(&self, issuer_key_id: &str) -> Result<Option<StoredCrl>, LedgerError>;
+
+    /// The number the issuer's next CRL takes: one above its last, 1 for its first.
+    fn next_crl_number(&self, issuer_key_id: &str) -> Result<u64, LedgerError> {
+        Ok(self
+            .latest_crl(issuer_key_id)?
+            .map_or(1, |crl| crl.number + 1))
+    }
 
     /// Stores a CRL; its number must be above the issuer's last one.
     fn store_crl(&mut self, issuer_key_id: &str, crl: &StoredCrl) -> Result<(), LedgerError>;

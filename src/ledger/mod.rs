@@ -5,5 +5,7 @@ pub mod audit;
 pub mod certificates;
 mod config;
 pub mod recorder;
+mod store;
 
 pub use config::StorageConfig;
+pub use store::{CrlContents, Store};

@@ -18,7 +18,8 @@ pub use self::current::{Crls, CurrentCrl};
 use super::error::ApiError;
 use super::service::Service;
 use super::settings::IssuerState;
-use crate::ledger::certificates::{CertificateStore, LedgerError, StoredCrl};
+use crate::ledger::CrlContents;
+use crate::ledger::certificates::{LedgerError, StoredCrl};
 use crate::pki::{self, CrlTemplate, RevokedEntry};
 
 /// Now, Unix seconds.
@@ -43,11 +44,7 @@ pub async fn refresh_crls(service: &Service) {
     let settings = service.settings();
     for issuer in settings.issuers.values() {
         let key_id = hex::encode(&issuer.view.key_identifier);
-        let stored = service
-            .ledger_admin
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .latest_crl(&key_id);
+        let stored = service.ledger.latest_crl(key_id).await;
         let due = match stored {
             Ok(Some(crl)) if crl.next_update - refresh_before > now => {
                 service.crls.set(
@@ -79,17 +76,11 @@ pub async fn publish_crl(
 ) -> Result<Arc<CurrentCrl>, ApiError> {
     let _one_at_a_time = service.crls.signing.lock().await;
     let key_id = hex::encode(&issuer.view.key_identifier);
-    let (number, revoked) = {
-        let ledger = service
-            .ledger_admin
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let last = ledger.latest_crl(&key_id).map_err(ledger_error)?;
-        (
-            last.map_or(1, |crl| crl.number + 1),
-            ledger.revoked(&key_id).map_err(ledger_error)?,
-        )
-    };
+    let CrlContents { number, revoked } = service
+        .ledger
+        .next_crl(key_id.clone())
+        .await
+        .map_err(ledger_error)?;
     let now = unix_now();
     let time = |at: i64| {
         der::DateTime::from_unix_duration(Duration::from_secs(at.max(0) as u64))
@@ -137,18 +128,17 @@ pub async fn publish_crl(
         })?;
     let der = prepared.finish(&signature).map_err(internal)?;
     service
-        .ledger_admin
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .ledger
         .store_crl(
-            &key_id,
-            &StoredCrl {
+            key_id,
+            StoredCrl {
                 number,
                 this_update: now,
                 next_update,
                 der: der.clone(),
             },
         )
+        .await
         .map_err(ledger_error)?;
     service
         .audit(

@@ -29,7 +29,7 @@ use super::service::Service;
 use super::settings::{IssuerState, Settings};
 use super::signing::{self, RequestContext, Signed};
 use crate::duration::Seconds;
-use crate::ledger::certificates::{CertificateStore, normalize_serial};
+use crate::ledger::certificates::normalize_serial;
 use crate::pki::SubjectSpec;
 
 /// The Vault routes for `mount`.
@@ -558,11 +558,7 @@ async fn ca_chain(State(service): State<Arc<Service>>) -> Response {
 /// or `-` separators.
 async fn cert(State(service): State<Arc<Service>>, Path(serial): Path<String>) -> Response {
     let normalized = normalize_serial(&serial);
-    let found = service
-        .ledger_admin
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .find(&normalized);
+    let found = service.ledger.find(normalized).await;
     match found {
         Ok(Some(row)) => envelope(
             json!({
