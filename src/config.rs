@@ -2,14 +2,24 @@
 //!
 //! One TOML file, one section per layer. Unknown keys are rejected everywhere so that a typo
 //! in a security setting is an error, not a silently ignored line.
+//!
+//! Each lower layer owns its section (`[hsm]` in [`crate::hsm`], `[storage]` in
+//! [`crate::ledger`], profiles in [`crate::pki`], clients and officers in [`crate::policy`]);
+//! the sections only the signing service reads are defined here. `config` imports no layer
+//! above those, so [`crate::api`] can read the whole file.
+
+mod serve;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::api::{CrlConfig, IssuerConfig, ServerConfig, StorageConfig, TrustConfig, VaultConfig};
+pub use self::serve::{
+    CrlConfig, IdentitySource, IssuerConfig, ServerConfig, StaticToken, TrustConfig, VaultConfig,
+};
 use crate::hsm::HsmConfig;
+use crate::ledger::StorageConfig;
 use crate::pki::Profile;
 use crate::policy::{ClientPolicy, Officer};
 

@@ -11,7 +11,7 @@ use hsmca::api::client::{Client, Layout, RequestKeyType, RequestOptions};
 use hsmca::api::{Service, StartError};
 use hsmca::ceremony::{self, CeremonyError, Progress};
 use hsmca::config::{Config, ConfigError};
-use hsmca::hsm::{Hsm, HsmError, KeyType};
+use hsmca::hsm::{AlgorithmError, Hsm, HsmError, KeyType};
 use hsmca::ledger::audit::{self, AuditError};
 
 /// hsmca: HSM-backed identity signing appliance for service meshes.
@@ -202,7 +202,7 @@ enum HsmCommand {
 }
 
 fn parse_key_type(name: &str) -> Result<KeyType, String> {
-    name.parse().map_err(|e: HsmError| e.to_string())
+    name.parse().map_err(|e: AlgorithmError| e.to_string())
 }
 
 /// Why a command failed; each message says what to do.

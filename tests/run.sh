@@ -40,6 +40,8 @@ export HSMCA_PYTHON=$PWD/.venv/bin/python
 
 echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check
+echo "==> no circle of imports between files of src/" >&2
+python3 .ci/import-cycles.py
 echo "==> cargo clippy -D warnings" >&2
 cargo clippy --all-targets --locked --quiet -- -D warnings
 echo "==> cargo test --doc" >&2

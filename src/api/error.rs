@@ -1,5 +1,5 @@
 //! Errors as the API answers them: `{"error":{"code":"…","message":"…"}}` with a status
-//! that says whose problem it is.
+//! that says whose problem it is; and why the service cannot start or reload.
 
 use std::time::Duration;
 
@@ -18,6 +18,21 @@ pub struct ApiError {
     pub message: String,
     /// For 429 and 503: when to try again.
     pub retry_after: Option<Duration>,
+    /// How much of `message` a dialect that keeps reasons from clients (Vault) shows.
+    pub disclosure: Disclosure,
+}
+
+/// How much of a refusal a client is told by a dialect that keeps reasons to the audit log
+/// (Vault's). The native API always shows the whole message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Disclosure {
+    /// The whole message.
+    #[default]
+    Full,
+    /// Only that permission was denied (a refused token, an unknown client).
+    PermissionDenied,
+    /// Only that a rate limit was hit (too many bad tokens).
+    RateLimited,
 }
 
 impl ApiError {
@@ -28,6 +43,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            disclosure: Disclosure::Full,
         }
     }
 
@@ -63,4 +79,46 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Why the service cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is incomplete or inconsistent.
+    #[error("{0}")]
+    Config(String),
+    /// An issuer cannot be used.
+    #[error("issuer {issuer}: {reason}")]
+    Issuer {
+        /// The `[issuers.<name>]`.
+        issuer: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// The HSM cannot be opened or used.
+    #[error(transparent)]
+    Hsm(#[from] crate::hsm::HsmError),
+    /// The ledger cannot be opened.
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::certificates::LedgerError),
+    /// The audit log cannot be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::ledger::audit::AuditError),
+}
+
+/// Why a reload was refused; the running settings stay.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The configuration file cannot be read or parsed.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The file changes sections only a restart can change.
+    #[error("{} changed; those sections need a restart (nothing was reloaded)", .0.join(", "))]
+    NeedsRestart(Vec<&'static str>),
+    /// The new settings do not work (as they would refuse a start).
+    #[error(transparent)]
+    Settings(#[from] StartError),
+    /// The blocking task that loads the file failed.
+    #[error("the reload task failed: {0}")]
+    Task(String),
 }

@@ -6,29 +6,29 @@
 //! checks certificates with [`crate::pki`], asks [`crate::policy`] who may do what, and
 //! records through [`crate::ledger`].
 
+mod body;
 mod bundle;
 pub mod client;
-mod config;
 mod cpu;
 mod crl;
 pub mod dev_tls;
 mod error;
+mod identity;
 mod metrics;
+mod reload;
+mod revoke;
 mod routes;
 mod serials;
 mod server;
 mod service;
+mod settings;
 mod signing;
 mod tls;
 mod vault;
 
-pub use config::{
-    CrlConfig, IdentitySource, IssuerConfig, ServerConfig, StaticToken, StorageConfig, TrustConfig,
-    VaultConfig,
-};
-pub use error::ApiError;
+pub use error::{ApiError, ReloadError, StartError};
 pub use server::serve;
-pub use service::{Service, StartError};
+pub use service::Service;
 pub use tls::{read_certificates, read_private_key, server_config};
 #[cfg(fuzzing)]
 pub use vault::decode_sign_body as fuzz_vault_sign_body;

@@ -9,30 +9,20 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::body::{csr_bytes, pem_response, read_json_body};
 use super::error::ApiError;
+use super::identity::ClientIdentity;
 use super::service::Service;
 use super::signing::{self, RequestContext};
 use crate::duration::Seconds;
 
-/// The client identity of the connection, or why its certificate gives none.
-#[derive(Clone, Debug)]
-pub struct ClientIdentity(pub Result<String, String>);
-
-impl ClientIdentity {
-    /// Who the audit log names as the actor: the identity, or `(unidentified)`.
-    pub fn actor(&self) -> String {
-        self.0.clone().unwrap_or_else(|_| "(unidentified)".into())
-    }
-}
-
 /// The routes, over the shared service state.
 pub fn router(service: Arc<Service>) -> Router {
     let vault = match &service.vault {
-        Some(_) => super::vault::routes(&service.vault_mount()),
+        Some(vault) => super::vault::routes(vault.mount()),
         None => Router::new(),
     };
     Router::new()
@@ -41,7 +31,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/bundle/spiffe", get(bundle_spiffe))
         .route("/v1/chain/{issuer}", get(chain))
         .route("/v1/crl/{issuer}", get(super::crl::crl))
-        .route("/v1/revoke", post(super::crl::revoke))
+        .route("/v1/revoke", post(super::revoke::revoke))
         .route("/v1/reload", post(reload))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -96,7 +86,7 @@ async fn sign(
     let mut context = RequestContext::new(&identity);
     let result = async {
         let (identity, client) = signing::client(&settings, &identity)?;
-        let body = read_json_body(&service, &headers, body).await?;
+        let body = read_json_body(&service.server, &headers, body).await?;
         let request: SignRequest = serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request(
                 "bad_json",
@@ -132,93 +122,10 @@ async fn sign(
     }
 }
 
-/// The CSR as sent: PEM text, or base64 of the DER.
-pub(crate) fn csr_bytes(csr: &str) -> Result<Vec<u8>, ApiError> {
-    use base64ct::{Base64, Encoding};
-    let text = csr.trim();
-    if text.starts_with("-----BEGIN") {
-        return Ok(text.as_bytes().to_vec());
-    }
-    Base64::decode_vec(text).map_err(|_| {
-        ApiError::bad_request(
-            "bad_csr",
-            "the csr field is neither a PEM CERTIFICATE REQUEST nor base64 DER",
-        )
-    })
-}
-
-/// Reads a JSON body (by its Content-Type) with [`read_body`].
-pub(crate) async fn read_json_body(
-    service: &Service,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<axum::body::Bytes, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    if !essence.eq_ignore_ascii_case("application/json") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!("send Content-Type: application/json, not {content_type:?}"),
-        ));
-    }
-    read_body(service, headers, body).await
-}
-
-/// Reads a body of at most `server.max_body_bytes`, within `server.request_timeout`.
-pub(crate) async fn read_body(
-    service: &Service,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<axum::body::Bytes, ApiError> {
-    let limit = service.server.max_body_bytes;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the body is over the {limit}-byte limit"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(too_large());
-    }
-    let collected = tokio::time::timeout(
-        service.server.request_timeout.duration(),
-        http_body_util::Limited::new(body, limit).collect(),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            "the request body did not arrive in time",
-        )
-    })?;
-    match collected {
-        Ok(body) => Ok(body.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(error) => Err(ApiError::bad_request(
-            "bad_body",
-            format!("the body could not be read: {error}"),
-        )),
-    }
-}
-
 fn rfc3339(unix_seconds: u64) -> String {
     der::DateTime::from_unix_duration(Duration::from_secs(unix_seconds))
         .map(|t| t.to_string())
         .unwrap_or_default()
-}
-
-pub(crate) fn pem_response(pem: String) -> Response {
-    ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response()
 }
 
 async fn bundle_pem(State(service): State<Arc<Service>>) -> Response {
@@ -272,9 +179,11 @@ async fn reload(
             ApiError::new(StatusCode::FORBIDDEN, "not_an_officer", denial.to_string())
                 .into_response()
         }
-        Ok(_) => match service.reload(&actor).await {
+        Ok(_) => match super::reload::reload(&service, &actor).await {
             Ok(summary) => Json(json!({ "reloaded": summary })).into_response(),
-            Err(reason) => ApiError::bad_request("reload_refused", reason).into_response(),
+            Err(reason) => {
+                ApiError::bad_request("reload_refused", reason.to_string()).into_response()
+            }
         },
     }
 }

@@ -12,9 +12,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use super::routes::{ClientIdentity, ops_router, router};
+use super::crl::refresh_crls;
+use super::identity::{ClientIdentity, Unidentified};
+use super::reload::reload;
+use super::routes::{ops_router, router};
 use super::service::Service;
-use super::tls;
 
 /// Serves until SIGTERM or SIGINT; returns once in-flight requests are done (or the grace
 /// period is over) and the ledger and audit log are flushed.
@@ -45,7 +47,7 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
             }),
         )
         .await;
-    service.refresh_crls().await;
+    refresh_crls(&service).await;
     service.warn_expiring_issuers();
     let crl_schedule = {
         let service = service.clone();
@@ -54,7 +56,7 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
             every_minute.tick().await;
             for minute in 1u64.. {
                 every_minute.tick().await;
-                service.refresh_crls().await;
+                refresh_crls(&service).await;
                 if minute % 60 == 0 {
                     service.warn_expiring_issuers();
                 }
@@ -87,7 +89,7 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
             };
             while hangups.recv().await.is_some() {
                 // The verdict is logged and audited by `reload`.
-                let _ = service.reload("SIGHUP").await;
+                let _ = reload(&service, "SIGHUP").await;
             }
         })
     };
@@ -172,12 +174,11 @@ async fn handle(
             .and_then(|chain| chain.first())
         {
             Some(certificate) => {
-                tls::client_identity(certificate.as_ref(), service.server.client_identity)
+                ClientIdentity::of_certificate(certificate.as_ref(), service.server.client_identity)
             }
-            None => Err("no client certificate".into()),
+            None => ClientIdentity::Unidentified(Unidentified::NoCertificate),
         }
     };
-    let identity = ClientIdentity(identity);
     let service_fn =
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(identity.clone());

@@ -6,17 +6,20 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use serde_json::json;
+use tokio::sync::SemaphorePermit;
 use x509_cert::name::Name;
 
 use super::error::ApiError;
+use super::identity::ClientIdentity;
 use super::metrics::Outcome;
-use super::routes::ClientIdentity;
-use super::service::{Service, Settings};
+use super::service::Service;
+use super::settings::{IssuerState, Settings};
 use crate::duration::Seconds;
 use crate::hsm::HsmError;
 use crate::ledger::audit::AuditEvent;
 use crate::ledger::certificates::IssuedCertificate;
-use crate::pki::{self, CsrError};
+use crate::ledger::recorder::Expected;
+use crate::pki::{self, CsrError, Profile, Template};
 use crate::policy::ClientPolicy;
 
 /// What a refusal or issuance is about, for the audit record and the metrics.
@@ -84,11 +87,9 @@ pub(crate) fn client<'s>(
     settings: &'s Settings,
     identity: &'s ClientIdentity,
 ) -> Result<(&'s str, &'s ClientPolicy), ApiError> {
-    let identity = identity.0.as_ref().map_err(|reason| {
-        ApiError::new(StatusCode::FORBIDDEN, "client_unidentified", reason.clone())
-    })?;
+    let identity = identity.require()?;
     let client = settings.policy.client(identity).map_err(policy_denied)?;
-    Ok((identity.as_str(), client))
+    Ok((identity, client))
 }
 
 /// Policy, profile, HSM, ledger: issues the certificate or says why not. Refusals are not
@@ -101,6 +102,33 @@ pub(crate) async fn sign(
     request: &Request<'_>,
     context: &RequestContext,
 ) -> Result<Signed, ApiError> {
+    let (profile, _slot) = authorize(service, settings, identity, client, request)?;
+    // Every profile's issuer is configured: the settings were checked so.
+    let issuer = &settings.issuers[&profile.issuer];
+    let template = build(service, profile, issuer, client, request).await?;
+    let certificate = sign_in_hsm(service, issuer, &template).await?;
+    record(
+        service,
+        identity,
+        client,
+        request,
+        context,
+        &template,
+        certificate,
+    )
+    .await
+}
+
+/// Step 1: the profile exists and the client may use it, a slot is free, and the client is
+/// within its rate. The slot is held until the certificate is recorded: the expensive part
+/// (CSR check, HSM, ledger).
+fn authorize<'s>(
+    service: &'s Service,
+    settings: &'s Settings,
+    identity: &str,
+    client: &ClientPolicy,
+    request: &Request<'_>,
+) -> Result<(&'s Profile, SemaphorePermit<'s>), ApiError> {
     let profile = settings.profiles.get(request.profile).ok_or_else(|| {
         ApiError::bad_request(
             "unknown_profile",
@@ -110,8 +138,7 @@ pub(crate) async fn sign(
     client
         .allow_profile(request.profile)
         .map_err(policy_denied)?;
-    // Held until the certificate is recorded: the expensive part (CSR check, HSM, ledger).
-    let _slot = service.in_flight.try_acquire().map_err(|_| {
+    let slot = service.in_flight.try_acquire().map_err(|_| {
         ApiError::unavailable(
             "overloaded",
             format!(
@@ -137,6 +164,19 @@ pub(crate) async fn sign(
             )
         });
     }
+    Ok((profile, slot))
+}
+
+/// Step 2: the CSR is verified, the dialect's names replace its own, and the names and
+/// lifetime pass the profile and the client's policy; the result is the certificate's
+/// template.
+async fn build(
+    service: &Service,
+    profile: &Profile,
+    issuer: &IssuerState,
+    client: &ClientPolicy,
+    request: &Request<'_>,
+) -> Result<Template, ApiError> {
     let csr_bytes = request.csr.to_vec();
     let verified = service
         .verifier
@@ -173,9 +213,7 @@ pub(crate) async fn sign(
         ))
         .map_err(|e| ApiError::bad_request(e.code, e.message))?;
     client.allow_request(&names, ttl).map_err(policy_denied)?;
-
-    let issuer = &settings.issuers[&profile.issuer];
-    let template = profile
+    profile
         .template(
             &csr,
             &names,
@@ -185,7 +223,28 @@ pub(crate) async fn sign(
             issuer.crl_url.as_deref(),
             pki::now().unix_duration(),
         )
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.code, e.message))?;
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.code, e.message))
+}
+
+/// A certificate signed in the HSM, not yet recorded.
+struct Unrecorded<'s> {
+    /// The issuer that signed it.
+    issuer: &'s IssuerState,
+    /// Serial, lower-case hex.
+    serial: String,
+    /// The signed certificate, checked to carry the template's TBS.
+    der: Vec<u8>,
+    /// The recorder's announcement of this certificate, withdrawn when it is recorded.
+    expected: Expected,
+}
+
+/// Step 3: a serial from the HSM's RNG, the TBS prepared and checked, signed in the HSM, and
+/// the signed certificate checked against it.
+async fn sign_in_hsm<'s>(
+    service: &Service,
+    issuer: &'s IssuerState,
+    template: &Template,
+) -> Result<Unrecorded<'s>, ApiError> {
     let serial = service.serials.next().await.map_err(hsm_unavailable)?;
     let serial_hex = hex::encode(serial.as_bytes());
     let prepared = template.prepare(serial, &issuer.view).map_err(internal)?;
@@ -207,7 +266,30 @@ pub(crate) async fn sign(
         .await
         .map_err(internal)?
         .map_err(internal)?;
+    Ok(Unrecorded {
+        issuer,
+        serial: serial_hex,
+        der,
+        expected,
+    })
+}
 
+/// Step 4: the ledger row and the audit record, durable before the certificate leaves.
+async fn record(
+    service: &Service,
+    identity: &str,
+    client: &ClientPolicy,
+    request: &Request<'_>,
+    context: &RequestContext,
+    template: &Template,
+    certificate: Unrecorded<'_>,
+) -> Result<Signed, ApiError> {
+    let Unrecorded {
+        issuer,
+        serial: serial_hex,
+        der,
+        expected,
+    } = certificate;
     // `finish` checked that the signed certificate carries exactly the template's TBS, so
     // its fields are the template's.
     let validity = template.validity();

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use toml::value::{Datetime, Offset};
 use x509_cert::time::Time;
 
-use super::CeremonyError;
+use super::error::CeremonyError;
 use crate::hsm::{HsmConfig, KeyType, SignatureAlgorithm};
 use crate::pki::{CaKeyUsage, RevocationReason, SubjectSpec, x509_time};
 

@@ -9,8 +9,9 @@ use super::config::{
     CertificateSpec, CrlConfig, CrossSignConfig, CsrConfig, IntermediateConfig, IssuerRef,
     KeyConfig, RootConfig, x509_time_of,
 };
+use super::context::Context;
+use super::error::CeremonyError;
 use super::transcript::{CertificateRecord, CrlRecord, KeyRecord};
-use super::{CeremonyError, Context};
 use crate::digest::sha256_hex;
 use crate::hsm::{Hsm, HsmKey, KeyType, PublicKey, SignatureAlgorithm};
 use crate::pki::{

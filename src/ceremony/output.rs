@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::CeremonyError;
+use super::error::CeremonyError;
 use crate::digest::sha256_hex;
 
 /// A file a ceremony wrote, as the transcript records it.

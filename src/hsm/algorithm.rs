@@ -14,7 +14,36 @@ use der::Encode;
 use der::asn1::UintRef;
 use serde::Deserialize;
 
-use super::error::HsmError;
+/// Why a key type or signature algorithm cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AlgorithmError {
+    /// A key type name is not one hsmca supports.
+    #[error("unsupported key type \"{name}\": use one of {}", KeyType::NAMES.join(", "))]
+    UnsupportedKeyType {
+        /// The name given.
+        name: String,
+    },
+
+    /// A signature algorithm name is not one hsmca supports.
+    #[error("unsupported signature algorithm \"{name}\": use one of {}", SignatureAlgorithm::NAMES.join(", "))]
+    UnsupportedAlgorithm {
+        /// The name given.
+        name: String,
+    },
+
+    /// The algorithm cannot be used with this key.
+    #[error("signature algorithm {algorithm} cannot be used with a {key_type} key")]
+    AlgorithmMismatch {
+        /// The key's type.
+        key_type: KeyType,
+        /// The requested algorithm.
+        algorithm: SignatureAlgorithm,
+    },
+
+    /// The HSM returned a signature of the wrong shape.
+    #[error("the HSM returned a malformed signature: {0}")]
+    MalformedSignature(String),
+}
 
 /// Gives an enum its table of names, the one place they are spelled: `ALL`, `NAMES`, `name()`,
 /// `Display`, `FromStr` (unknown names become the given error) and the `TryFrom<String>` that
@@ -42,7 +71,7 @@ macro_rules! named_enum {
         }
 
         impl FromStr for $type {
-            type Err = HsmError;
+            type Err = AlgorithmError;
 
             fn from_str(name: &str) -> Result<Self, Self::Err> {
                 match name {
@@ -53,7 +82,7 @@ macro_rules! named_enum {
         }
 
         impl TryFrom<String> for $type {
-            type Error = HsmError;
+            type Error = AlgorithmError;
 
             fn try_from(name: String) -> Result<Self, Self::Error> {
                 name.parse()
@@ -80,7 +109,7 @@ pub enum KeyType {
     Ed25519,
 }
 
-named_enum!(KeyType, |name| HsmError::UnsupportedKeyType { name }, [
+named_enum!(KeyType, |name| AlgorithmError::UnsupportedKeyType { name }, [
     EcdsaP256 => "ecdsa-p256",
     EcdsaP384 => "ecdsa-p384",
     Rsa2048 => "rsa-2048",
@@ -146,7 +175,7 @@ pub enum SignatureAlgorithm {
     Ed25519,
 }
 
-named_enum!(SignatureAlgorithm, |name| HsmError::UnsupportedAlgorithm { name }, [
+named_enum!(SignatureAlgorithm, |name| AlgorithmError::UnsupportedAlgorithm { name }, [
     EcdsaP256Sha256 => "ecdsa-p256-sha256",
     EcdsaP384Sha384 => "ecdsa-p384-sha384",
     RsaPkcs1Sha256 => "rsa-pkcs1-sha256",
@@ -176,11 +205,11 @@ impl SignatureAlgorithm {
     }
 
     /// Refuses an algorithm the key cannot produce.
-    pub fn check_key(self, key_type: KeyType) -> Result<(), HsmError> {
+    pub fn check_key(self, key_type: KeyType) -> Result<(), AlgorithmError> {
         if self.works_with(key_type) {
             Ok(())
         } else {
-            Err(HsmError::AlgorithmMismatch {
+            Err(AlgorithmError::AlgorithmMismatch {
                 key_type,
                 algorithm: self,
             })
@@ -233,12 +262,12 @@ impl SignatureAlgorithm {
     }
 
     /// Turns the module's raw output into the X.509 encoding of the signature.
-    pub(crate) fn encode_signature(self, raw: Vec<u8>) -> Result<Vec<u8>, HsmError> {
+    pub(crate) fn encode_signature(self, raw: Vec<u8>) -> Result<Vec<u8>, AlgorithmError> {
         use SignatureAlgorithm as A;
         match self {
             A::EcdsaP256Sha256 => ecdsa_raw_to_der(&raw, 32),
             A::EcdsaP384Sha384 => ecdsa_raw_to_der(&raw, 48),
-            A::Ed25519 if raw.len() != 64 => Err(HsmError::MalformedSignature(format!(
+            A::Ed25519 if raw.len() != 64 => Err(AlgorithmError::MalformedSignature(format!(
                 "Ed25519 signature of {} bytes, expected 64",
                 raw.len()
             ))),
@@ -263,9 +292,9 @@ struct EcdsaSigValue<'a> {
 }
 
 /// Converts PKCS#11's fixed-width `r‖s` into DER, as X.509 and TLS expect.
-fn ecdsa_raw_to_der(raw: &[u8], scalar_len: usize) -> Result<Vec<u8>, HsmError> {
+fn ecdsa_raw_to_der(raw: &[u8], scalar_len: usize) -> Result<Vec<u8>, AlgorithmError> {
     if raw.len() != 2 * scalar_len {
-        return Err(HsmError::MalformedSignature(format!(
+        return Err(AlgorithmError::MalformedSignature(format!(
             "ECDSA signature of {} bytes, expected {}",
             raw.len(),
             2 * scalar_len
@@ -273,17 +302,17 @@ fn ecdsa_raw_to_der(raw: &[u8], scalar_len: usize) -> Result<Vec<u8>, HsmError> 
     }
     let (r, s) = raw.split_at(scalar_len);
     if r.iter().all(|b| *b == 0) || s.iter().all(|b| *b == 0) {
-        return Err(HsmError::MalformedSignature(
+        return Err(AlgorithmError::MalformedSignature(
             "ECDSA signature with a zero component".into(),
         ));
     }
     let value = EcdsaSigValue {
-        r: UintRef::new(r).map_err(|e| HsmError::MalformedSignature(e.to_string()))?,
-        s: UintRef::new(s).map_err(|e| HsmError::MalformedSignature(e.to_string()))?,
+        r: UintRef::new(r).map_err(|e| AlgorithmError::MalformedSignature(e.to_string()))?,
+        s: UintRef::new(s).map_err(|e| AlgorithmError::MalformedSignature(e.to_string()))?,
     };
     value
         .to_der()
-        .map_err(|e| HsmError::MalformedSignature(e.to_string()))
+        .map_err(|e| AlgorithmError::MalformedSignature(e.to_string()))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::error::HsmError;
+use super::selector::TokenSelector;
 
 /// Which PKCS#11 module and token to use, how to log in, and how to size the session pool.
 ///
@@ -36,24 +37,6 @@ pub struct HsmConfig {
     /// Session pool settings for the signing service.
     #[serde(default)]
     pub pool: PoolConfig,
-}
-
-/// How a token is chosen among the module's slots.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenSelector {
-    /// By token label.
-    Label(String),
-    /// By token serial number.
-    Serial(String),
-}
-
-impl std::fmt::Display for TokenSelector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TokenSelector::Label(label) => write!(f, "label \"{label}\""),
-            TokenSelector::Serial(serial) => write!(f, "serial \"{serial}\""),
-        }
-    }
 }
 
 /// Where the user PIN comes from. The PIN itself is never part of the configuration.

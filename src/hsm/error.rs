@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use cryptoki::error::{Error as CkError, RvError};
 
-use super::config::TokenSelector;
+use super::algorithm::AlgorithmError;
+use super::selector::TokenSelector;
 
 /// Everything that can go wrong between hsmca and the HSM.
 #[derive(Debug, thiserror::Error)]
@@ -113,28 +114,10 @@ pub enum HsmError {
         token: String,
     },
 
-    /// A key type name is not one hsmca supports.
-    #[error("unsupported key type \"{name}\": use one of {}", super::KeyType::NAMES.join(", "))]
-    UnsupportedKeyType {
-        /// The name given.
-        name: String,
-    },
-
-    /// A signature algorithm name is not one hsmca supports.
-    #[error("unsupported signature algorithm \"{name}\": use one of {}", super::SignatureAlgorithm::NAMES.join(", "))]
-    UnsupportedAlgorithm {
-        /// The name given.
-        name: String,
-    },
-
-    /// The algorithm cannot be used with this key.
-    #[error("signature algorithm {algorithm} cannot be used with a {key_type} key")]
-    AlgorithmMismatch {
-        /// The key's type.
-        key_type: super::KeyType,
-        /// The requested algorithm.
-        algorithm: super::SignatureAlgorithm,
-    },
+    /// A key type or algorithm name is unknown, an algorithm does not fit a key, or a
+    /// signature has the wrong shape.
+    #[error(transparent)]
+    Algorithm(#[from] AlgorithmError),
 
     /// The token lacks a mechanism hsmca needs.
     #[error(
@@ -202,10 +185,6 @@ pub enum HsmError {
         /// What was wrong.
         reason: String,
     },
-
-    /// The HSM returned a signature of the wrong shape.
-    #[error("the HSM returned a malformed signature: {0}")]
-    MalformedSignature(String),
 
     /// The signing queue is full.
     #[error("the HSM is busy: {queue_depth} operations already wait for a session; retry shortly")]

@@ -179,7 +179,7 @@ pub(crate) fn sign(
 ) -> Result<Vec<u8>, HsmError> {
     let (mechanism, input) = algorithm.mechanism_and_input(message);
     let raw = session.sign(&mechanism, handle, &input)?;
-    algorithm.encode_signature(raw)
+    Ok(algorithm.encode_signature(raw)?)
 }
 
 /// The one private key labelled `label` (and with CKA_ID `id`, when given).

@@ -18,6 +18,7 @@ mod keys;
 mod pin;
 mod pool;
 mod public_key;
+mod selector;
 mod token;
 
 use std::path::PathBuf;
@@ -25,8 +26,8 @@ use std::sync::{Arc, Mutex};
 
 use cryptoki::slot::Limit;
 
-pub use algorithm::{KeyType, SignatureAlgorithm};
-pub use config::{HsmConfig, PinSource, PoolConfig, TokenSelector};
+pub use algorithm::{AlgorithmError, KeyType, SignatureAlgorithm};
+pub use config::{HsmConfig, PinSource, PoolConfig};
 pub use error::HsmError;
 pub use health::{HealthReport, HealthState};
 pub use info::{Inventory, KeyObject};
@@ -35,6 +36,7 @@ pub use pin::Pin;
 pub use pool::SignerPool;
 pub use public_key::PublicKey;
 pub(crate) use public_key::ec_params;
+pub use selector::TokenSelector;
 pub use token::TokenDescription;
 
 use token::{SessionSlot, TokenContext};

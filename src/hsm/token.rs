@@ -10,10 +10,11 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 
-use super::config::{HsmConfig, TokenSelector};
+use super::config::HsmConfig;
 use super::error::HsmError;
 use super::health::HealthMonitor;
 use super::pin::Pin;
+use super::selector::TokenSelector;
 
 /// Identity of the token in use, for logs, transcripts and `hsm info`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::pki::RevocationReason;
+
 /// One issued certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuedCertificate {
@@ -45,8 +47,8 @@ pub fn normalize_serial(text: &str) -> String {
 pub struct Revocation {
     /// Serial, lower-case hex.
     pub serial: String,
-    /// The reason's name (`key-compromise`, ...).
-    pub reason: String,
+    /// Why; stored by its name (`key-compromise`, ...).
+    pub reason: RevocationReason,
     /// When, Unix seconds.
     pub revoked_at: i64,
 }
@@ -64,17 +66,33 @@ pub struct StoredCrl {
     pub der: Vec<u8>,
 }
 
-/// Why the ledger could not be used.
+/// Why the ledger could not be used. The variants name what went wrong, not which database
+/// it went wrong in: a backend's own errors are the boxed source of [`LedgerError::Backend`].
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    /// SQLite failed.
-    #[error("ledger {path}: {source}")]
-    Sqlite {
-        /// The database file.
-        path: PathBuf,
-        /// What SQLite said.
-        source: rusqlite::Error,
+    /// The database failed.
+    #[error("ledger {location}: {source}")]
+    Backend {
+        /// Where the ledger is (its file, for SQLite).
+        location: String,
+        /// What the database said.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A stored revocation has a reason this version does not know.
+    #[error(
+        "ledger {location}: certificate {serial} is stored revoked for {reason:?}, which is no revocation reason hsmca knows"
+    )]
+    UnknownReason {
+        /// Where the ledger is.
+        location: String,
+        /// The revoked serial.
+        serial: String,
+        /// The stored reason.
+        reason: String,
+    },
+    /// A ledger operation's thread ended before the operation did (it panicked).
+    #[error("the ledger operation did not complete: {0}")]
+    Interrupted(String),
     /// No certificate with this serial was issued.
     #[error("no certificate with serial {serial} is in the ledger")]
     UnknownSerial {
@@ -115,11 +133,11 @@ pub enum LedgerError {
     },
 }
 
-/// Maps a SQLite error to [`LedgerError::Sqlite`] naming the ledger at `path`.
+/// Maps a SQLite error to [`LedgerError::Backend`] naming the ledger at `path`.
 fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> LedgerError + Copy + '_ {
-    move |source| LedgerError::Sqlite {
-        path: path.to_owned(),
-        source,
+    move |source| LedgerError::Backend {
+        location: path.display().to_string(),
+        source: Box::new(source),
     }
 }
 
@@ -141,7 +159,7 @@ pub trait CertificateStore: Send {
     fn revoke(
         &mut self,
         serial: &str,
-        reason: &str,
+        reason: RevocationReason,
         revoked_at: i64,
         officer: &str,
     ) -> Result<IssuedCertificate, LedgerError>;
@@ -151,6 +169,13 @@ pub trait CertificateStore: Send {
 
     /// The last CRL stored for the issuer, if any.
     fn latest_crl(&self, issuer_key_id: &str) -> Result<Option<StoredCrl>, LedgerError>;
+
+    /// The number the issuer's next CRL takes: one above its last, 1 for its first.
+    fn next_crl_number(&self, issuer_key_id: &str) -> Result<u64, LedgerError> {
+        Ok(self
+            .latest_crl(issuer_key_id)?
+            .map_or(1, |crl| crl.number + 1))
+    }
 
     /// Stores a CRL; its number must be above the issuer's last one.
     fn store_crl(&mut self, issuer_key_id: &str, crl: &StoredCrl) -> Result<(), LedgerError>;
@@ -325,7 +350,7 @@ impl CertificateStore for Ledger {
     fn revoke(
         &mut self,
         serial: &str,
-        reason: &str,
+        reason: RevocationReason,
         revoked_at: i64,
         officer: &str,
     ) -> Result<IssuedCertificate, LedgerError> {
@@ -358,7 +383,7 @@ impl CertificateStore for Ledger {
         transaction
             .execute(
                 "INSERT INTO revocations (serial, reason, revoked_at, officer) VALUES (?1, ?2, ?3, ?4)",
-                params![serial, reason, revoked_at, officer],
+                params![serial, reason.name(), revoked_at, officer],
             )
             .map_err(sqlite)?;
         transaction.commit().map_err(sqlite)?;
@@ -377,14 +402,29 @@ impl CertificateStore for Ledger {
             .map_err(sqlite)?;
         let rows = statement
             .query_map(params![issuer_key_id], |row| {
-                Ok(Revocation {
-                    serial: row.get(0)?,
-                    reason: row.get(1)?,
-                    revoked_at: row.get(2)?,
-                })
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
             })
             .map_err(sqlite)?;
-        rows.collect::<Result<_, _>>().map_err(sqlite)
+        rows.map(|row| {
+            let (serial, reason, revoked_at) = row.map_err(sqlite)?;
+            match RevocationReason::from_name(&reason) {
+                Some(reason) => Ok(Revocation {
+                    serial,
+                    reason,
+                    revoked_at,
+                }),
+                None => Err(LedgerError::UnknownReason {
+                    location: self.path.display().to_string(),
+                    serial,
+                    reason,
+                }),
+            }
+        })
+        .collect()
     }
 
     fn latest_crl(&self, issuer_key_id: &str) -> Result<Option<StoredCrl>, LedgerError> {
@@ -512,28 +552,40 @@ mod tests {
             .record(&[certificate("01"), certificate("02")])
             .unwrap();
         ledger
-            .revoke("02", "key-compromise", 100, "officer")
+            .revoke("02", RevocationReason::KeyCompromise, 100, "officer")
             .unwrap();
         assert!(matches!(
-            ledger.revoke("02", "superseded", 200, "officer"),
+            ledger.revoke("02", RevocationReason::Superseded, 200, "officer"),
             Err(LedgerError::AlreadyRevoked {
                 revoked_at: 100,
                 ..
             })
         ));
         assert!(matches!(
-            ledger.revoke("03", "superseded", 200, "officer"),
+            ledger.revoke("03", RevocationReason::Superseded, 200, "officer"),
             Err(LedgerError::UnknownSerial { .. })
         ));
         assert_eq!(
             ledger.revoked("6c51eb35").unwrap(),
             vec![Revocation {
                 serial: "02".into(),
-                reason: "key-compromise".into(),
+                reason: RevocationReason::KeyCompromise,
                 revoked_at: 100
             }]
         );
         assert!(ledger.revoked("other").unwrap().is_empty());
+        // A reason this version does not know is an error, never read as another one.
+        ledger
+            .connection
+            .execute(
+                "INSERT INTO revocations (serial, reason, revoked_at, officer) VALUES ('01', 'bogus', 300, 'officer')",
+                [],
+            )
+            .unwrap();
+        assert!(matches!(
+            ledger.revoked("6c51eb35"),
+            Err(LedgerError::UnknownReason { reason, .. }) if reason == "bogus"
+        ));
         let crl = |number| StoredCrl {
             number,
             this_update: 1,

@@ -3,5 +3,10 @@
 
 pub mod audit;
 pub mod certificates;
+mod config;
 pub mod postgres;
 pub mod recorder;
+mod store;
+
+pub use config::StorageConfig;
+pub use store::{CrlContents, Store};

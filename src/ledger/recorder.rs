@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::audit::{AuditEvent, AuditLog, AuditReceipt, EarlierRecords};
-use super::certificates::{CertificateStore, IssuedCertificate};
+use super::audit::{AuditError, AuditEvent, AuditLog, AuditReceipt, EarlierRecords};
+use super::certificates::{CertificateStore, IssuedCertificate, LedgerError};
 
 /// The most entries written in one group.
 const MAX_GROUP: usize = 1024;
@@ -35,10 +35,11 @@ pub const LINGER: Duration = Duration::from_millis(1);
 pub enum RecordError {
     /// The ledger refused or failed to write the certificate row.
     #[error("the certificate could not be recorded in the ledger: {0}")]
-    Ledger(String),
-    /// The audit log could not be written; the recorder stops until restarted.
+    Ledger(#[source] Arc<LedgerError>),
+    /// The audit log could not be written; the recorder stops until restarted. Every entry
+    /// of the group gets the same error.
     #[error("the audit log could not be written: {0}")]
-    Audit(String),
+    Audit(#[source] Arc<AuditError>),
     /// The recorder is stopped (shutting down, or after an audit log failure).
     #[error("the ledger and audit recorder is stopped")]
     Stopped,
@@ -272,8 +273,9 @@ impl Writer {
             Err(error) => {
                 self.health
                     .stop(format!("the audit log could not be written: {error}"));
+                let error = Arc::new(error);
                 for entry in group.drain(..) {
-                    let _ = entry.reply.send(Err(RecordError::Audit(error.to_string())));
+                    let _ = entry.reply.send(Err(RecordError::Audit(error.clone())));
                 }
             }
         }
@@ -296,7 +298,7 @@ impl Writer {
                 Some(certificate) => self
                     .store
                     .record(std::slice::from_ref(certificate))
-                    .map_err(|e| RecordError::Ledger(e.to_string())),
+                    .map_err(|e| RecordError::Ledger(Arc::new(e))),
             })
             .collect()
     }

@@ -10,7 +10,8 @@ use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlReason};
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::Time;
 
-use super::ca::{Issuer, extension};
+use super::ca::extension;
+use super::issuer::Issuer;
 use super::{PkiError, Signer, lint, signed};
 use crate::hsm::SignatureAlgorithm;
 

@@ -6,9 +6,10 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::Validity;
 
 use super::ca::{
-    Issuer, crl_distribution_points, extension, key_identifier_extensions, prepared_certificate,
+    crl_distribution_points, extension, key_identifier_extensions, prepared_certificate,
     subject_alt_name, tbs_certificate,
 };
+use super::issuer::Issuer;
 use super::{PkiError, lint, signed};
 use crate::hsm::{PublicKey, SignatureAlgorithm};
 

@@ -25,7 +25,7 @@ use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::{Time, Validity};
 
-use super::ca::{Issuer, key_identifier};
+use super::issuer::{Issuer, key_identifier};
 use super::time::has_rfc5280_encoding;
 use super::{PkiError, SpiffeId, algorithm};
 use crate::hsm::{PublicKey, SignatureAlgorithm};

@@ -10,7 +10,8 @@ use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::Validity;
 
-use super::ca::{CaKeyUsage, CaTemplate, Issuer};
+use super::ca::{CaKeyUsage, CaTemplate};
+use super::issuer::Issuer;
 use super::{LeafTemplate, PkiError, Prepared, SpiffeId, VerifiedCsr, x509_time};
 use crate::duration::Seconds;
 use crate::hsm::{KeyType, SignatureAlgorithm};

@@ -5,7 +5,7 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{self, KeySize};
 use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 
-use crate::hsm::{Hsm, HsmKey, KeyType, PublicKey, SignatureAlgorithm};
+use crate::hsm::{Hsm, HsmError, HsmKey, KeyType, PublicKey, SignatureAlgorithm};
 
 use super::PkiError;
 
@@ -106,7 +106,9 @@ impl Signer for SoftwareKey {
 
     fn sign(&self, algorithm: SignatureAlgorithm, message: &[u8]) -> Result<Vec<u8>, PkiError> {
         use SignatureAlgorithm as A;
-        algorithm.check_key(self.public_key.key_type())?;
+        algorithm
+            .check_key(self.public_key.key_type())
+            .map_err(HsmError::from)?;
         let rng = SystemRandom::new();
         let failed = |e: aws_lc_rs::error::Unspecified| {
             PkiError::SoftwareKey(format!("signing with {algorithm} failed: {e}"))

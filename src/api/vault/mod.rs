@@ -4,6 +4,7 @@
 //! paths, field forms, token auth, response envelope and `{"errors": [...]}`.
 
 mod fields;
+mod state;
 mod tokens;
 
 use std::sync::Arc;
@@ -19,101 +20,17 @@ use serde_json::{Value, json};
 use x509_cert::name::Name;
 
 use self::fields::Fields;
+pub use self::state::VaultState;
 use self::tokens::{TokenInfo, TokenRefusal, TokenStore};
-use super::config::VaultConfig;
-use super::error::ApiError;
-use super::routes::{ClientIdentity, csr_bytes, pem_response, read_body};
-use super::service::{IssuerState, Service, Settings};
+use super::body::{csr_bytes, pem_response, read_body};
+use super::error::{ApiError, Disclosure};
+use super::identity::ClientIdentity;
+use super::service::Service;
+use super::settings::{IssuerState, Settings};
 use super::signing::{self, RequestContext, Signed};
 use crate::duration::Seconds;
-use crate::ledger::certificates::{CertificateStore, normalize_serial};
-use crate::pki::{ProfileKind, SubjectSpec};
-
-/// Paths under `/v1/` the native API and Vault's own top level use: not a mount.
-const RESERVED_MOUNTS: [&str; 5] = ["sign", "bundle", "chain", "sys", "auth"];
-
-/// The Vault dialect's state: its configuration and the live tokens.
-pub struct VaultState {
-    config: VaultConfig,
-    tokens: TokenStore,
-}
-
-impl VaultState {
-    /// The Vault dialect for `config`: its mount and static tokens are checked here, its
-    /// profiles and clients by [`VaultState::check`] with the rest of the settings.
-    pub fn new(config: &VaultConfig) -> Result<Self, String> {
-        let mount = &config.mount;
-        if mount.is_empty()
-            || !mount
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-            || RESERVED_MOUNTS.contains(&mount.as_str())
-        {
-            return Err(format!(
-                "vault.mount {mount:?} must be lower-case letters, digits, '-' or '_', and not one of {}",
-                RESERVED_MOUNTS.join(", ")
-            ));
-        }
-        let statics: Vec<(String, String)> = config
-            .static_tokens
-            .iter()
-            .map(|t| (t.sha256.clone(), t.identity.clone()))
-            .collect();
-        Ok(VaultState {
-            config: config.clone(),
-            tokens: TokenStore::new(config.token_ttl, config.token_max_ttl, &statics)?,
-        })
-    }
-
-    /// Checks `[vault]` against the profiles and clients it names.
-    pub fn check(
-        config: &VaultConfig,
-        profile_kind: impl Fn(&str) -> Option<ProfileKind>,
-        has_client: impl Fn(&str) -> bool,
-    ) -> Result<(), String> {
-        match profile_kind(&config.sign_intermediate_profile) {
-            Some(ProfileKind::IssuingCa) => {}
-            Some(ProfileKind::Workload) => {
-                return Err(format!(
-                    "vault.sign_intermediate_profile {:?} is a workload profile; it must be an issuing-ca profile",
-                    config.sign_intermediate_profile
-                ));
-            }
-            None => {
-                return Err(format!(
-                    "vault.sign_intermediate_profile {:?} is not defined in [profiles]",
-                    config.sign_intermediate_profile
-                ));
-            }
-        }
-        for (role, profile) in &config.roles {
-            if profile_kind(profile).is_none() {
-                return Err(format!(
-                    "vault.roles.{role}: profile {profile:?} is not defined in [profiles]"
-                ));
-            }
-        }
-        for token in &config.static_tokens {
-            if !has_client(&token.identity) {
-                return Err(format!(
-                    "vault.static_tokens: identity {:?} has no [[clients]] entry",
-                    token.identity
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Service {
-    /// The Vault mount (`pki` by default); empty without `[vault]`.
-    pub fn vault_mount(&self) -> String {
-        self.vault
-            .as_ref()
-            .map(|vault| vault.config.mount.clone())
-            .unwrap_or_default()
-    }
-}
+use crate::ledger::certificates::normalize_serial;
+use crate::pki::SubjectSpec;
 
 /// The Vault routes for `mount`.
 pub fn routes(mount: &str) -> Router<Arc<Service>> {
@@ -162,12 +79,10 @@ fn envelope(data: Value, auth: Value, warnings: Option<Vec<String>>) -> Response
 /// Vault's error shape: `{"errors": [...]}`, with the status of the refusal. A refused
 /// token is only ever "permission denied", whatever the reason was (the audit log keeps it).
 fn vault_error(error: ApiError) -> Response {
-    let message = if error.code == "permission_denied" {
-        "permission denied".to_owned()
-    } else if error.code == "token_rate_limited" {
-        "rate limit quota exceeded".to_owned()
-    } else {
-        error.message
+    let message = match error.disclosure {
+        Disclosure::PermissionDenied => "permission denied".to_owned(),
+        Disclosure::RateLimited => "rate limit quota exceeded".to_owned(),
+        Disclosure::Full => error.message,
     };
     let mut response = (error.status, Json(json!({ "errors": [message] }))).into_response();
     if let Some(retry) = error.retry_after {
@@ -215,17 +130,22 @@ fn token_refused(refusal: TokenRefusal) -> ApiError {
     match refusal {
         TokenRefusal::TooManyFailures { retry_after } => ApiError {
             retry_after: Some(retry_after),
+            disclosure: Disclosure::RateLimited,
             ..ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "token_rate_limited",
                 format!("rate limit quota exceeded: {refusal}"),
             )
         },
-        refusal => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "permission_denied",
-            format!("permission denied: {refusal}"),
-        ),
+        refusal => permission_denied(format!("permission denied: {refusal}")),
+    }
+}
+
+/// A 403 that Vault answers as "permission denied"; `message` reaches only the audit log.
+fn permission_denied(message: String) -> ApiError {
+    ApiError {
+        disclosure: Disclosure::PermissionDenied,
+        ..ApiError::new(StatusCode::FORBIDDEN, "permission_denied", message)
     }
 }
 
@@ -283,11 +203,11 @@ async fn cert_login(
                     json!({ "message": error.message }),
                 )
                 .await;
-            return vault_error(audited.err().unwrap_or(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "permission_denied",
-                error.message,
-            )));
+            return vault_error(
+                audited
+                    .err()
+                    .unwrap_or_else(|| permission_denied(error.message)),
+            );
         }
     };
     let (token, info) = vault(&service).tokens.issue(&actor);
@@ -362,7 +282,7 @@ async fn renew_self(
     let result = async {
         let settings = service.settings();
         let (id, client) = signing::client(&settings, &identity)?;
-        let body = read_body(&service, &headers, body).await?;
+        let body = read_body(&service.server, &headers, body).await?;
         let mut fields = Fields::parse(&body).map_err(bad_request)?;
         let increment = fields.ttl("increment").map_err(bad_request)?;
         let token = token(&headers).unwrap_or_default();
@@ -461,7 +381,7 @@ async fn vault_sign(
                 ApiError::bad_request("unknown_role", format!("unknown role: {role}"))
             })?,
         };
-        let body = read_body(service, headers, body).await?;
+        let body = read_body(&service.server, headers, body).await?;
         let mut fields = Fields::parse(&body).map_err(bad_request)?;
         let csr = fields
             .string("csr")
@@ -638,11 +558,7 @@ async fn ca_chain(State(service): State<Arc<Service>>) -> Response {
 /// or `-` separators.
 async fn cert(State(service): State<Arc<Service>>, Path(serial): Path<String>) -> Response {
     let normalized = normalize_serial(&serial);
-    let found = service
-        .ledger_admin
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .find(&normalized);
+    let found = service.ledger.find(normalized).await;
     match found {
         Ok(Some(row)) => envelope(
             json!({

@@ -1,4 +1,7 @@
-//! The `[server]`, `[storage]`, `[trust]` and `[issuers.<name>]` sections `hsmca serve` reads.
+//! The sections only the signing service (`hsmca serve`, [`crate::api`]) reads: `[server]`,
+//! `[trust]`, `[issuers.<name>]`, `[crl]` and `[vault]`. They are defined here rather than in
+//! `api` because the service reads the whole file, at start and on reload: `api` depends on
+//! `config`, never the other way round.
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -88,16 +91,6 @@ impl ServerConfig {
     fn default_max_in_flight() -> NonZeroUsize {
         NonZeroUsize::new(128).expect("128 is not zero")
     }
-}
-
-/// `[storage]`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StorageConfig {
-    /// The SQLite ledger of issued certificates (created 0600 if absent).
-    pub ledger: PathBuf,
-    /// The hash-chained audit log (created 0600 if absent; may be the ceremonies' log).
-    pub audit_log: PathBuf,
 }
 
 /// `[trust]`.

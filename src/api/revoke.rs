@@ -1,0 +1,166 @@
+//! The officers' `POST /v1/revoke`: durable in the ledger and audited before the answer, and
+//! the issuer's CRL re-signed at once.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::body::read_json_body;
+use super::crl::{self, ledger_error, unix_now};
+use super::error::ApiError;
+use super::identity::ClientIdentity;
+use super::service::Service;
+use crate::ledger::certificates::{LedgerError, normalize_serial};
+use crate::pki::RevocationReason;
+
+/// `POST /v1/revoke` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    /// Serial in hex, with or without `:` separators.
+    serial: String,
+    /// `key-compromise`, `superseded`, ...
+    reason: String,
+    /// The issuer the officer expects; refused if the serial is another's.
+    issuer: Option<String>,
+}
+
+/// `POST /v1/revoke {serial, reason, issuer?}`: officers only. The revocation is durable in
+/// the ledger and audited before the answer, and the issuer's CRL is re-signed at once.
+pub async fn revoke(
+    State(service): State<Arc<Service>>,
+    Extension(identity): Extension<ClientIdentity>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let actor = identity.actor();
+    let error = match revoke_inner(&service, &identity, &headers, body).await {
+        Ok(answer) => return Json(answer).into_response(),
+        Err(error) => error,
+    };
+    tracing::info!(%actor, code = error.code, message = %error.message, "revocation refused");
+    let details =
+        json!({ "status": error.status.as_u16(), "code": error.code, "message": error.message });
+    match service.audit("revoke.refused", &actor, details).await {
+        Ok(()) => error.into_response(),
+        Err(audit_error) => audit_error.into_response(),
+    }
+}
+
+async fn revoke_inner(
+    service: &Service,
+    identity: &ClientIdentity,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<serde_json::Value, ApiError> {
+    let identity = identity.require()?;
+    let settings = service.settings();
+    let officer = settings.policy.officer(identity).map_err(|denial| {
+        ApiError::new(StatusCode::FORBIDDEN, "not_an_officer", denial.to_string())
+    })?;
+    let body = read_json_body(&service.server, headers, body).await?;
+    let request: RevokeRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "bad_json",
+            format!("the body is not a revocation {{serial, reason, issuer?}}: {e}"),
+        )
+    })?;
+    let reason = RevocationReason::from_name(&request.reason).ok_or_else(|| {
+        let names: Vec<&str> = RevocationReason::ALL.iter().map(|r| r.name()).collect();
+        ApiError::bad_request(
+            "bad_reason",
+            format!(
+                "reason {:?} is not one of {}",
+                request.reason,
+                names.join(", ")
+            ),
+        )
+    })?;
+    let serial = normalize_serial(&request.serial);
+    let found = service
+        .ledger
+        .find(serial.clone())
+        .await
+        .map_err(ledger_error)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_serial",
+                format!("no certificate with serial {serial} was issued here"),
+            )
+        })?;
+    let issuer = settings
+        .issuers
+        .values()
+        .find(|issuer| hex::encode(&issuer.view.key_identifier) == found.issuer_key_id)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "other_issuer",
+                format!(
+                    "certificate {serial} was issued by a key ({}) that is no issuer of this appliance any more",
+                    found.issuer_key_id
+                ),
+            )
+        })?;
+    if let Some(expected) = request
+        .issuer
+        .as_deref()
+        .filter(|name| *name != issuer.name)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "other_issuer",
+            format!(
+                "certificate {serial} was issued by {}, not {expected}",
+                issuer.name
+            ),
+        ));
+    }
+    let revoked_at = unix_now();
+    service
+        .ledger
+        .revoke(serial.clone(), reason, revoked_at, identity.to_owned())
+        .await
+        .map_err(|error| match error {
+            LedgerError::AlreadyRevoked { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "already_revoked", error.to_string())
+            }
+            other => ledger_error(other),
+        })?;
+    service
+        .audit(
+            "revoke",
+            identity,
+            json!({
+                "officer": officer.name,
+                "serial": serial,
+                "reason": reason.name(),
+                "issuer": issuer.name,
+                "subject": found.subject,
+                "revoked_at": revoked_at,
+            }),
+        )
+        .await?;
+    // The revocation stands even if the CRL cannot be signed now; the schedule retries.
+    let crl_number = match crl::publish_crl(service, issuer, "revocation").await {
+        Ok(crl) => Some(crl.number),
+        Err(error) => {
+            tracing::error!(error = %error.message, "revoked, but the CRL could not be re-signed yet");
+            None
+        }
+    };
+    Ok(json!({
+        "serial": serial,
+        "reason": reason.name(),
+        "issuer": issuer.name,
+        "revoked_at": revoked_at,
+        "crl_number": crl_number,
+    }))
+}

@@ -1,0 +1,107 @@
+//! The ledger as the signing service uses it: the operations it needs beside issuance (look
+//! up by serial, revoke, the inputs and storage of a CRL, the trust bundle's sequence), run
+//! on tokio's blocking threads so that no async worker waits on the database.
+//!
+//! Whatever [`CertificateStore`] backend is behind it (SQLite's [`super::certificates::Ledger`]
+//! today), nothing above this layer names it. Issuance goes through the
+//! [`super::recorder::Recorder`], which writes certificates with their audit records.
+
+use std::sync::{Arc, Mutex};
+
+use super::certificates::{
+    CertificateStore, IssuedCertificate, LedgerError, Revocation, StoredCrl,
+};
+use crate::pki::RevocationReason;
+
+/// A handle on the ledger, shared by the request handlers; cloning it shares the backend.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<Mutex<Box<dyn CertificateStore>>>,
+}
+
+/// What a new CRL of an issuer is made of: its number and the issuer's revocations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlContents {
+    /// The number the new CRL takes: one above the issuer's last.
+    pub number: u64,
+    /// The issuer's revoked certificates, oldest first.
+    pub revoked: Vec<Revocation>,
+}
+
+impl Store {
+    /// A handle on `backend`.
+    pub fn new(backend: Box<dyn CertificateStore>) -> Self {
+        Store {
+            backend: Arc::new(Mutex::new(backend)),
+        }
+    }
+
+    /// Runs `operation` on the backend here, on the calling thread: for threads that may
+    /// block (start-up, a reload's loading task), never for an async worker.
+    pub fn blocking<T>(
+        &self,
+        operation: impl FnOnce(&mut dyn CertificateStore) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let mut backend = self.backend.lock().unwrap_or_else(|e| e.into_inner());
+        operation(backend.as_mut())
+    }
+
+    /// Runs `operation` on the backend on a blocking thread.
+    async fn run<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&mut dyn CertificateStore) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.blocking(operation))
+            .await
+            .map_err(|e| LedgerError::Interrupted(e.to_string()))?
+    }
+
+    /// The certificate with `serial` (lower-case hex), if issued.
+    pub async fn find(&self, serial: String) -> Result<Option<IssuedCertificate>, LedgerError> {
+        self.run(move |store| store.find(&serial)).await
+    }
+
+    /// Marks `serial` revoked for `reason` at `revoked_at` by `officer`; returns the
+    /// certificate. Fails for an unknown serial or a second revocation.
+    pub async fn revoke(
+        &self,
+        serial: String,
+        reason: RevocationReason,
+        revoked_at: i64,
+        officer: String,
+    ) -> Result<IssuedCertificate, LedgerError> {
+        self.run(move |store| store.revoke(&serial, reason, revoked_at, &officer))
+            .await
+    }
+
+    /// The last CRL stored for the issuer with `issuer_key_id`, if any.
+    pub async fn latest_crl(
+        &self,
+        issuer_key_id: String,
+    ) -> Result<Option<StoredCrl>, LedgerError> {
+        self.run(move |store| store.latest_crl(&issuer_key_id))
+            .await
+    }
+
+    /// The number and the revocations of the issuer's next CRL, read together.
+    pub async fn next_crl(&self, issuer_key_id: String) -> Result<CrlContents, LedgerError> {
+        self.run(move |store| {
+            Ok(CrlContents {
+                number: store.next_crl_number(&issuer_key_id)?,
+                revoked: store.revoked(&issuer_key_id)?,
+            })
+        })
+        .await
+    }
+
+    /// Stores a signed CRL; its number must be above the issuer's last one.
+    pub async fn store_crl(
+        &self,
+        issuer_key_id: String,
+        crl: StoredCrl,
+    ) -> Result<(), LedgerError> {
+        self.run(move |store| store.store_crl(&issuer_key_id, &crl))
+            .await
+    }
+}
