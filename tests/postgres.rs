@@ -1,7 +1,8 @@
-//! The PostgreSQL store's connection and schema against a real server (Debian's
-//! `postgresql`, started per test by `common::postgres`): TLS verify-full, the password from
-//! a private file, migrations applied once in one transaction even when replicas start
-//! together, and a clear refusal for each way the connection can be wrong.
+//! The PostgreSQL store against a real server (Debian's `postgresql`, started per test by
+//! `common::postgres`): TLS verify-full, the password from a private file, migrations
+//! applied once in one transaction even when replicas start together, a clear refusal for
+//! each way the connection can be wrong; the certificate store's contract, the same on
+//! SQLite and PostgreSQL, and what must hold when several replicas write at once.
 
 mod common;
 
@@ -9,7 +10,11 @@ use std::os::unix::fs::PermissionsExt;
 
 use common::appliance::runtime;
 use common::postgres::{PASSWORD, Postgres};
-use hsmca::ledger::postgres::{PostgresConfig, PostgresError, schema_version};
+use hsmca::ledger::certificates::{
+    CertificateStore, IssuedCertificate, Ledger, LedgerError, Revocation, StoredCrl,
+};
+use hsmca::ledger::postgres::{PostgresConfig, PostgresError, PostgresLedger, schema_version};
+use hsmca::pki::RevocationReason;
 
 fn settings(server: &Postgres, dir: &std::path::Path, extra: &str) -> PostgresConfig {
     toml::from_str(&format!(
@@ -152,4 +157,194 @@ fn wrong_credentials_tls_and_a_stopped_server_are_refused_without_leaking_the_pa
     // And it is back once the server is.
     server.pg_ctl("start");
     rt.block_on(config.connect()).unwrap();
+}
+
+fn certificate(serial: &str) -> IssuedCertificate {
+    IssuedCertificate {
+        serial: serial.into(),
+        issuer_key_id: "6c51eb35".into(),
+        subject: "O=SPIFFE,C=US".into(),
+        sans: vec!["spiffe://example.org".into()],
+        profile: "issuing-ca".into(),
+        client: "spiffe://example.org/spire-server".into(),
+        not_before: 1_795_000_000,
+        not_after: 1_795_086_400,
+        der: vec![0x30, 0x03, 0x02, 0x01, 0x01],
+    }
+}
+
+fn crl(number: u64) -> StoredCrl {
+    StoredCrl {
+        number,
+        this_update: 1,
+        next_update: 2,
+        der: vec![number as u8],
+    }
+}
+
+/// What every certificate store guarantees, whatever the database.
+fn the_store_contract_holds(store: &mut dyn CertificateStore) {
+    store
+        .record(&[certificate("01"), certificate("02")])
+        .unwrap();
+    assert_eq!(store.count().unwrap(), 2);
+    assert_eq!(store.find("02").unwrap(), Some(certificate("02")));
+    assert_eq!(store.find("03").unwrap(), None);
+    // A repeated serial fails its whole batch.
+    let error = store
+        .record(&[certificate("03"), certificate("01")])
+        .unwrap_err();
+    assert!(
+        matches!(&error, LedgerError::DuplicateSerial { serial } if serial == "01"),
+        "{error}"
+    );
+    assert_eq!(store.find("03").unwrap(), None);
+
+    store
+        .revoke("02", RevocationReason::KeyCompromise, 100, "officer")
+        .unwrap();
+    assert!(matches!(
+        store.revoke("02", RevocationReason::Superseded, 200, "officer"),
+        Err(LedgerError::AlreadyRevoked {
+            revoked_at: 100,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.revoke("09", RevocationReason::Superseded, 200, "officer"),
+        Err(LedgerError::UnknownSerial { .. })
+    ));
+    assert_eq!(
+        store.revoked("6c51eb35").unwrap(),
+        vec![Revocation {
+            serial: "02".into(),
+            reason: RevocationReason::KeyCompromise,
+            revoked_at: 100
+        }]
+    );
+    assert!(store.revoked("other").unwrap().is_empty());
+
+    assert_eq!(store.latest_crl("6c51eb35").unwrap(), None);
+    assert_eq!(store.next_crl_number("6c51eb35").unwrap(), 1);
+    store.store_crl("6c51eb35", &crl(1)).unwrap();
+    store.store_crl("6c51eb35", &crl(2)).unwrap();
+    assert!(matches!(
+        store.store_crl("6c51eb35", &crl(2)),
+        Err(LedgerError::CrlNumber { last: 2, .. })
+    ));
+    assert_eq!(store.latest_crl("6c51eb35").unwrap(), Some(crl(2)));
+    assert_eq!(store.next_crl_number("6c51eb35").unwrap(), 3);
+
+    assert_eq!(store.bundle_sequence("a").unwrap(), 1);
+    assert_eq!(store.bundle_sequence("a").unwrap(), 1);
+    assert_eq!(store.bundle_sequence("b").unwrap(), 2);
+    assert_eq!(store.bundle_sequence("a").unwrap(), 3);
+}
+
+fn replica(
+    server: &Postgres,
+    dir: &std::path::Path,
+    rt: &tokio::runtime::Runtime,
+) -> PostgresLedger {
+    let config = settings(server, dir, "sslmode = \"disable\"\n");
+    rt.block_on(PostgresLedger::connect(&config, rt.handle().clone()))
+        .unwrap()
+}
+
+#[test]
+fn sqlite_and_postgres_keep_the_same_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    the_store_contract_holds(&mut Ledger::open(&dir.path().join("ledger.sqlite")).unwrap());
+    let server = Postgres::start(false);
+    let rt = runtime();
+    the_store_contract_holds(&mut replica(&server, dir.path(), &rt));
+    // A reason this version does not know is an error, never read as another one.
+    server.psql("INSERT INTO revocations (serial, reason, revoked_at, officer) VALUES ('01', 'bogus', 300, 'officer')");
+    let store = replica(&server, dir.path(), &rt);
+    assert!(matches!(
+        store.revoked("6c51eb35"),
+        Err(LedgerError::UnknownReason { reason, .. }) if reason == "bogus"
+    ));
+}
+
+#[test]
+fn replicas_writing_at_once_never_share_a_serial_a_crl_number_or_a_revocation() {
+    let server = Postgres::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let replicas: Vec<PostgresLedger> = (0..4).map(|_| replica(&server, dir.path(), &rt)).collect();
+    let rounds = 20u64;
+    let outcomes = std::thread::scope(|scope| {
+        let workers: Vec<_> = replicas
+            .into_iter()
+            .enumerate()
+            .map(|(index, mut store)| {
+                scope.spawn(move || {
+                    let mut won = (0, 0, 0);
+                    for round in 1..=rounds {
+                        // Every replica tries the same serial and the same revocation: exactly
+                        // one may win each.
+                        let serial = format!("{round:02x}");
+                        match store.record(&[certificate(&serial)]) {
+                            Ok(()) => won.0 += 1,
+                            Err(LedgerError::DuplicateSerial { .. }) => {}
+                            Err(other) => panic!("record: {other}"),
+                        }
+                        // Publishing as a replica does: read the next number, store the CRL;
+                        // a replica that was overtaken in between is refused.
+                        let next = store.next_crl_number("6c51eb35").unwrap();
+                        match store.store_crl("6c51eb35", &crl(next)) {
+                            Ok(()) => won.1 += 1,
+                            Err(LedgerError::CrlNumber { .. }) => {}
+                            Err(other) => panic!("store_crl: {other}"),
+                        }
+                        // The serial is there by now, whichever replica wrote it.
+                        loop {
+                            match store.revoke(
+                                &serial,
+                                RevocationReason::Superseded,
+                                index as i64,
+                                "officer",
+                            ) {
+                                Ok(_) => {
+                                    won.2 += 1;
+                                    break;
+                                }
+                                Err(LedgerError::AlreadyRevoked { .. }) => break,
+                                Err(LedgerError::UnknownSerial { .. }) => std::thread::yield_now(),
+                                Err(other) => panic!("revoke: {other}"),
+                            }
+                        }
+                    }
+                    won
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let total = outcomes.iter().fold((0, 0, 0), |sum, won| {
+        (sum.0 + won.0, sum.1 + won.1, sum.2 + won.2)
+    });
+    assert_eq!((total.0, total.2), (rounds, rounds), "{outcomes:?}");
+    assert_eq!(
+        server.psql("SELECT count(*) FROM certificates"),
+        rounds.to_string()
+    );
+    // Every CRL stored took the number after the last: 1, 2, 3, ... with no repeat and no
+    // gap, however the replicas interleaved.
+    assert!(total.1 >= rounds, "{outcomes:?}");
+    assert_eq!(
+        server.psql("SELECT string_agg(number::text, ',' ORDER BY number) FROM crls"),
+        (1..=total.1)
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    assert_eq!(
+        server.psql("SELECT count(*) FROM revocations"),
+        rounds.to_string()
+    );
 }

@@ -1,10 +1,15 @@
 //! PostgreSQL, the store several replicas share: its `[storage]` settings, the connection
 //! pool (TLS verify-full through rustls, the password from a private file or the
-//! environment), and the versioned schema.
+//! environment), the versioned schema, and [`PostgresLedger`], the certificate store.
 //!
 //! Migrations run in one transaction under an advisory lock, so replicas starting together
 //! apply each exactly once, and a half-applied schema never exists; a binary refuses a
 //! database whose schema is newer than the newest it knows.
+//!
+//! What must hold across replicas is enforced by the database, not by a process: serials by
+//! the primary key, one revocation per serial likewise, CRL numbers by a per-issuer
+//! transaction lock and a check against the stored maximum, the bundle sequence by a lock on
+//! its table.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -15,6 +20,10 @@ use serde::Deserialize;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::certificates::{
+    CertificateStore, IssuedCertificate, LedgerError, Revocation, StoredCrl,
+};
+use crate::pki::RevocationReason;
 use crate::secret::{SecretError, SecretSource};
 
 /// The `postgres` settings of `[storage]`.
@@ -268,6 +277,326 @@ fn read_ca_file(
     Ok(certificates)
 }
 
+/// The certificate store on PostgreSQL. Its [`CertificateStore`] methods block the calling
+/// thread until the server answers: call them where blocking is allowed (the
+/// [`super::Store`]'s blocking threads, the recorder's writer thread), never on an async
+/// worker.
+pub struct PostgresLedger {
+    pool: Pool,
+    runtime: tokio::runtime::Handle,
+    target: String,
+}
+
+impl PostgresLedger {
+    /// Connects (see [`PostgresConfig::connect`]); the store runs its queries on `runtime`.
+    pub async fn connect(
+        config: &PostgresConfig,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Self, PostgresError> {
+        Ok(PostgresLedger {
+            pool: config.connect().await?,
+            runtime,
+            target: config.target(),
+        })
+    }
+
+    fn backend(&self) -> impl Fn(tokio_postgres::Error) -> LedgerError + '_ {
+        |source| LedgerError::Backend {
+            location: self.target.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Runs `operation` with a pooled connection, blocking this thread until it is done.
+    fn with_client<T>(
+        &self,
+        operation: impl AsyncFnOnce(&mut deadpool_postgres::Client) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        self.runtime.block_on(async {
+            let mut client = self.pool.get().await.map_err(|e| LedgerError::Backend {
+                location: self.target.clone(),
+                source: Box::new(e),
+            })?;
+            operation(&mut client).await
+        })
+    }
+}
+
+/// The certificate columns, in [`certificate_from_row`]'s order.
+const CERTIFICATE_COLUMNS: &str =
+    "serial, issuer_key_id, subject, sans, profile, client, not_before, not_after, der";
+
+fn certificate_from_row(
+    row: &tokio_postgres::Row,
+    location: &str,
+) -> Result<IssuedCertificate, LedgerError> {
+    let sans: String = row.get(3);
+    Ok(IssuedCertificate {
+        serial: row.get(0),
+        issuer_key_id: row.get(1),
+        subject: row.get(2),
+        sans: serde_json::from_str(&sans).map_err(|e| LedgerError::Backend {
+            location: location.to_owned(),
+            source: Box::new(e),
+        })?,
+        profile: row.get(4),
+        client: row.get(5),
+        not_before: row.get(6),
+        not_after: row.get(7),
+        der: row.get(8),
+    })
+}
+
+fn is_unique_violation(error: &tokio_postgres::Error) -> bool {
+    error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
+impl CertificateStore for PostgresLedger {
+    fn record(&mut self, certificates: &[IssuedCertificate]) -> Result<(), LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            let transaction = client.transaction().await.map_err(&backend)?;
+            let insert = transaction
+                .prepare_cached(&format!(
+                    "INSERT INTO certificates ({CERTIFICATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                ))
+                .await
+                .map_err(&backend)?;
+            for certificate in certificates {
+                let sans = serde_json::to_string(&certificate.sans).expect("strings serialise");
+                let inserted = transaction
+                    .execute(
+                        &insert,
+                        &[
+                            &certificate.serial,
+                            &certificate.issuer_key_id,
+                            &certificate.subject,
+                            &sans,
+                            &certificate.profile,
+                            &certificate.client,
+                            &certificate.not_before,
+                            &certificate.not_after,
+                            &certificate.der,
+                        ],
+                    )
+                    .await;
+                match inserted {
+                    Ok(_) => {}
+                    Err(error) if is_unique_violation(&error) => {
+                        return Err(LedgerError::DuplicateSerial {
+                            serial: certificate.serial.clone(),
+                        });
+                    }
+                    Err(error) => return Err(backend(error)),
+                }
+            }
+            transaction.commit().await.map_err(&backend)
+        })
+    }
+
+    fn find(&self, serial: &str) -> Result<Option<IssuedCertificate>, LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            client
+                .query_opt(
+                    &format!("SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE serial = $1"),
+                    &[&serial],
+                )
+                .await
+                .map_err(&backend)?
+                .map(|row| certificate_from_row(&row, &self.target))
+                .transpose()
+        })
+    }
+
+    fn count(&self) -> Result<u64, LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            let row = client
+                .query_one("SELECT count(*) FROM certificates", &[])
+                .await
+                .map_err(&backend)?;
+            Ok(row.get::<_, i64>(0).unsigned_abs())
+        })
+    }
+
+    fn revoke(
+        &mut self,
+        serial: &str,
+        reason: RevocationReason,
+        revoked_at: i64,
+        officer: &str,
+    ) -> Result<IssuedCertificate, LedgerError> {
+        let certificate = self
+            .find(serial)?
+            .ok_or_else(|| LedgerError::UnknownSerial {
+                serial: serial.to_owned(),
+            })?;
+        let backend = self.backend();
+        self.with_client(async |client| {
+            // The primary key makes a second revocation fail, from any replica; the earlier
+            // one's time is then read for the message.
+            let inserted = client
+                .execute(
+                    "INSERT INTO revocations (serial, reason, revoked_at, officer) VALUES ($1, $2, $3, $4)",
+                    &[&serial, &reason.name(), &revoked_at, &officer],
+                )
+                .await;
+            match inserted {
+                Ok(_) => Ok(certificate),
+                Err(error) if is_unique_violation(&error) => {
+                    let row = client
+                        .query_one(
+                            "SELECT revoked_at FROM revocations WHERE serial = $1",
+                            &[&serial],
+                        )
+                        .await
+                        .map_err(&backend)?;
+                    Err(LedgerError::AlreadyRevoked {
+                        serial: serial.to_owned(),
+                        revoked_at: row.get(0),
+                    })
+                }
+                Err(error) => Err(backend(error)),
+            }
+        })
+    }
+
+    fn revoked(&self, issuer_key_id: &str) -> Result<Vec<Revocation>, LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            let rows = client
+                .query(
+                    "SELECT r.serial, r.reason, r.revoked_at FROM revocations r
+                     JOIN certificates c ON c.serial = r.serial
+                     WHERE c.issuer_key_id = $1 ORDER BY r.revoked_at, r.serial",
+                    &[&issuer_key_id],
+                )
+                .await
+                .map_err(&backend)?;
+            rows.iter()
+                .map(|row| {
+                    let serial: String = row.get(0);
+                    let reason: String = row.get(1);
+                    match RevocationReason::from_name(&reason) {
+                        Some(reason) => Ok(Revocation {
+                            serial,
+                            reason,
+                            revoked_at: row.get(2),
+                        }),
+                        None => Err(LedgerError::UnknownReason {
+                            location: self.target.clone(),
+                            serial,
+                            reason,
+                        }),
+                    }
+                })
+                .collect()
+        })
+    }
+
+    fn latest_crl(&self, issuer_key_id: &str) -> Result<Option<StoredCrl>, LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            Ok(client
+                .query_opt(
+                    "SELECT number, this_update, next_update, der FROM crls
+                     WHERE issuer_key_id = $1 ORDER BY number DESC LIMIT 1",
+                    &[&issuer_key_id],
+                )
+                .await
+                .map_err(&backend)?
+                .map(|row| StoredCrl {
+                    number: row.get::<_, i64>(0).unsigned_abs(),
+                    this_update: row.get(1),
+                    next_update: row.get(2),
+                    der: row.get(3),
+                }))
+        })
+    }
+
+    fn store_crl(&mut self, issuer_key_id: &str, crl: &StoredCrl) -> Result<(), LedgerError> {
+        let backend = self.backend();
+        let number = i64::try_from(crl.number).unwrap_or(i64::MAX);
+        self.with_client(async |client| {
+            let transaction = client.transaction().await.map_err(&backend)?;
+            // Replicas storing CRLs of one issuer take turns; the number is then checked
+            // against the stored maximum, so it strictly grows across the cluster.
+            transaction
+                .execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended('crl:' || $1, 0))",
+                    &[&issuer_key_id],
+                )
+                .await
+                .map_err(&backend)?;
+            let last: i64 = transaction
+                .query_one(
+                    "SELECT coalesce(max(number), 0) FROM crls WHERE issuer_key_id = $1",
+                    &[&issuer_key_id],
+                )
+                .await
+                .map_err(&backend)?
+                .get(0);
+            if number <= last {
+                return Err(LedgerError::CrlNumber {
+                    issuer_key_id: issuer_key_id.to_owned(),
+                    number: crl.number,
+                    last: last.unsigned_abs(),
+                });
+            }
+            transaction
+                .execute(
+                    "INSERT INTO crls (issuer_key_id, number, this_update, next_update, der)
+                     VALUES ($1, $2, $3, $4, $5)",
+                    &[
+                        &issuer_key_id,
+                        &number,
+                        &crl.this_update,
+                        &crl.next_update,
+                        &crl.der,
+                    ],
+                )
+                .await
+                .map_err(&backend)?;
+            transaction.commit().await.map_err(&backend)
+        })
+    }
+
+    fn bundle_sequence(&mut self, bundle_sha256: &str) -> Result<u64, LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            let transaction = client.transaction().await.map_err(&backend)?;
+            // One replica at a time reads and extends the sequence.
+            transaction
+                .batch_execute("LOCK TABLE bundles IN SHARE ROW EXCLUSIVE MODE")
+                .await
+                .map_err(&backend)?;
+            let last = transaction
+                .query_opt(
+                    "SELECT sequence, sha256 FROM bundles ORDER BY sequence DESC LIMIT 1",
+                    &[],
+                )
+                .await
+                .map_err(&backend)?
+                .map(|row| (row.get::<_, i64>(0), row.get::<_, String>(1)));
+            let sequence = match last {
+                Some((sequence, sha256)) if sha256 == bundle_sha256 => sequence,
+                Some((sequence, _)) => sequence + 1,
+                None => 1,
+            };
+            transaction
+                .execute(
+                    "INSERT INTO bundles (sequence, sha256) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&sequence, &bundle_sha256],
+                )
+                .await
+                .map_err(&backend)?;
+            transaction.commit().await.map_err(&backend)?;
+            Ok(sequence.unsigned_abs())
+        })
+    }
+}
+
 /// One step of the schema; applied in order, each exactly once.
 struct Migration {
     version: i32,
@@ -328,9 +657,10 @@ INSERT INTO audit_head (seq, hash)
 -- Vault tokens by the SHA-256 of the token, never the token itself.
 CREATE TABLE vault_tokens (
     token_sha256  text PRIMARY KEY,
-    client        text NOT NULL,
-    policy_name   text NOT NULL,
-    expires_at    bigint NOT NULL
+    identity      text NOT NULL,
+    accessor      text NOT NULL UNIQUE,
+    issued_at     bigint NOT NULL,
+    expires_at    bigint
 );
 ",
 }];
