@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod certificates;
+pub mod chain;
 mod config;
 pub mod recorder;
 mod store;
