@@ -106,7 +106,7 @@ impl Service {
         // is verified beside the first requests, and a broken chain stops issuance.
         let (audit, earlier_records) = AuditLog::open_at_tail(&config.resolve(&storage.audit_log))?;
         let discarded_audit_tail = audit.discarded_tail().cloned();
-        let recorder = Recorder::start(Box::new(ledger), audit)
+        let recorder = Recorder::start(Box::new(ledger), Box::new(audit))
             .map_err(|e| StartError::Config(format!("cannot start the ledger writer: {e}")))?;
         recorder
             .verify_in_background(earlier_records)

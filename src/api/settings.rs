@@ -3,10 +3,11 @@
 //! trust bundle; and which sections only a restart can change.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::bundle;
 use super::error::StartError;
-use crate::config::{Config, CrlConfig, ServerConfig, TrustConfig, VaultConfig};
+use crate::config::{Config, CrlConfig, IssuerConfig, ServerConfig, TrustConfig, VaultConfig};
 use crate::hsm::{Hsm, HsmConfig, HsmKey, SignatureAlgorithm};
 use crate::ledger::{StorageConfig, Store};
 use crate::pki::{self, CaCertificate, Profile};
@@ -125,101 +126,13 @@ impl Settings {
         if config.profiles.is_empty() {
             return Err(missing("profiles.<name>"));
         }
-        for (name, profile) in &config.profiles {
-            profile.validate(name).map_err(StartError::Config)?;
-            if let Some(warning) = profile.verifier_warning() {
-                tracing::warn!(profile = %name, "{warning}");
-            }
-            if !config.issuers.contains_key(&profile.issuer) {
-                return Err(StartError::Config(format!(
-                    "profile {name}: issuer {:?} is not defined in [issuers]",
-                    profile.issuer
-                )));
-            }
-        }
-        let policy = Policy::new(&config.clients, |p| config.profiles.contains_key(p))
-            .and_then(|policy| policy.with_officers(&config.officers))
-            .map_err(StartError::Config)?;
-        if config.clients.is_empty() {
-            tracing::warn!("no [[clients]] configured: every signing request will be refused");
-        }
-        if let Some(vault) = &config.vault {
-            super::vault::VaultState::check(
-                vault,
-                |name| config.profiles.get(name).map(|p| p.kind),
-                |identity| policy.client(identity).is_ok(),
-            )
-            .map_err(StartError::Config)?;
-        }
+        let policy = check_policy(config)?;
         let (roots, intermediates) = load_trust(config, trust)?;
         let now = pki::now().unix_duration();
         let mut issuers = BTreeMap::new();
         for (name, issuer) in &config.issuers {
-            let fail = |reason: String| StartError::Issuer {
-                issuer: name.clone(),
-                reason,
-            };
-            if let Some(url) = issuer
-                .crl_url
-                .as_deref()
-                .filter(|u| !u.starts_with("http://"))
-            {
-                return Err(fail(format!(
-                    "crl_url {url:?} must be an http:// URL (RFC 5280 4.2.1.13; relying parties fetch CRLs without TLS)"
-                )));
-            }
-            let certificate = CaCertificate::from_file(&config.resolve(&issuer.certificate))
-                .map_err(|e| fail(e.to_string()))?;
-            let key = hsm
-                .find_key(&issuer.key_label, Some(certificate.public_key()))
-                .map_err(|e| fail(e.to_string()))?;
-            let algorithm = issuer
-                .signature_algorithm
-                .unwrap_or_else(|| key.key_type().default_algorithm());
-            if !algorithm.works_with(key.key_type()) {
-                return Err(fail(format!(
-                    "signature_algorithm {algorithm} cannot be made by its {} key",
-                    key.key_type()
-                )));
-            }
-            let validity = certificate.validity();
-            let (from, until) = (
-                validity.not_before.to_unix_duration(),
-                validity.not_after.to_unix_duration(),
-            );
-            if now < from {
-                return Err(fail(format!(
-                    "its certificate is not valid before {}",
-                    validity.not_before
-                )));
-            }
-            for (profile_name, profile) in config.profiles.iter().filter(|(_, p)| &p.issuer == name)
-            {
-                if until < now + profile.max_ttl.duration() {
-                    return Err(fail(format!(
-                        "its certificate expires {} (or has expired), inside profile {profile_name}'s max_ttl {}; rotate the issuer or lower max_ttl",
-                        validity.not_after, profile.max_ttl
-                    )));
-                }
-            }
-            let (chain, root) =
-                chain_to_root(&certificate, &intermediates, &roots).map_err(fail)?;
-            issuers.insert(
-                name.clone(),
-                IssuerState {
-                    name: name.clone(),
-                    view: certificate.as_issuer(),
-                    certificate,
-                    key,
-                    algorithm,
-                    path_pem: chain
-                        .iter()
-                        .chain(std::iter::once(&root))
-                        .map(CaCertificate::to_pem)
-                        .collect(),
-                    crl_url: issuer.crl_url.clone(),
-                },
-            );
+            let state = load_issuer(config, hsm, name, issuer, &roots, &intermediates, now)?;
+            issuers.insert(name.clone(), state);
         }
         let pem = bundle::pem_bundle(&roots);
         let sha256 = crate::digest::sha256_hex(pem.as_bytes());
@@ -233,6 +146,112 @@ impl Settings {
             expiry_warning: trust.issuer_expiry_warning,
         })
     }
+}
+
+/// Checks the profiles against the issuers, the clients and officers against the profiles,
+/// and `[vault]` against both; returns the policy.
+fn check_policy(config: &Config) -> Result<Policy, StartError> {
+    for (name, profile) in &config.profiles {
+        profile.validate(name).map_err(StartError::Config)?;
+        if let Some(warning) = profile.verifier_warning() {
+            tracing::warn!(profile = %name, "{warning}");
+        }
+        if !config.issuers.contains_key(&profile.issuer) {
+            return Err(StartError::Config(format!(
+                "profile {name}: issuer {:?} is not defined in [issuers]",
+                profile.issuer
+            )));
+        }
+    }
+    let policy = Policy::new(&config.clients, |p| config.profiles.contains_key(p))
+        .and_then(|policy| policy.with_officers(&config.officers))
+        .map_err(StartError::Config)?;
+    if config.clients.is_empty() {
+        tracing::warn!("no [[clients]] configured: every signing request will be refused");
+    }
+    if let Some(vault) = &config.vault {
+        super::vault::VaultState::check(
+            vault,
+            |name| config.profiles.get(name).map(|p| p.kind),
+            |identity| policy.client(identity).is_ok(),
+        )
+        .map_err(StartError::Config)?;
+    }
+    Ok(policy)
+}
+
+/// Checks `[issuers.<name>]`: its certificate, its key in `hsm` (found by label and public
+/// key), its algorithm, its validity against now and its profiles' `max_ttl`, and its chain
+/// to a root of `[trust]`.
+fn load_issuer(
+    config: &Config,
+    hsm: &Hsm,
+    name: &str,
+    issuer: &IssuerConfig,
+    roots: &[CaCertificate],
+    intermediates: &[CaCertificate],
+    now: Duration,
+) -> Result<IssuerState, StartError> {
+    let fail = |reason: String| StartError::Issuer {
+        issuer: name.to_owned(),
+        reason,
+    };
+    if let Some(url) = issuer
+        .crl_url
+        .as_deref()
+        .filter(|u| !u.starts_with("http://"))
+    {
+        return Err(fail(format!(
+            "crl_url {url:?} must be an http:// URL (RFC 5280 4.2.1.13; relying parties fetch CRLs without TLS)"
+        )));
+    }
+    let certificate = CaCertificate::from_file(&config.resolve(&issuer.certificate))
+        .map_err(|e| fail(e.to_string()))?;
+    let key = hsm
+        .find_key(&issuer.key_label, Some(certificate.public_key()))
+        .map_err(|e| fail(e.to_string()))?;
+    let algorithm = issuer
+        .signature_algorithm
+        .unwrap_or_else(|| key.key_type().default_algorithm());
+    if !algorithm.works_with(key.key_type()) {
+        return Err(fail(format!(
+            "signature_algorithm {algorithm} cannot be made by its {} key",
+            key.key_type()
+        )));
+    }
+    let validity = certificate.validity();
+    let (from, until) = (
+        validity.not_before.to_unix_duration(),
+        validity.not_after.to_unix_duration(),
+    );
+    if now < from {
+        return Err(fail(format!(
+            "its certificate is not valid before {}",
+            validity.not_before
+        )));
+    }
+    for (profile_name, profile) in config.profiles.iter().filter(|(_, p)| p.issuer == name) {
+        if until < now + profile.max_ttl.duration() {
+            return Err(fail(format!(
+                "its certificate expires {} (or has expired), inside profile {profile_name}'s max_ttl {}; rotate the issuer or lower max_ttl",
+                validity.not_after, profile.max_ttl
+            )));
+        }
+    }
+    let (chain, root) = chain_to_root(&certificate, intermediates, roots).map_err(fail)?;
+    Ok(IssuerState {
+        name: name.to_owned(),
+        view: certificate.as_issuer(),
+        certificate,
+        key,
+        algorithm,
+        path_pem: chain
+            .iter()
+            .chain(std::iter::once(&root))
+            .map(CaCertificate::to_pem)
+            .collect(),
+        crl_url: issuer.crl_url.clone(),
+    })
 }
 
 /// Loads the roots (self-signed) and intermediates of `[trust]`.

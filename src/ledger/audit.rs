@@ -18,54 +18,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
-
-use crate::digest::sha256_hex;
-
-/// The `prev` of the first record.
-pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// The closing field of every record: `,"hash":"` + 64 hex digits + `"}`.
-const HASH_FIELD: &str = ",\"hash\":\"";
-const HASH_FIELD_LEN: usize = HASH_FIELD.len() + 64 + 2;
-
-/// Something that happened, as the audit log records it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AuditEvent {
-    /// What happened, dotted: `ceremony.root`, `sign.issued`, `sign.refused`, ...
-    pub event: String,
-    /// Who did it: an officer's name, a client identity, `hsmca` for the service itself.
-    pub actor: String,
-    /// The event's particulars.
-    pub details: serde_json::Value,
-}
-
-/// The record as it is serialised, field order fixed by declaration order.
-#[derive(Serialize)]
-struct RecordBody<'a> {
-    seq: u64,
-    time: String,
-    prev: &'a str,
-    event: &'a str,
-    actor: &'a str,
-    details: &'a serde_json::Value,
-}
-
-/// The fields [`verify`] needs back from a record.
-#[derive(Deserialize)]
-struct ChainFields {
-    seq: u64,
-    prev: String,
-}
-
-/// Where an appended record landed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditReceipt {
-    /// The record's sequence number.
-    pub seq: u64,
-    /// The record's hash, the new head of the chain.
-    pub hash: String,
-}
+use super::chain::{AuditChain, check_record, parse_record};
+pub use super::chain::{AuditEvent, AuditReceipt, GENESIS_HASH};
 
 /// What a successful [`verify`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,8 +75,7 @@ pub enum AuditError {
 pub struct AuditLog {
     file: File,
     path: PathBuf,
-    head: String,
-    next_seq: u64,
+    chain: AuditChain,
     discarded_tail: Option<DiscardedTail>,
 }
 
@@ -152,8 +105,7 @@ impl AuditLog {
         Ok(AuditLog {
             file,
             path: path.to_owned(),
-            head: verified.head,
-            next_seq: verified.records + 1,
+            chain: AuditChain::after(verified.records, verified.head),
             discarded_tail,
         })
     }
@@ -194,8 +146,7 @@ impl AuditLog {
         let log = AuditLog {
             file,
             path: path.to_owned(),
-            head,
-            next_seq: records + 1,
+            chain: AuditChain::after(records, head),
             discarded_tail,
         };
         Ok((log, earlier))
@@ -219,46 +170,35 @@ impl AuditLog {
         let time = der::DateTime::from_system_time(SystemTime::now())
             .map(|t| t.to_string())
             .unwrap_or_default();
-        let mut head = self.head.clone();
-        let mut seq = self.next_seq;
-        let mut lines = String::new();
-        let mut receipts = Vec::with_capacity(events.len());
-        for event in events {
-            let body = serde_json::to_string(&RecordBody {
-                seq,
-                time: time.clone(),
-                prev: &head,
-                event: &event.event,
-                actor: &event.actor,
-                details: &event.details,
-            })
-            .expect("an audit record always serialises");
-            let hash = sha256_hex(body.as_bytes());
-            lines.push_str(&body[..body.len() - 1]); // the hash field closes the record instead
-            lines.push_str(HASH_FIELD);
-            lines.push_str(&hash);
-            lines.push_str("\"}\n");
-            receipts.push(AuditReceipt {
-                seq,
-                hash: hash.clone(),
-            });
-            head = hash;
-            seq += 1;
-        }
+        let linked = self.chain.link(&time, events);
         let io = |source| AuditError::Io {
             path: self.path.clone(),
             source,
         };
-        self.file.write_all(lines.as_bytes()).map_err(io)?;
+        self.file.write_all(linked.lines.as_bytes()).map_err(io)?;
         self.file.sync_data().map_err(io)?;
-        self.head = head;
-        self.next_seq = seq;
-        Ok(receipts)
+        self.chain = linked.next;
+        Ok(linked.receipts)
     }
 
     /// The hash of the newest record.
     pub fn head(&self) -> &str {
-        &self.head
+        self.chain.head()
+    }
+}
+
+/// Where the recorder appends audit records. The file ([`AuditLog`]) is the one backend
+/// today; how records are hashed and linked is [`super::chain`]'s, so a database can hold the
+/// chain by implementing this.
+pub trait AuditStore: Send {
+    /// Appends records in order, all durable when this returns; after a failure the caller
+    /// must stop appending (see [`AuditLog::append_all`]).
+    fn append_all(&mut self, events: &[AuditEvent]) -> Result<Vec<AuditReceipt>, AuditError>;
+}
+
+impl AuditStore for AuditLog {
+    fn append_all(&mut self, events: &[AuditEvent]) -> Result<Vec<AuditReceipt>, AuditError> {
+        AuditLog::append_all(self, events)
     }
 }
 
@@ -453,53 +393,11 @@ fn discard_torn_tail(file: &File, path: &Path, torn: TornTail) -> std::io::Resul
     })
 }
 
-/// Checks one record against its position and its predecessor's hash; returns its hash.
-fn check_record(record: &str, seq: u64, prev: &str) -> Result<String, String> {
-    let (fields, claimed) = parse_record(record)?;
-    if fields.seq != seq {
-        return Err(format!(
-            "sequence number {} where {seq} belongs: records were removed, inserted or reordered",
-            fields.seq
-        ));
-    }
-    if fields.prev != prev {
-        return Err(if seq == 1 {
-            "the first record does not start the chain: records before it were removed".into()
-        } else {
-            format!(
-                "the record does not chain to line {}: that line was rewritten, or records were replaced",
-                seq - 1
-            )
-        });
-    }
-    Ok(claimed.to_owned())
-}
-
-/// Checks a record against its own hash; returns its chain fields and the hash.
-fn parse_record(record: &str) -> Result<(ChainFields, &str), String> {
-    let split = record
-        .len()
-        .checked_sub(HASH_FIELD_LEN)
-        .filter(|&at| record.is_char_boundary(at))
-        .ok_or("not an audit record (too short)")?;
-    let (body, hash_field) = record.split_at(split);
-    let claimed = hash_field
-        .strip_prefix(HASH_FIELD)
-        .and_then(|rest| rest.strip_suffix("\"}"))
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or("the record does not end with its hash")?;
-    let body = format!("{body}}}");
-    if sha256_hex(body.as_bytes()) != claimed {
-        return Err("the record's content does not match its hash: it was edited".into());
-    }
-    let fields: ChainFields =
-        serde_json::from_str(&body).map_err(|e| format!("not an audit record: {e}"))?;
-    Ok((fields, claimed))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::sha256_hex;
+    use crate::ledger::chain::{HASH_FIELD, HASH_FIELD_LEN};
 
     fn event(n: u64) -> AuditEvent {
         AuditEvent {

@@ -1,8 +1,19 @@
 //! What hsmca has done, durably: the hash-chained audit log and the ledger of issued
-//! certificates.
+//! certificates, and the `[storage]` section that says where they are.
+//!
+//! Where state is kept is this layer's alone, so that another backend (PostgreSQL, for
+//! several replicas) can be added here without touching the service:
+//!
+//! * [`certificates`]: the records and [`certificates::LedgerError`], the backend contract
+//!   [`certificates::CertificateStore`] and its SQLite implementation.
+//! * [`Store`]: the ledger as the service reaches it, each operation on a blocking thread.
+//! * [`recorder`]: group commit of issued certificates together with their audit records.
+//! * [`chain`]: how audit records are hashed, linked and checked; [`audit`]: the file that
+//!   holds them, one [`audit::AuditStore`].
 
 pub mod audit;
 pub mod certificates;
+pub mod chain;
 mod config;
 pub mod postgres;
 pub mod recorder;

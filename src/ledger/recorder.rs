@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::audit::{AuditError, AuditEvent, AuditLog, AuditReceipt, EarlierRecords};
+use super::audit::{AuditError, AuditEvent, AuditReceipt, AuditStore, EarlierRecords};
 use super::certificates::{CertificateStore, IssuedCertificate, LedgerError};
 
 /// The most entries written in one group.
@@ -105,7 +105,10 @@ impl Drop for Expected {
 
 impl Recorder {
     /// Starts the writer thread over `store` and `audit`.
-    pub fn start(store: Box<dyn CertificateStore>, audit: AuditLog) -> std::io::Result<Self> {
+    pub fn start(
+        store: Box<dyn CertificateStore>,
+        audit: Box<dyn AuditStore>,
+    ) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::channel();
         let health = Arc::new(Health::default());
         let stats = Arc::new(RecorderStats::default());
@@ -166,7 +169,7 @@ impl Recorder {
     }
 
     /// Checks the records before the one the audit log was opened at
-    /// ([`AuditLog::open_at_tail`]) on a thread of its own, while entries are written; if
+    /// ([`super::audit::AuditLog::open_at_tail`]) on a thread of its own, while entries are written; if
     /// the chain is broken the recorder stops, as after a failed write, and nothing more is
     /// issued.
     pub fn verify_in_background(&self, earlier: EarlierRecords) -> std::io::Result<()> {
@@ -211,7 +214,7 @@ impl Drop for Recorder {
 
 struct Writer {
     store: Box<dyn CertificateStore>,
-    audit: AuditLog,
+    audit: Box<dyn AuditStore>,
     health: Arc<Health>,
     stats: Arc<RecorderStats>,
     announced: Arc<AtomicUsize>,
@@ -336,8 +339,8 @@ mod tests {
     fn fresh_recorder() -> (tempfile::TempDir, Recorder) {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
-        let log = AuditLog::open(&dir.path().join("audit.log")).unwrap();
-        let recorder = Recorder::start(Box::new(ledger), log).unwrap();
+        let log = audit::AuditLog::open(&dir.path().join("audit.log")).unwrap();
+        let recorder = Recorder::start(Box::new(ledger), Box::new(log)).unwrap();
         (dir, recorder)
     }
 
