@@ -10,9 +10,11 @@ use std::os::unix::fs::PermissionsExt;
 
 use common::appliance::runtime;
 use common::postgres::{PASSWORD, Postgres};
+use hsmca::ledger::audit::{self, AuditEvent, AuditLog};
 use hsmca::ledger::certificates::{
     CertificateStore, IssuedCertificate, Ledger, LedgerError, Revocation, StoredCrl,
 };
+use hsmca::ledger::journal::{Journal, JournalEntry, JournalError, SplitJournal};
 use hsmca::ledger::postgres::{PostgresConfig, PostgresError, PostgresLedger, schema_version};
 use hsmca::pki::RevocationReason;
 
@@ -347,4 +349,155 @@ fn replicas_writing_at_once_never_share_a_serial_a_crl_number_or_a_revocation() 
         server.psql("SELECT count(*) FROM revocations"),
         rounds.to_string()
     );
+}
+
+fn issued(serial: &str) -> JournalEntry {
+    JournalEntry {
+        certificate: Some(certificate(serial)),
+        event: AuditEvent {
+            event: "sign.issued".into(),
+            actor: "spiffe://example.org/spire-server".into(),
+            details: serde_json::json!({ "serial": serial }),
+        },
+    }
+}
+
+fn refused() -> JournalEntry {
+    JournalEntry {
+        certificate: None,
+        event: AuditEvent {
+            event: "sign.refused".into(),
+            actor: "spiffe://example.org/stranger".into(),
+            details: serde_json::json!({ "rule": "no_policy" }),
+        },
+    }
+}
+
+/// What every journal guarantees: a group's records in order with contiguous sequence
+/// numbers, a taken serial failing alone and audited as unrecorded.
+fn the_journal_contract_holds(journal: &mut dyn Journal) {
+    let first = journal
+        .commit(&[issued("01"), refused(), issued("02")])
+        .unwrap();
+    let seqs: Vec<u64> = first.iter().map(|r| r.as_ref().unwrap().seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    let second = journal.commit(&[issued("03"), issued("01")]).unwrap();
+    assert_eq!(second[0].as_ref().unwrap().seq, 4);
+    assert!(
+        matches!(&second[1], Err(LedgerError::DuplicateSerial { serial }) if serial == "01"),
+        "{second:?}"
+    );
+}
+
+#[test]
+fn sqlite_with_the_file_and_postgres_journal_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("audit.log");
+    let mut split = SplitJournal::new(
+        Box::new(Ledger::open(&dir.path().join("ledger.sqlite")).unwrap()),
+        Box::new(AuditLog::open(&log_path).unwrap()),
+    );
+    the_journal_contract_holds(&mut split);
+    let file_records: Vec<serde_json::Value> = std::fs::read_to_string(&log_path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+
+    let server = Postgres::start(false);
+    let rt = runtime();
+    let mut postgres = replica(&server, dir.path(), &rt);
+    the_journal_contract_holds(&mut postgres);
+    let exported = dir.path().join("exported.log");
+    let mut out = std::fs::File::create(&exported).unwrap();
+    assert_eq!(postgres.export_audit(&mut out).unwrap(), 5);
+    drop(out);
+    assert_eq!(audit::verify(&exported).unwrap().records, 5);
+    let postgres_records: Vec<serde_json::Value> = std::fs::read_to_string(&exported)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    // The same events, in the same order, in both backends.
+    let events = |records: &[serde_json::Value]| -> Vec<String> {
+        records
+            .iter()
+            .map(|r| r["event"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(events(&file_records), events(&postgres_records));
+    assert_eq!(
+        events(&postgres_records),
+        [
+            "sign.issued",
+            "sign.refused",
+            "sign.issued",
+            "sign.issued",
+            "sign.issued.unrecorded"
+        ]
+    );
+    assert_eq!(server.psql("SELECT count(*) FROM certificates"), "3");
+}
+
+#[test]
+fn replicas_share_one_audit_chain_and_no_certificate_is_stored_without_its_record() {
+    let server = Postgres::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let groups = 25;
+    std::thread::scope(|scope| {
+        for index in 0..4 {
+            let mut journal = replica(&server, dir.path(), &rt);
+            scope.spawn(move || {
+                for group in 0..groups {
+                    let entries: Vec<JournalEntry> = (0..4)
+                        .map(|n| issued(&format!("{index:02x}{group:04x}{n:02x}")))
+                        .chain([refused()])
+                        .collect();
+                    for result in journal.commit(&entries).unwrap() {
+                        result.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let store = replica(&server, dir.path(), &rt);
+    let exported = dir.path().join("exported.log");
+    let mut out = std::fs::File::create(&exported).unwrap();
+    assert_eq!(store.export_audit(&mut out).unwrap(), 4 * groups * 5);
+    drop(out);
+    assert_eq!(audit::verify(&exported).unwrap().records, 4 * groups * 5);
+    // Every stored certificate has its sign.issued record, and nothing else was stored.
+    assert_eq!(
+        server.psql(
+            "SELECT count(*) FROM certificates c WHERE NOT EXISTS (
+                 SELECT 1 FROM audit_records a
+                 WHERE a.line::json->>'event' = 'sign.issued'
+                   AND a.line::json->'details'->>'serial' = c.serial)"
+        ),
+        "0"
+    );
+    assert_eq!(
+        server.psql("SELECT count(*) FROM certificates"),
+        (4 * groups * 4).to_string()
+    );
+}
+
+#[test]
+fn an_outage_refuses_groups_without_writing_and_the_journal_recovers_without_a_restart() {
+    let server = Postgres::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mut journal = replica(&server, dir.path(), &rt);
+    journal.commit(&[issued("01")]).unwrap();
+    server.pg_ctl("stop");
+    let error = journal.commit(&[issued("02"), refused()]).unwrap_err();
+    assert!(matches!(error, JournalError::Unavailable(_)), "{error}");
+    server.pg_ctl("start");
+    // The pool replaces the broken connection; the chain goes on from the last committed
+    // record, and the refused group left nothing behind.
+    let receipts = journal.commit(&[issued("02")]).unwrap();
+    assert_eq!(receipts[0].as_ref().unwrap().seq, 2);
+    assert_eq!(server.psql("SELECT count(*) FROM certificates"), "2");
+    assert_eq!(server.psql("SELECT max(seq) FROM audit_records"), "2");
 }

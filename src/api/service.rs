@@ -20,6 +20,7 @@ use crate::hsm::{HealthState, Hsm, SignerPool};
 use crate::ledger::Store;
 use crate::ledger::audit::{AuditEvent, AuditLog, DiscardedTail};
 use crate::ledger::certificates::Ledger;
+use crate::ledger::journal::SplitJournal;
 use crate::ledger::recorder::Recorder;
 use crate::pki;
 use crate::policy::RateLimiter;
@@ -106,8 +107,11 @@ impl Service {
         // is verified beside the first requests, and a broken chain stops issuance.
         let (audit, earlier_records) = AuditLog::open_at_tail(&config.resolve(&storage.audit_log))?;
         let discarded_audit_tail = audit.discarded_tail().cloned();
-        let recorder = Recorder::start(Box::new(ledger), Box::new(audit))
-            .map_err(|e| StartError::Config(format!("cannot start the ledger writer: {e}")))?;
+        let recorder = Recorder::start(Box::new(SplitJournal::new(
+            Box::new(ledger),
+            Box::new(audit),
+        )))
+        .map_err(|e| StartError::Config(format!("cannot start the ledger writer: {e}")))?;
         recorder
             .verify_in_background(earlier_records)
             .map_err(|e| StartError::Config(format!("cannot start the audit log check: {e}")))?;

@@ -167,10 +167,7 @@ impl AuditLog {
     /// durable when this returns. After a failure part of the batch may be on disk: the caller
     /// must stop appending until the log is reopened, which verifies it again.
     pub fn append_all(&mut self, events: &[AuditEvent]) -> Result<Vec<AuditReceipt>, AuditError> {
-        let time = der::DateTime::from_system_time(SystemTime::now())
-            .map(|t| t.to_string())
-            .unwrap_or_default();
-        let linked = self.chain.link(&time, events);
+        let linked = self.chain.link(&super::chain::record_time(), events);
         let io = |source| AuditError::Io {
             path: self.path.clone(),
             source,

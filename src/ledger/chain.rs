@@ -128,6 +128,13 @@ impl AuditChain {
     }
 }
 
+/// The time a record appended now carries (RFC 3339, UTC, seconds).
+pub fn record_time() -> String {
+    der::DateTime::from_system_time(std::time::SystemTime::now())
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
 /// Checks one record against its position and its predecessor's hash; returns its hash.
 pub(super) fn check_record(record: &str, seq: u64, prev: &str) -> Result<String, String> {
     let (fields, claimed) = parse_record(record)?;

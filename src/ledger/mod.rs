@@ -7,7 +7,11 @@
 //! * [`certificates`]: the records and [`certificates::LedgerError`], the backend contract
 //!   [`certificates::CertificateStore`] and its SQLite implementation.
 //! * [`Store`]: the ledger as the service reaches it, each operation on a blocking thread.
-//! * [`recorder`]: group commit of issued certificates together with their audit records.
+//! * [`recorder`]: group commit of issued certificates together with their audit records,
+//!   written through a [`journal::Journal`]: SQLite then the audit file
+//!   ([`journal::SplitJournal`]), or one PostgreSQL transaction.
+//! * [`postgres`]: the PostgreSQL backend for several replicas: settings, pool, schema,
+//!   [`postgres::PostgresLedger`].
 //! * [`chain`]: how audit records are hashed, linked and checked; [`audit`]: the file that
 //!   holds them, one [`audit::AuditStore`].
 
@@ -15,6 +19,7 @@ pub mod audit;
 pub mod certificates;
 pub mod chain;
 mod config;
+pub mod journal;
 pub mod postgres;
 pub mod recorder;
 mod store;

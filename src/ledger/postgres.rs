@@ -9,7 +9,9 @@
 //! What must hold across replicas is enforced by the database, not by a process: serials by
 //! the primary key, one revocation per serial likewise, CRL numbers by a per-issuer
 //! transaction lock and a check against the stored maximum, the bundle sequence by a lock on
-//! its table.
+//! its table. The audit chain is one for the whole cluster: a group's certificates and its
+//! records commit in one transaction that holds the chain's head row locked, so records of
+//! all replicas link in one order, and a certificate is never stored without its record.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -23,6 +25,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::certificates::{
     CertificateStore, IssuedCertificate, LedgerError, Revocation, StoredCrl,
 };
+use super::chain::{AuditChain, AuditEvent, record_time};
+use super::journal::{EntryResults, Journal, JournalEntry, JournalError, unrecorded};
 use crate::pki::RevocationReason;
 use crate::secret::{SecretError, SecretSource};
 
@@ -322,6 +326,169 @@ impl PostgresLedger {
     }
 }
 
+impl PostgresLedger {
+    /// Writes the whole audit chain, oldest first, as the JSON lines of an audit log file
+    /// (which `hsmca audit verify FILE` checks); returns how many records it wrote.
+    pub fn export_audit(&self, out: &mut dyn std::io::Write) -> Result<u64, LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            let rows = client
+                .query("SELECT line FROM audit_records ORDER BY seq", &[])
+                .await
+                .map_err(&backend)?;
+            for row in &rows {
+                writeln!(out, "{}", row.get::<_, &str>(0)).map_err(|e| LedgerError::Backend {
+                    location: "the export".into(),
+                    source: Box::new(e),
+                })?;
+            }
+            Ok(rows.len() as u64)
+        })
+    }
+}
+
+impl Journal for PostgresLedger {
+    fn commit(&mut self, group: &[JournalEntry]) -> Result<EntryResults, JournalError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            let mut transaction = client.transaction().await.map_err(&backend)?;
+            let stored = insert_certificates(&mut transaction, group, &backend).await?;
+            let events: Vec<AuditEvent> = group
+                .iter()
+                .zip(&stored)
+                .map(|(entry, result)| match result {
+                    Ok(()) => entry.event.clone(),
+                    Err(error) => unrecorded(&entry.event, error),
+                })
+                .collect();
+            // The head row stays locked until commit: another replica's group waits here,
+            // then links to this one's last record.
+            let head = transaction
+                .query_one("SELECT seq, hash FROM audit_head FOR UPDATE", &[])
+                .await
+                .map_err(&backend)?;
+            let chain = AuditChain::after(head.get::<_, i64>(0).unsigned_abs(), head.get(1));
+            let linked = chain.link(&record_time(), &events);
+            let seqs: Vec<i64> = linked.receipts.iter().map(|r| r.seq as i64).collect();
+            let lines: Vec<&str> = linked.lines.lines().collect();
+            transaction
+                .execute(
+                    "INSERT INTO audit_records (seq, line) SELECT * FROM unnest($1::bigint[], $2::text[])",
+                    &[&seqs, &lines],
+                )
+                .await
+                .map_err(&backend)?;
+            if let Some(last) = linked.receipts.last() {
+                transaction
+                    .execute(
+                        "UPDATE audit_head SET seq = $1, hash = $2",
+                        &[&(last.seq as i64), &last.hash],
+                    )
+                    .await
+                    .map_err(&backend)?;
+            }
+            transaction.commit().await.map_err(&backend)?;
+            Ok(stored
+                .into_iter()
+                .zip(linked.receipts)
+                .map(|(result, receipt)| result.map(|()| receipt))
+                .collect())
+        })
+        .map_err(JournalError::Unavailable)
+    }
+}
+
+/// Inserts the group's certificates in `transaction`: all in one statement, or, when a
+/// serial is taken, one by one under savepoints, so the duplicate fails alone.
+async fn insert_certificates(
+    transaction: &mut deadpool_postgres::Transaction<'_>,
+    group: &[JournalEntry],
+    backend: &impl Fn(tokio_postgres::Error) -> LedgerError,
+) -> Result<Vec<Result<(), LedgerError>>, LedgerError> {
+    let certificates: Vec<&IssuedCertificate> = group
+        .iter()
+        .filter_map(|entry| entry.certificate.as_ref())
+        .collect();
+    let all_stored = || group.iter().map(|_| Ok(())).collect();
+    if certificates.is_empty() {
+        return Ok(all_stored());
+    }
+    let batch = transaction.savepoint("batch").await.map_err(backend)?;
+    match insert_rows(&batch, &certificates).await {
+        Ok(()) => {
+            batch.commit().await.map_err(backend)?;
+            return Ok(all_stored());
+        }
+        Err(error) if is_unique_violation(&error) => batch.rollback().await.map_err(backend)?,
+        Err(error) => return Err(backend(error)),
+    }
+    let mut results = Vec::with_capacity(group.len());
+    for entry in group {
+        let Some(certificate) = &entry.certificate else {
+            results.push(Ok(()));
+            continue;
+        };
+        let one = transaction.savepoint("one").await.map_err(backend)?;
+        match insert_rows(&one, &[certificate]).await {
+            Ok(()) => {
+                one.commit().await.map_err(backend)?;
+                results.push(Ok(()));
+            }
+            Err(error) if is_unique_violation(&error) => {
+                one.rollback().await.map_err(backend)?;
+                results.push(Err(LedgerError::DuplicateSerial {
+                    serial: certificate.serial.clone(),
+                }));
+            }
+            Err(error) => return Err(backend(error)),
+        }
+    }
+    Ok(results)
+}
+
+/// One INSERT of many rows, the columns as arrays.
+async fn insert_rows(
+    client: &impl deadpool_postgres::GenericClient,
+    certificates: &[&IssuedCertificate],
+) -> Result<(), tokio_postgres::Error> {
+    let column = |f: fn(&IssuedCertificate) -> String| -> Vec<String> {
+        certificates.iter().map(|c| f(c)).collect()
+    };
+    let serials = column(|c| c.serial.clone());
+    let issuers = column(|c| c.issuer_key_id.clone());
+    let subjects = column(|c| c.subject.clone());
+    let sans = column(|c| serde_json::to_string(&c.sans).expect("strings serialise"));
+    let profiles = column(|c| c.profile.clone());
+    let clients = column(|c| c.client.clone());
+    let not_before: Vec<i64> = certificates.iter().map(|c| c.not_before).collect();
+    let not_after: Vec<i64> = certificates.iter().map(|c| c.not_after).collect();
+    let ders: Vec<&[u8]> = certificates.iter().map(|c| c.der.as_slice()).collect();
+    let statement = client
+        .prepare_cached(&format!(
+            "INSERT INTO certificates ({CERTIFICATE_COLUMNS}) SELECT * FROM unnest(
+                 $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                 $7::bigint[], $8::bigint[], $9::bytea[])"
+        ))
+        .await?;
+    client
+        .execute(
+            &statement,
+            &[
+                &serials,
+                &issuers,
+                &subjects,
+                &sans,
+                &profiles,
+                &clients,
+                &not_before,
+                &not_after,
+                &ders,
+            ],
+        )
+        .await
+        .map(|_| ())
+}
+
 /// The certificate columns, in [`certificate_from_row`]'s order.
 const CERTIFICATE_COLUMNS: &str =
     "serial, issuer_key_id, subject, sans, profile, client, not_before, not_after, der";
@@ -354,43 +521,30 @@ fn is_unique_violation(error: &tokio_postgres::Error) -> bool {
 impl CertificateStore for PostgresLedger {
     fn record(&mut self, certificates: &[IssuedCertificate]) -> Result<(), LedgerError> {
         let backend = self.backend();
-        self.with_client(async |client| {
-            let transaction = client.transaction().await.map_err(&backend)?;
-            let insert = transaction
-                .prepare_cached(&format!(
-                    "INSERT INTO certificates ({CERTIFICATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-                ))
-                .await
-                .map_err(&backend)?;
-            for certificate in certificates {
-                let sans = serde_json::to_string(&certificate.sans).expect("strings serialise");
-                let inserted = transaction
-                    .execute(
-                        &insert,
-                        &[
-                            &certificate.serial,
-                            &certificate.issuer_key_id,
-                            &certificate.subject,
-                            &sans,
-                            &certificate.profile,
-                            &certificate.client,
-                            &certificate.not_before,
-                            &certificate.not_after,
-                            &certificate.der,
-                        ],
+        let rows: Vec<&IssuedCertificate> = certificates.iter().collect();
+        self.with_client(async |client| match insert_rows(&*client, &rows).await {
+            Ok(()) => Ok(()),
+            // One statement: the batch is all or nothing. Name the first taken serial.
+            Err(error) if is_unique_violation(&error) => {
+                let taken: Vec<String> = client
+                    .query(
+                        "SELECT serial FROM certificates WHERE serial = ANY($1)",
+                        &[&rows.iter().map(|c| c.serial.as_str()).collect::<Vec<_>>()],
                     )
-                    .await;
-                match inserted {
-                    Ok(_) => {}
-                    Err(error) if is_unique_violation(&error) => {
-                        return Err(LedgerError::DuplicateSerial {
-                            serial: certificate.serial.clone(),
-                        });
-                    }
-                    Err(error) => return Err(backend(error)),
-                }
+                    .await
+                    .map_err(&backend)?
+                    .iter()
+                    .map(|row| row.get(0))
+                    .collect();
+                let serial = rows
+                    .iter()
+                    .map(|c| &c.serial)
+                    .find(|s| taken.contains(s))
+                    .cloned()
+                    .unwrap_or_default();
+                Err(LedgerError::DuplicateSerial { serial })
             }
-            transaction.commit().await.map_err(&backend)
+            Err(error) => Err(backend(error)),
         })
     }
 

@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::audit::{AuditError, AuditEvent, AuditReceipt, AuditStore, EarlierRecords};
-use super::certificates::{CertificateStore, IssuedCertificate, LedgerError};
+use super::audit::{AuditError, AuditEvent, AuditReceipt, EarlierRecords};
+use super::certificates::{IssuedCertificate, LedgerError};
+use super::journal::{Journal, JournalEntry, JournalError};
 
 /// The most entries written in one group.
 const MAX_GROUP: usize = 1024;
@@ -46,8 +46,7 @@ pub enum RecordError {
 }
 
 struct Entry {
-    certificate: Option<IssuedCertificate>,
-    event: AuditEvent,
+    entry: JournalEntry,
     reply: oneshot::Sender<Result<AuditReceipt, RecordError>>,
 }
 
@@ -104,18 +103,14 @@ impl Drop for Expected {
 }
 
 impl Recorder {
-    /// Starts the writer thread over `store` and `audit`.
-    pub fn start(
-        store: Box<dyn CertificateStore>,
-        audit: Box<dyn AuditStore>,
-    ) -> std::io::Result<Self> {
+    /// Starts the writer thread over `journal`.
+    pub fn start(journal: Box<dyn Journal>) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::channel();
         let health = Arc::new(Health::default());
         let stats = Arc::new(RecorderStats::default());
         let announced = Arc::new(AtomicUsize::new(0));
         let writer = Writer {
-            store,
-            audit,
+            journal,
             health: health.clone(),
             stats: stats.clone(),
             announced: announced.clone(),
@@ -148,8 +143,7 @@ impl Recorder {
     ) -> Result<AuditReceipt, RecordError> {
         let (reply, response) = oneshot::channel();
         let entry = Entry {
-            certificate,
-            event,
+            entry: JournalEntry { certificate, event },
             reply,
         };
         self.sender
@@ -213,8 +207,7 @@ impl Drop for Recorder {
 }
 
 struct Writer {
-    store: Box<dyn CertificateStore>,
-    audit: Box<dyn AuditStore>,
+    journal: Box<dyn Journal>,
     health: Arc<Health>,
     stats: Arc<RecorderStats>,
     announced: Arc<AtomicUsize>,
@@ -247,33 +240,29 @@ impl Writer {
             }
             return;
         }
-        let ledger_results = self.store_certificates(group);
-        // An entry whose certificate could not be stored is audited as a failure, and its
-        // certificate is never handed out.
-        let events: Vec<AuditEvent> = group
-            .iter()
-            .zip(&ledger_results)
-            .map(|(entry, result)| match result {
-                Ok(()) => entry.event.clone(),
-                Err(error) => AuditEvent {
-                    event: format!("{}.unrecorded", entry.event.event),
-                    actor: entry.event.actor.clone(),
-                    details: json!({ "error": error.to_string(), "request": entry.event.details }),
-                },
-            })
-            .collect();
-        match self.audit.append_all(&events) {
-            Ok(receipts) => {
+        let entries: Vec<JournalEntry> = group.iter().map(|e| e.entry.clone()).collect();
+        match self.journal.commit(&entries) {
+            Ok(results) => {
                 self.stats.groups.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .entries
                     .fetch_add(group.len() as u64, Ordering::Relaxed);
-                for ((entry, result), receipt) in group.drain(..).zip(ledger_results).zip(receipts)
-                {
-                    let _ = entry.reply.send(result.map(|()| receipt));
+                for (entry, result) in group.drain(..).zip(results) {
+                    let _ = entry
+                        .reply
+                        .send(result.map_err(|e| RecordError::Ledger(Arc::new(e))));
                 }
             }
-            Err(error) => {
+            // Nothing of the group is durable, and the chain is intact: the group is refused,
+            // and the next one is tried afresh (a database back from an outage).
+            Err(JournalError::Unavailable(error)) => {
+                tracing::error!(%error, entries = group.len(), "the ledger could not record a group");
+                let error = Arc::new(error);
+                for entry in group.drain(..) {
+                    let _ = entry.reply.send(Err(RecordError::Ledger(error.clone())));
+                }
+            }
+            Err(JournalError::Audit(error)) => {
                 self.health
                     .stop(format!("the audit log could not be written: {error}"));
                 let error = Arc::new(error);
@@ -283,35 +272,15 @@ impl Writer {
             }
         }
     }
-
-    /// Stores the group's certificates in one transaction; if that fails, one by one, so a
-    /// single bad row does not fail its neighbours.
-    fn store_certificates(&mut self, group: &[Entry]) -> Vec<Result<(), RecordError>> {
-        let certificates: Vec<IssuedCertificate> = group
-            .iter()
-            .filter_map(|entry| entry.certificate.clone())
-            .collect();
-        if certificates.is_empty() || self.store.record(&certificates).is_ok() {
-            return group.iter().map(|_| Ok(())).collect();
-        }
-        group
-            .iter()
-            .map(|entry| match &entry.certificate {
-                None => Ok(()),
-                Some(certificate) => self
-                    .store
-                    .record(std::slice::from_ref(certificate))
-                    .map_err(|e| RecordError::Ledger(Arc::new(e))),
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ledger::audit;
-    use crate::ledger::certificates::Ledger;
+    use crate::ledger::certificates::{CertificateStore, Ledger};
+    use crate::ledger::journal::SplitJournal;
+    use serde_json::json;
 
     fn certificate(serial: &str) -> IssuedCertificate {
         IssuedCertificate {
@@ -340,7 +309,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
         let log = audit::AuditLog::open(&dir.path().join("audit.log")).unwrap();
-        let recorder = Recorder::start(Box::new(ledger), Box::new(log)).unwrap();
+        let recorder =
+            Recorder::start(Box::new(SplitJournal::new(Box::new(ledger), Box::new(log)))).unwrap();
         (dir, recorder)
     }
 
