@@ -104,6 +104,9 @@ pub enum StartError {
     /// The audit log cannot be opened.
     #[error(transparent)]
     Audit(#[from] crate::ledger::audit::AuditError),
+    /// The PostgreSQL store cannot be used.
+    #[error(transparent)]
+    Postgres(#[from] crate::ledger::postgres::PostgresError),
 }
 
 /// Why a reload was refused; the running settings stay.

@@ -17,10 +17,13 @@ use super::vault::VaultState;
 use crate::config::{Config, ServerConfig};
 use crate::duration::Seconds;
 use crate::hsm::{HealthState, Hsm, SignerPool};
+use crate::ledger::StorageBackend;
 use crate::ledger::Store;
+use crate::ledger::audit::EarlierRecords;
 use crate::ledger::audit::{AuditEvent, AuditLog, DiscardedTail};
 use crate::ledger::certificates::Ledger;
-use crate::ledger::journal::SplitJournal;
+use crate::ledger::journal::{Journal, SplitJournal};
+use crate::ledger::postgres::PostgresLedger;
 use crate::ledger::recorder::Recorder;
 use crate::pki;
 use crate::policy::RateLimiter;
@@ -71,6 +74,55 @@ type Readiness = Result<(), Vec<String>>;
 /// How long a readiness probe result is reused, so probes cannot load the HSM.
 const READINESS_TTL: Duration = Duration::from_secs(1);
 
+/// The storage a service runs on, opened.
+struct OpenedStorage {
+    /// Lookups, revocations, CRLs, the bundle sequence.
+    store: Store,
+    /// Where the recorder writes certificates with their audit records.
+    journal: Box<dyn Journal>,
+    /// The audit file's records before its last, checked while the service runs (SQLite).
+    earlier_records: Option<EarlierRecords>,
+    /// An incomplete last record cut from the audit file at open (SQLite).
+    discarded_audit_tail: Option<DiscardedTail>,
+}
+
+/// Opens `[storage]`'s backend. Called with the runtime entered: PostgreSQL's pool lives on
+/// it, and its connection is checked (and its schema migrated) before the service starts.
+fn open_storage(config: &Config, backend: StorageBackend) -> Result<OpenedStorage, StartError> {
+    match backend {
+        StorageBackend::Sqlite { ledger, audit_log } => {
+            let ledger_path = config.resolve(&ledger);
+            let store = Store::new(Box::new(Ledger::open(&ledger_path)?));
+            // Only the last record is read now, so start-up does not grow with the log; the
+            // rest is verified beside the first requests, and a broken chain stops issuance.
+            let (audit, earlier_records) = AuditLog::open_at_tail(&config.resolve(&audit_log))?;
+            let discarded_audit_tail = audit.discarded_tail().cloned();
+            Ok(OpenedStorage {
+                store,
+                journal: Box::new(SplitJournal::new(
+                    Box::new(Ledger::open(&ledger_path)?),
+                    Box::new(audit),
+                )),
+                earlier_records: Some(earlier_records),
+                discarded_audit_tail,
+            })
+        }
+        StorageBackend::Postgres(mut postgres) => {
+            postgres.password_file = postgres.password_file.map(|p| config.resolve(&p));
+            postgres.ca_file = postgres.ca_file.map(|p| config.resolve(&p));
+            let runtime = tokio::runtime::Handle::current();
+            let ledger = runtime.block_on(PostgresLedger::connect(&postgres, runtime.clone()))?;
+            tracing::info!(target = %postgres.target(), pool_size = postgres.pool_size, "storage: PostgreSQL");
+            Ok(OpenedStorage {
+                store: Store::new(Box::new(ledger.clone())),
+                journal: Box::new(ledger),
+                earlier_records: None,
+                discarded_audit_tail: None,
+            })
+        }
+    }
+}
+
 impl Service {
     /// Checks the configuration at `config_path` (already read into `config`) and opens the
     /// HSM, issuers, ledger and audit log.
@@ -93,28 +145,27 @@ impl Service {
                 config.crl.refresh_before, config.crl.validity
             )));
         }
+        let backend = storage.backend().map_err(StartError::Config)?;
         let hsm = Hsm::open(&config.hsm)?;
-        let ledger = Ledger::open(&config.resolve(&storage.ledger))?;
-        let ledger_admin = Store::new(Box::new(Ledger::open(&config.resolve(&storage.ledger))?));
-        let settings = Settings::load(config, &hsm, &ledger_admin)?;
+        let opened = open_storage(config, backend)?;
+        let settings = Settings::load(config, &hsm, &opened.store)?;
         let vault = config
             .vault
             .as_ref()
             .map(VaultState::new)
             .transpose()
             .map_err(StartError::Config)?;
-        // Only the last record is read now, so start-up does not grow with the log; the rest
-        // is verified beside the first requests, and a broken chain stops issuance.
-        let (audit, earlier_records) = AuditLog::open_at_tail(&config.resolve(&storage.audit_log))?;
-        let discarded_audit_tail = audit.discarded_tail().cloned();
-        let recorder = Recorder::start(Box::new(SplitJournal::new(
-            Box::new(ledger),
-            Box::new(audit),
-        )))
-        .map_err(|e| StartError::Config(format!("cannot start the ledger writer: {e}")))?;
-        recorder
-            .verify_in_background(earlier_records)
-            .map_err(|e| StartError::Config(format!("cannot start the audit log check: {e}")))?;
+        let recorder = Recorder::start(opened.journal)
+            .map_err(|e| StartError::Config(format!("cannot start the ledger writer: {e}")))?;
+        if let Some(earlier_records) = opened.earlier_records {
+            recorder
+                .verify_in_background(earlier_records)
+                .map_err(|e| {
+                    StartError::Config(format!("cannot start the audit log check: {e}"))
+                })?;
+        }
+        let discarded_audit_tail = opened.discarded_audit_tail;
+        let ledger_admin = opened.store;
         let pool = hsm.start_pool(&config.hsm.pool)?;
         let hsm = Arc::new(hsm);
         let max_in_flight = server.max_in_flight.get();

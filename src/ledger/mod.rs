@@ -24,5 +24,5 @@ pub mod postgres;
 pub mod recorder;
 mod store;
 
-pub use config::StorageConfig;
+pub use config::{StorageBackend, StorageConfig};
 pub use store::{CrlContents, Store};

@@ -113,8 +113,11 @@ pub enum PostgresError {
 }
 
 impl PostgresConfig {
+    /// Connections per replica when `pool_size` is not set.
+    pub const DEFAULT_POOL_SIZE: usize = 8;
+
     fn default_pool_size() -> usize {
-        8
+        Self::DEFAULT_POOL_SIZE
     }
 
     /// Checks what can be checked without the server: the URL, one password source, TLS
@@ -285,6 +288,7 @@ fn read_ca_file(
 /// thread until the server answers: call them where blocking is allowed (the
 /// [`super::Store`]'s blocking threads, the recorder's writer thread), never on an async
 /// worker.
+#[derive(Clone)]
 pub struct PostgresLedger {
     pool: Pool,
     runtime: tokio::runtime::Handle,

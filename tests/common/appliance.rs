@@ -69,6 +69,56 @@ trust_domains = ["mesh.example"]
 max_ttl = "48h"
 "#;
 
+/// A service just started: its process, its stdout lines, its listeners.
+struct Started {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    url: String,
+    ops_url: String,
+}
+
+/// Another `hsmca serve` of the same appliance ([`Appliance::start_replica`]). Killed when
+/// dropped.
+pub struct Replica {
+    child: Option<Child>,
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// `http://127.0.0.1:PORT`, the operations listener.
+    pub ops_url: String,
+    log: PathBuf,
+}
+
+impl Replica {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the replica is running").id()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        send_signal(self.pid(), "TERM");
+        self.child
+            .take()
+            .expect("the replica is running")
+            .wait()
+            .unwrap()
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A prepared (and possibly running) appliance.
 pub struct Appliance {
     pub token: TestToken,
@@ -208,37 +258,35 @@ key_label = "online-rsa2048-2026"
     /// Checks that every certificate in `answers` (native `/v1/sign` answers) has its ledger
     /// row, byte for byte, and its `sign.issued` audit record, and that the audit log verifies.
     pub fn assert_recorded(&self, answers: &[&serde_json::Value]) {
-        use hsmca::ledger::certificates::{CertificateStore, Ledger};
-        let ledger = Ledger::open(&self.path("ledger.sqlite")).unwrap();
-        let records = self.audit_records();
-        let audited: std::collections::HashSet<&str> = records
-            .iter()
-            .filter(|r| r["event"] == "sign.issued")
-            .filter_map(|r| r["details"]["serial"].as_str())
-            .collect();
-        for answer in answers {
-            let serial = answer["serial"].as_str().unwrap();
-            let row = ledger
-                .find(serial)
-                .unwrap()
-                .unwrap_or_else(|| panic!("certificate {serial} was handed out without its row"));
-            assert_eq!(
-                hsmca::pki::to_pem("CERTIFICATE", &row.der),
-                answer["certificate"].as_str().unwrap(),
-                "the ledger row of {serial} differs from what the client received"
-            );
-            assert!(
-                audited.contains(serial),
-                "certificate {serial} has no sign.issued record"
-            );
-        }
-        let verify = super::audit_verify(&self.path("audit.log"));
-        assert!(verify.status.success(), "{verify:?}");
+        let ledger =
+            hsmca::ledger::certificates::Ledger::open(&self.path("ledger.sqlite")).unwrap();
+        assert_recorded_in(&ledger, &self.path("audit.log"), answers);
     }
 
     /// Starts the service and waits until it says where it listens. Panics with its output
     /// if it exits instead.
     pub fn start(&mut self) {
+        let started = self.spawn("serve.log");
+        self.url = started.url;
+        self.ops_url = started.ops_url;
+        self.child = Some(started.child);
+        self.stdout = Some(started.stdout);
+    }
+
+    /// Starts one more `hsmca serve` with the same config and token, as another replica
+    /// would (its own ports, its log in `serve-NAME.log`).
+    pub fn start_replica(&self, name: &str) -> Replica {
+        let started = self.spawn(&format!("serve-{name}.log"));
+        Replica {
+            child: Some(started.child),
+            url: started.url,
+            ops_url: started.ops_url,
+            log: self.path(&format!("serve-{name}.log")),
+        }
+    }
+
+    /// Spawns `hsmca serve`, its stderr appended to `log`, and waits for its listeners.
+    fn spawn(&self, log: &str) -> Started {
         let mut child = self
             .serve_command()
             .stdout(Stdio::piped())
@@ -248,29 +296,31 @@ key_label = "online-rsa2048-2026"
         let (lines, receiver) = mpsc::channel();
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
-        let log = self.path("serve.log");
+        let log = self.path(log);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = lines.send(line);
             }
         });
+        let log_path = log.clone();
         std::thread::spawn(move || {
             use std::io::Write;
             // Appended to, so that a restarted service's log follows the previous one's.
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(log)
+                .open(log_path)
                 .unwrap();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let _ = writeln!(file, "{line}");
             }
         });
+        let mut ops_url = String::new();
         let url = loop {
             match receiver.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) => {
                     if let Some(url) = line.strip_prefix("hsmca: operations on ") {
-                        self.ops_url = url.to_owned();
+                        ops_url = url.to_owned();
                     }
                     if let Some(url) = line.strip_prefix("hsmca: serving on ") {
                         break url.to_owned();
@@ -281,14 +331,17 @@ key_label = "online-rsa2048-2026"
                     let _ = child.kill();
                     panic!(
                         "hsmca serve did not start (exit {status:?}):\n{}",
-                        self.server_log()
+                        std::fs::read_to_string(&log).unwrap_or_default()
                     );
                 }
             }
         };
-        self.url = url;
-        self.child = Some(child);
-        self.stdout = Some(receiver);
+        Started {
+            child,
+            stdout: receiver,
+            url,
+            ops_url,
+        }
     }
 
     /// What the service logged so far.
@@ -328,9 +381,15 @@ key_label = "online-rsa2048-2026"
 
     /// A client presenting `name`'s certificate from `tls_dir` (`tls` or `other-tls`).
     pub fn client_from(&self, tls_dir: &str, name: &str) -> Client {
+        self.client_of(&self.url, tls_dir, name)
+    }
+
+    /// A client of the service at `url` (this one or a replica) presenting `name`'s
+    /// certificate from `tls_dir`.
+    pub fn client_of(&self, url: &str, tls_dir: &str, name: &str) -> Client {
         let dir = self.path(tls_dir);
         Client::new(
-            &self.url,
+            url,
             &dir.join(format!("{name}.pem")),
             &dir.join(format!("{name}-key.pem")),
             &self.path("tls/tls-ca.pem"),
@@ -355,26 +414,7 @@ key_label = "online-rsa2048-2026"
 
     /// `GET path` on the plain-HTTP operations listener: (status, body).
     pub fn ops_get(&self, path: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let address = self.ops_url.trim_start_matches("http://");
-        let mut stream = std::net::TcpStream::connect(address).unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        let status = answer
-            .split(' ')
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .unwrap_or(0);
-        let body = answer
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_owned())
-            .unwrap_or_default();
-        (status, body)
+        ops_get(&self.ops_url, path)
     }
 
     /// A rustls client config presenting `cert`/`key` (none if `None`) and trusting the dev TLS CA.
@@ -442,6 +482,67 @@ pub fn send_signal(pid: u32, name: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill -s {name} {pid}");
+}
+
+/// `GET path` on the plain-HTTP operations listener at `ops_url`: (status, body).
+pub fn ops_get(ops_url: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let address = ops_url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Asserts that every certificate in `answers` is in `store` byte for byte and has its
+/// `sign.issued` record in the audit log (or export) at `audit_log`, which verifies.
+pub fn assert_recorded_in(
+    store: &dyn hsmca::ledger::certificates::CertificateStore,
+    audit_log: &Path,
+    answers: &[&serde_json::Value],
+) {
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(audit_log)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let audited: std::collections::HashSet<&str> = records
+        .iter()
+        .filter(|r| r["event"] == "sign.issued")
+        .filter_map(|r| r["details"]["serial"].as_str())
+        .collect();
+    for answer in answers {
+        let serial = answer["serial"].as_str().unwrap();
+        let row = store
+            .find(serial)
+            .unwrap()
+            .unwrap_or_else(|| panic!("certificate {serial} was handed out without its row"));
+        assert_eq!(
+            hsmca::pki::to_pem("CERTIFICATE", &row.der),
+            answer["certificate"].as_str().unwrap(),
+            "the ledger row of {serial} differs from what the client received"
+        );
+        assert!(
+            audited.contains(serial),
+            "certificate {serial} has no sign.issued record"
+        );
+    }
+    let verify = super::audit_verify(audit_log);
+    assert!(verify.status.success(), "{verify:?}");
 }
 
 /// A CSR shaped like SPIRE's for an issuing CA: subject C=US, O=SPIFFE, URI SAN

@@ -1,0 +1,107 @@
+//! Several `hsmca serve` replicas on one SoftHSM2 token and one PostgreSQL (a real server,
+//! started per test, over TLS verify-full): any replica answers any request, and the books
+//! are one: every certificate a client received is in the database with its record, no
+//! serial twice, one audit chain for the cluster that verifies.
+
+mod common;
+
+use common::appliance::{Appliance, Replica, assert_recorded_in, ops_get, runtime};
+use common::load::{Load, distinct_csrs, issued};
+use common::postgres::Postgres;
+use hsmca::ledger::certificates::CertificateStore;
+use hsmca::ledger::postgres::{PostgresConfig, PostgresLedger};
+
+/// The appliance's config with `[storage]` on `server` (TLS verify-full).
+fn on_postgres(appliance: &Appliance, server: &Postgres) -> PostgresConfig {
+    let password_file = server.password_file(appliance.dir.path());
+    let storage = format!(
+        "[storage]\npostgres = \"{}\"\npassword_file = \"{}\"\nca_file = \"{}\"\npool_size = 4\n",
+        server.url(),
+        password_file.display(),
+        server.ca_file().display()
+    );
+    appliance.write_config_with(|text| {
+        let sqlite = "[storage]\nledger = \"ledger.sqlite\"\naudit_log = \"audit.log\"\n";
+        assert!(text.contains(sqlite));
+        text.replace(sqlite, &storage)
+    });
+    toml::from_str(&storage.replace("[storage]\n", "")).unwrap()
+}
+
+/// The cluster's audit chain exported to `path`, and the store, as an auditor reads them.
+fn books(
+    config: &PostgresConfig,
+    rt: &tokio::runtime::Runtime,
+    path: &std::path::Path,
+) -> PostgresLedger {
+    let store = rt
+        .block_on(PostgresLedger::connect(config, rt.handle().clone()))
+        .unwrap();
+    let mut out = std::fs::File::create(path).unwrap();
+    store.export_audit(&mut out).unwrap();
+    store
+}
+
+#[test]
+fn two_replicas_serve_under_load_and_keep_one_set_of_books() {
+    let server = Postgres::start(true);
+    let mut appliance = Appliance::prepare();
+    let config = on_postgres(&appliance, &server);
+    appliance.start();
+    let mut b: Replica = appliance.start_replica("b");
+    let rt = runtime();
+    for ops in [&appliance.ops_url, &b.ops_url] {
+        assert_eq!(ops_get(ops, "/readyz").0, 200, "{ops}");
+    }
+
+    // 16 connections on each replica for two seconds.
+    let csrs = distinct_csrs(64);
+    let loads = [
+        Load::start(&rt, &appliance.client("istiod"), 16, &csrs, "issuing-ca"),
+        Load::start(
+            &rt,
+            &appliance.client_of(&b.url, "tls", "istiod"),
+            16,
+            &csrs,
+            "issuing-ca",
+        ),
+    ];
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let outcomes: Vec<_> = loads.into_iter().map(|load| load.finish(&rt)).collect();
+    for (name, outcome) in ["a", "b"].iter().zip(&outcomes) {
+        assert!(
+            !issued(outcome).is_empty() && issued(outcome).len() == outcome.len(),
+            "replica {name}: {} of {} issued",
+            issued(outcome).len(),
+            outcome.len()
+        );
+    }
+    assert!(appliance.stop().success(), "{}", appliance.server_log());
+    assert!(b.stop().success(), "{}", b.log());
+
+    let answers: Vec<_> = outcomes.iter().flat_map(|o| issued(o)).collect();
+    let exported = appliance.path("exported-audit.log");
+    let store = books(&config, &rt, &exported);
+    assert_recorded_in(&store, &exported, &answers);
+    // Nothing else was stored, and no serial twice.
+    assert_eq!(store.count().unwrap(), answers.len() as u64);
+    let serials: std::collections::HashSet<&str> = answers
+        .iter()
+        .map(|a| a["serial"].as_str().unwrap())
+        .collect();
+    assert_eq!(serials.len(), answers.len());
+    // One chain holds both replicas' starts and stops.
+    let events: Vec<String> = std::fs::read_to_string(&exported)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    for event in ["service.started", "service.stopped"] {
+        assert_eq!(events.iter().filter(|e| *e == event).count(), 2, "{event}");
+    }
+}
