@@ -105,3 +105,86 @@ fn two_replicas_serve_under_load_and_keep_one_set_of_books() {
         assert_eq!(events.iter().filter(|e| *e == event).count(), 2, "{event}");
     }
 }
+
+/// Polls `/readyz` at `ops_url` (every 50 ms, at most 20 s) until it answers `status`.
+fn wait_ready(ops_url: &str, status: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (now, body) = ops_get(ops_url, "/readyz");
+        if now == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz stayed {now} (waiting for {status}): {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_database_outage_under_load_refuses_with_503_and_recovers_without_a_restart() {
+    let server = Postgres::start(false);
+    let mut appliance = Appliance::prepare();
+    let password_file = server.password_file(appliance.dir.path());
+    let storage = format!(
+        "[storage]\npostgres = \"{}\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
+        server.url(),
+        password_file.display(),
+    );
+    appliance.write_config_with(|text| {
+        text.replace(
+            "[storage]\nledger = \"ledger.sqlite\"\naudit_log = \"audit.log\"\n",
+            &storage,
+        )
+    });
+    let config: PostgresConfig = toml::from_str(&storage.replace("[storage]\n", "")).unwrap();
+    appliance.start();
+    let rt = runtime();
+    let load = Load::start(
+        &rt,
+        &appliance.client("istiod"),
+        8,
+        &distinct_csrs(32),
+        "issuing-ca",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    server.pg_ctl("stop");
+    wait_ready(&appliance.ops_url, 503);
+    let (_, why) = ops_get(&appliance.ops_url, "/readyz");
+    assert!(why.contains("the ledger cannot be reached"), "{why}");
+    server.pg_ctl("start");
+    wait_ready(&appliance.ops_url, 200);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let outcomes = load.finish(&rt);
+
+    // Refusals during the outage are 503 ledger_unavailable; nothing was lost, and issuing
+    // went on afterwards.
+    let mut refused = 0;
+    for outcome in &outcomes {
+        match outcome {
+            common::load::Outcome::Issued(_) => {}
+            common::load::Outcome::Refused(status, body) => {
+                // The certificate's record failed, or then the record of that failure.
+                assert_eq!(*status, 503, "{body}");
+                let code = body["error"]["code"].as_str();
+                assert!(
+                    matches!(code, Some("ledger_unavailable" | "audit_unavailable")),
+                    "{body}"
+                );
+                refused += 1;
+            }
+            common::load::Outcome::Lost(error) => panic!("a connection was lost: {error}"),
+        }
+    }
+    assert!(refused > 0, "the outage refused nothing");
+    let answers = issued(&outcomes);
+    assert!(
+        matches!(outcomes.last(), Some(common::load::Outcome::Issued(_))) || !answers.is_empty()
+    );
+    assert!(appliance.stop().success(), "{}", appliance.server_log());
+    let exported = appliance.path("exported-audit.log");
+    let store = books(&config, &rt, &exported);
+    assert_recorded_in(&store, &exported, &answers);
+    assert_eq!(store.count().unwrap(), answers.len() as u64);
+}

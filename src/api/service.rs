@@ -244,8 +244,8 @@ impl Service {
         }
     }
 
-    /// Ready to issue: the HSM signs with every issuer key, and the ledger and audit log are
-    /// writable. Probed at most once a second.
+    /// Ready to issue: the HSM signs with every issuer key, the ledger answers, and the
+    /// recorder has not stopped. Probed at most once a second.
     pub async fn readiness(&self) -> Readiness {
         if let Some((at, result)) = self
             .readiness
@@ -261,6 +261,9 @@ impl Service {
             failures.push(format!(
                 "{why}; nothing is issued until hsmca is restarted on sound storage (`hsmca audit verify` checks the log)"
             ));
+        }
+        if let Err(error) = self.ledger.ping().await {
+            failures.push(format!("the ledger cannot be reached: {error}"));
         }
         let settings = self.settings();
         for issuer in settings.issuers.values() {

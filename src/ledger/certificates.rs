@@ -154,6 +154,9 @@ pub trait CertificateStore: Send {
     /// How many certificates the store holds.
     fn count(&self) -> Result<u64, LedgerError>;
 
+    /// Checks that the database answers, cheaply: the readiness probe calls it every second.
+    fn ping(&self) -> Result<(), LedgerError>;
+
     /// Marks `serial` revoked for `reason` at `revoked_at` by `officer`; returns the
     /// certificate. Fails for an unknown serial or a second revocation.
     fn revoke(
@@ -336,6 +339,11 @@ impl CertificateStore for Ledger {
             )
             .optional()
             .map_err(sqlite(&self.path))
+    }
+
+    fn ping(&self) -> Result<(), LedgerError> {
+        // The file is open and SQLite has no server to lose.
+        Ok(())
     }
 
     fn count(&self) -> Result<u64, LedgerError> {

@@ -567,6 +567,14 @@ impl CertificateStore for PostgresLedger {
         })
     }
 
+    fn ping(&self) -> Result<(), LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            client.simple_query("SELECT 1").await.map_err(&backend)?;
+            Ok(())
+        })
+    }
+
     fn count(&self) -> Result<u64, LedgerError> {
         let backend = self.backend();
         self.with_client(async |client| {

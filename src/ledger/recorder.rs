@@ -40,6 +40,10 @@ pub enum RecordError {
     /// of the group gets the same error.
     #[error("the audit log could not be written: {0}")]
     Audit(#[source] Arc<AuditError>),
+    /// Nothing of the entry's group was written: the database could not be reached or its
+    /// transaction failed. The recorder goes on; a later entry may succeed.
+    #[error("the ledger cannot be reached: {0}")]
+    Unavailable(#[source] Arc<LedgerError>),
     /// The recorder is stopped (shutting down, or after an audit log failure).
     #[error("the ledger and audit recorder is stopped")]
     Stopped,
@@ -259,7 +263,9 @@ impl Writer {
                 tracing::error!(%error, entries = group.len(), "the ledger could not record a group");
                 let error = Arc::new(error);
                 for entry in group.drain(..) {
-                    let _ = entry.reply.send(Err(RecordError::Ledger(error.clone())));
+                    let _ = entry
+                        .reply
+                        .send(Err(RecordError::Unavailable(error.clone())));
                 }
             }
             Err(JournalError::Audit(error)) => {

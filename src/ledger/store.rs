@@ -57,6 +57,11 @@ impl Store {
             .map_err(|e| LedgerError::Interrupted(e.to_string()))?
     }
 
+    /// Whether the backend answers (a shared database may be down while this replica runs).
+    pub async fn ping(&self) -> Result<(), LedgerError> {
+        self.run(|store| store.ping()).await
+    }
+
     /// The certificate with `serial` (lower-case hex), if issued.
     pub async fn find(&self, serial: String) -> Result<Option<IssuedCertificate>, LedgerError> {
         self.run(move |store| store.find(&serial)).await
