@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -12,7 +13,9 @@ use hsmca::api::{Service, StartError};
 use hsmca::ceremony::{self, CeremonyError, Progress};
 use hsmca::config::{Config, ConfigError};
 use hsmca::hsm::{AlgorithmError, Hsm, HsmError, KeyType};
+use hsmca::ledger::StorageBackend;
 use hsmca::ledger::audit::{self, AuditError};
+use hsmca::ledger::postgres::{PostgresConfig, PostgresLedger};
 
 /// hsmca: HSM-backed identity signing appliance for service meshes.
 #[derive(Parser)]
@@ -175,10 +178,18 @@ impl From<CeremonyKind> for ceremony::Kind {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Verify every record of an audit log; names the first edited, removed, inserted or
-    /// reordered record. Needs no configuration and no HSM.
+    /// reordered record. With FILE it needs no configuration and no HSM; without, it checks
+    /// the chain of the configured [storage] (the audit log file, or PostgreSQL's chain).
     Verify {
-        /// The audit log (JSON lines).
-        file: PathBuf,
+        /// The audit log (JSON lines); omitted: the configured store's chain.
+        file: Option<PathBuf>,
+    },
+    /// Write the configured store's audit chain as JSON lines, the format of an audit log
+    /// file, which `hsmca audit verify FILE` checks anywhere.
+    Export {
+        /// The new file (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -375,17 +386,106 @@ fn run(cli: Cli) -> Result<(), CliError> {
             emit(&report)
         }
         Command::Audit {
-            command: AuditCommand::Verify { file },
-        } => {
-            let verified = audit::verify(&file)?;
-            emit(&format!(
-                "audit log {}: {} records, chain intact\nhead: {}\n",
-                file.display(),
-                verified.records,
-                verified.head
-            ))
+            command: AuditCommand::Verify { file: Some(file) },
+        } => verify_audit_file(&file),
+        Command::Audit { command } => {
+            let path = cli.config.unwrap_or_else(|| DEFAULT_CONFIG.into());
+            let config = Config::load(&path)?;
+            let backend = config
+                .storage
+                .as_ref()
+                .ok_or_else(|| {
+                    CliError::Message(format!("{} has no [storage] section", path.display()))
+                })?
+                .backend()
+                .map_err(CliError::Message)?
+                .resolved(|p| config.resolve(p));
+            match (command, backend) {
+                (AuditCommand::Verify { .. }, StorageBackend::Sqlite { audit_log, .. }) => {
+                    verify_audit_file(&audit_log)
+                }
+                (AuditCommand::Verify { .. }, StorageBackend::Postgres(postgres)) => {
+                    let runtime = runtime()?;
+                    let (records, head) = postgres_ledger(&postgres, &runtime)?
+                        .verify_audit()
+                        .map_err(|e| CliError::Message(e.to_string()))?;
+                    emit(&format!(
+                        "audit chain in PostgreSQL {}: {records} records, chain intact\nhead: {head}\n",
+                        postgres.target()
+                    ))
+                }
+                (AuditCommand::Export { out }, backend) => {
+                    let mut file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(hsmca::files::PRIVATE)
+                        .open(&out)
+                        .map_err(|source| match source.kind() {
+                            std::io::ErrorKind::AlreadyExists => {
+                                CliError::OutputExists { path: out.clone() }
+                            }
+                            _ => CliError::Write {
+                                path: out.clone(),
+                                source,
+                            },
+                        })?;
+                    let records = match backend {
+                        StorageBackend::Sqlite { audit_log, .. } => {
+                            let mut log = std::fs::File::open(&audit_log).map_err(|source| {
+                                CliError::Write {
+                                    path: audit_log.clone(),
+                                    source,
+                                }
+                            })?;
+                            std::io::copy(&mut log, &mut file).map_err(|source| {
+                                CliError::Write {
+                                    path: out.clone(),
+                                    source,
+                                }
+                            })?;
+                            audit::verify(&out)?.records
+                        }
+                        StorageBackend::Postgres(postgres) => {
+                            let runtime = runtime()?;
+                            postgres_ledger(&postgres, &runtime)?
+                                .export_audit(&mut file)
+                                .map_err(|e| CliError::Message(e.to_string()))?
+                        }
+                    };
+                    file.sync_all().map_err(|source| CliError::Write {
+                        path: out.clone(),
+                        source,
+                    })?;
+                    emit(&format!(
+                        "exported {records} audit records to {}\n",
+                        out.display()
+                    ))
+                }
+            }
         }
     }
+}
+
+/// `hsmca audit verify FILE`.
+fn verify_audit_file(file: &Path) -> Result<(), CliError> {
+    let verified = audit::verify(file)?;
+    emit(&format!(
+        "audit log {}: {} records, chain intact\nhead: {}\n",
+        file.display(),
+        verified.records,
+        verified.head
+    ))
+}
+
+/// The configured PostgreSQL store, its connections on `runtime`, for a command that then
+/// reads it from this thread.
+fn postgres_ledger(
+    postgres: &PostgresConfig,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<PostgresLedger, CliError> {
+    runtime
+        .block_on(PostgresLedger::connect(postgres, runtime.handle().clone()))
+        .map_err(|e| CliError::Message(e.to_string()))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {

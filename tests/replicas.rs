@@ -8,6 +8,7 @@ mod common;
 use common::appliance::{Appliance, Replica, assert_recorded_in, ops_get, runtime};
 use common::load::{Load, distinct_csrs, issued};
 use common::postgres::Postgres;
+use common::{audit_verify, stderr, stdout};
 use hsmca::ledger::certificates::CertificateStore;
 use hsmca::ledger::postgres::{PostgresConfig, PostgresLedger};
 
@@ -104,6 +105,50 @@ fn two_replicas_serve_under_load_and_keep_one_set_of_books() {
     for event in ["service.started", "service.stopped"] {
         assert_eq!(events.iter().filter(|e| *e == event).count(), 2, "{event}");
     }
+
+    // The operator's view: `hsmca audit verify --config` checks the database's chain, and
+    // `hsmca audit export` writes the file an auditor verifies anywhere.
+    let audit = |args: &[&str]| {
+        let config = appliance.config_path();
+        let mut all = vec!["--config", config.to_str().unwrap(), "audit"];
+        all.extend_from_slice(args);
+        appliance.token.hsmca_command(&all).output().unwrap()
+    };
+    let verified = audit(&["verify"]);
+    assert!(verified.status.success(), "{}", stderr(&verified));
+    assert!(
+        stdout(&verified).contains(&format!("{} records, chain intact", events.len())),
+        "{}",
+        stdout(&verified)
+    );
+    let out = appliance.path("auditor.log");
+    let exported = audit(&["export", "--out", out.to_str().unwrap()]);
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    assert!(audit_verify(&out).status.success());
+    let again = audit(&["export", "--out", out.to_str().unwrap()]);
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    // Someone with write access to the database edits a record, then cuts the newest one.
+    server.psql(
+        r#"UPDATE audit_records SET line = replace(line, '"actor":"', '"actor":"x') WHERE seq = 3"#,
+    );
+    let broken = audit(&["verify"]);
+    assert!(!broken.status.success());
+    assert!(
+        stderr(&broken).contains("broken at record 3"),
+        "{}",
+        stderr(&broken)
+    );
+    server.psql("DELETE FROM audit_records WHERE seq >= 3");
+    let cut = audit(&["verify"]);
+    assert!(
+        stderr(&cut).contains("records were removed"),
+        "{}",
+        stderr(&cut)
+    );
 }
 
 /// Polls `/readyz` at `ops_url` (every 50 ms, at most 20 s) until it answers `status`.

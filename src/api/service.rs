@@ -88,28 +88,25 @@ struct OpenedStorage {
 
 /// Opens `[storage]`'s backend. Called with the runtime entered: PostgreSQL's pool lives on
 /// it, and its connection is checked (and its schema migrated) before the service starts.
-fn open_storage(config: &Config, backend: StorageBackend) -> Result<OpenedStorage, StartError> {
+fn open_storage(backend: StorageBackend) -> Result<OpenedStorage, StartError> {
     match backend {
         StorageBackend::Sqlite { ledger, audit_log } => {
-            let ledger_path = config.resolve(&ledger);
-            let store = Store::new(Box::new(Ledger::open(&ledger_path)?));
+            let store = Store::new(Box::new(Ledger::open(&ledger)?));
             // Only the last record is read now, so start-up does not grow with the log; the
             // rest is verified beside the first requests, and a broken chain stops issuance.
-            let (audit, earlier_records) = AuditLog::open_at_tail(&config.resolve(&audit_log))?;
+            let (audit, earlier_records) = AuditLog::open_at_tail(&audit_log)?;
             let discarded_audit_tail = audit.discarded_tail().cloned();
             Ok(OpenedStorage {
                 store,
                 journal: Box::new(SplitJournal::new(
-                    Box::new(Ledger::open(&ledger_path)?),
+                    Box::new(Ledger::open(&ledger)?),
                     Box::new(audit),
                 )),
                 earlier_records: Some(earlier_records),
                 discarded_audit_tail,
             })
         }
-        StorageBackend::Postgres(mut postgres) => {
-            postgres.password_file = postgres.password_file.map(|p| config.resolve(&p));
-            postgres.ca_file = postgres.ca_file.map(|p| config.resolve(&p));
+        StorageBackend::Postgres(postgres) => {
             let runtime = tokio::runtime::Handle::current();
             let ledger = runtime.block_on(PostgresLedger::connect(&postgres, runtime.clone()))?;
             tracing::info!(target = %postgres.target(), pool_size = postgres.pool_size, "storage: PostgreSQL");
@@ -145,9 +142,12 @@ impl Service {
                 config.crl.refresh_before, config.crl.validity
             )));
         }
-        let backend = storage.backend().map_err(StartError::Config)?;
+        let backend = storage
+            .backend()
+            .map_err(StartError::Config)?
+            .resolved(|p| config.resolve(p));
         let hsm = Hsm::open(&config.hsm)?;
-        let opened = open_storage(config, backend)?;
+        let opened = open_storage(backend)?;
         let settings = Settings::load(config, &hsm, &opened.store)?;
         let vault = config
             .vault

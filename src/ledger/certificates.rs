@@ -90,6 +90,16 @@ pub enum LedgerError {
         /// The stored reason.
         reason: String,
     },
+    /// The audit chain the database holds is broken at record `seq`.
+    #[error("the audit chain in {location} is broken at record {seq}: {reason}")]
+    ChainBroken {
+        /// Where the ledger is.
+        location: String,
+        /// The first bad record, counting from 1.
+        seq: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A ledger operation's thread ended before the operation did (it panicked).
     #[error("the ledger operation did not complete: {0}")]
     Interrupted(String),

@@ -135,6 +135,20 @@ pub fn record_time() -> String {
         .unwrap_or_default()
 }
 
+/// Checks a whole chain, oldest record first: returns the number of records and the head
+/// hash, or the first bad record's sequence number (counting from 1) and what is wrong.
+pub fn verify_records<'a>(
+    records: impl IntoIterator<Item = &'a str>,
+) -> Result<(u64, String), (u64, String)> {
+    let mut head = GENESIS_HASH.to_owned();
+    let mut count = 0;
+    for record in records {
+        count += 1;
+        head = check_record(record, count, &head).map_err(|reason| (count, reason))?;
+    }
+    Ok((count, head))
+}
+
 /// Checks one record against its position and its predecessor's hash; returns its hash.
 pub(super) fn check_record(record: &str, seq: u64, prev: &str) -> Result<String, String> {
     let (fields, claimed) = parse_record(record)?;

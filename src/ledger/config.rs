@@ -46,6 +46,24 @@ pub enum StorageBackend {
     Postgres(PostgresConfig),
 }
 
+impl StorageBackend {
+    /// The same backend with its file paths (ledger, audit log, password file, CA file)
+    /// passed through `resolve`, e.g. made relative to the config file's directory.
+    pub fn resolved(self, resolve: impl Fn(&std::path::Path) -> PathBuf) -> Self {
+        match self {
+            StorageBackend::Sqlite { ledger, audit_log } => StorageBackend::Sqlite {
+                ledger: resolve(&ledger),
+                audit_log: resolve(&audit_log),
+            },
+            StorageBackend::Postgres(mut postgres) => {
+                postgres.password_file = postgres.password_file.map(|p| resolve(&p));
+                postgres.ca_file = postgres.ca_file.map(|p| resolve(&p));
+                StorageBackend::Postgres(postgres)
+            }
+        }
+    }
+}
+
 impl StorageConfig {
     /// The backend, or what is wrong with the section. Relative paths are as written; the
     /// caller resolves them against the config file's directory.

@@ -25,7 +25,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::certificates::{
     CertificateStore, IssuedCertificate, LedgerError, Revocation, StoredCrl,
 };
-use super::chain::{AuditChain, AuditEvent, record_time};
+use super::chain::{AuditChain, AuditEvent, record_time, verify_records};
 use super::journal::{EntryResults, Journal, JournalEntry, JournalError, unrecorded};
 use crate::pki::RevocationReason;
 use crate::secret::{SecretError, SecretSource};
@@ -331,6 +331,45 @@ impl PostgresLedger {
 }
 
 impl PostgresLedger {
+    /// Checks the cluster's audit chain, every record in order, and that it ends where the
+    /// head row says; returns the number of records and the head hash.
+    pub fn verify_audit(&self) -> Result<(u64, String), LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            let transaction = client.transaction().await.map_err(&backend)?;
+            // One snapshot: records appended meanwhile by the replicas are not half seen.
+            transaction
+                .batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .await
+                .map_err(&backend)?;
+            let rows = transaction
+                .query("SELECT line FROM audit_records ORDER BY seq", &[])
+                .await
+                .map_err(&backend)?;
+            let head = transaction
+                .query_one("SELECT seq, hash FROM audit_head", &[])
+                .await
+                .map_err(&backend)?;
+            let broken = |seq, reason| LedgerError::ChainBroken {
+                location: self.target.clone(),
+                seq,
+                reason,
+            };
+            let (records, hash) = verify_records(rows.iter().map(|row| row.get::<_, &str>(0)))
+                .map_err(|(seq, reason)| broken(seq, reason))?;
+            let (head_seq, head_hash): (i64, String) = (head.get(0), head.get(1));
+            if (head_seq.unsigned_abs(), head_hash.as_str()) != (records, hash.as_str()) {
+                return Err(broken(
+                    records,
+                    format!(
+                        "the chain ends at record {records} ({hash}) but its head row says record {head_seq} ({head_hash}): records were removed"
+                    ),
+                ));
+            }
+            Ok((records, hash))
+        })
+    }
+
     /// Writes the whole audit chain, oldest first, as the JSON lines of an audit log file
     /// (which `hsmca audit verify FILE` checks); returns how many records it wrote.
     pub fn export_audit(&self, out: &mut dyn std::io::Write) -> Result<u64, LedgerError> {
