@@ -244,17 +244,17 @@ impl Writer {
             }
             return;
         }
-        let entries: Vec<JournalEntry> = group.iter().map(|e| e.entry.clone()).collect();
+        // Moved out, not copied: the journal wants the entries side by side.
+        let (entries, replies): (Vec<JournalEntry>, Vec<_>) =
+            group.drain(..).map(|e| (e.entry, e.reply)).unzip();
         match self.journal.commit(&entries) {
             Ok(results) => {
                 self.stats.groups.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .entries
-                    .fetch_add(group.len() as u64, Ordering::Relaxed);
-                for (entry, result) in group.drain(..).zip(results) {
-                    let _ = entry
-                        .reply
-                        .send(result.map_err(|e| RecordError::Ledger(Arc::new(e))));
+                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result.map_err(|e| RecordError::Ledger(Arc::new(e))));
                 }
             }
             // Nothing of the group is durable, and the chain is intact: the group is refused,
@@ -272,8 +272,8 @@ impl Writer {
                 self.health
                     .stop(format!("the audit log could not be written: {error}"));
                 let error = Arc::new(error);
-                for entry in group.drain(..) {
-                    let _ = entry.reply.send(Err(RecordError::Audit(error.clone())));
+                for reply in replies {
+                    let _ = reply.send(Err(RecordError::Audit(error.clone())));
                 }
             }
         }
