@@ -233,3 +233,101 @@ fn a_database_outage_under_load_refuses_with_503_and_recovers_without_a_restart(
     assert_recorded_in(&store, &exported, &answers);
     assert_eq!(store.count().unwrap(), answers.len() as u64);
 }
+
+/// A Vault request as SPIRE sends it, with `token` if given, to the replica at `url`.
+fn vault(
+    appliance: &Appliance,
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    (method, path): (&str, &str),
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> hsmca::api::client::Response {
+    let client = appliance.client_of(url, "tls", "spire");
+    let mut headers = vec![("x-vault-request", "true")];
+    if let Some(token) = token {
+        headers.push(("x-vault-token", token));
+    }
+    rt.block_on(client.send_with_headers(method, path, &headers, body))
+        .unwrap()
+}
+
+#[test]
+fn a_vault_token_from_one_replica_works_on_another_and_after_a_restart() {
+    let server = Postgres::start(false);
+    let mut appliance = Appliance::prepare();
+    let password_file = server.password_file(appliance.dir.path());
+    appliance.write_config_with(|text| {
+        let text = text.replace(
+            "[storage]\nledger = \"ledger.sqlite\"\naudit_log = \"audit.log\"\n",
+            &format!(
+                "[storage]\npostgres = \"{}\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
+                server.url(),
+                password_file.display()
+            ),
+        );
+        format!("{text}\n[vault]\nmount = \"pki\"\nsign_intermediate_profile = \"issuing-ca\"\n")
+    });
+    appliance.start();
+    let b = appliance.start_replica("b");
+    let rt = runtime();
+    // SPIRE logs in through the load balancer, which sends it to replica A...
+    let login = vault(
+        &appliance,
+        &rt,
+        &appliance.url,
+        ("PUT", "/v1/auth/cert/login"),
+        None,
+        br#"{"name":""}"#.to_vec(),
+    );
+    assert_eq!(login.status, 200);
+    let token = login.json().unwrap()["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // ...and signs on replica B.
+    let csr = common::appliance::spire_csr(&common::appliance::p256(), &["spiffe://mesh.example"]);
+    let body = serde_json::json!({ "csr": csr, "uri_sans": "spiffe://mesh.example", "ttl": "" })
+        .to_string()
+        .into_bytes();
+    let sign_intermediate = ("PUT", "/v1/pki/root/sign-intermediate");
+    let signed = vault(
+        &appliance,
+        &rt,
+        &b.url,
+        sign_intermediate,
+        Some(&token),
+        body.clone(),
+    );
+    assert_eq!(signed.status, 200, "{:?}", signed.json());
+    // A restart of A keeps the token.
+    assert!(appliance.stop().success(), "{}", appliance.server_log());
+    appliance.start();
+    let lookup = vault(
+        &appliance,
+        &rt,
+        &appliance.url,
+        ("GET", "/v1/auth/token/lookup-self"),
+        Some(&token),
+        vec![],
+    );
+    assert_eq!(lookup.status, 200, "{:?}", lookup.json());
+    let signed = vault(
+        &appliance,
+        &rt,
+        &appliance.url,
+        sign_intermediate,
+        Some(&token),
+        body,
+    );
+    assert_eq!(signed.status, 200);
+    // Only its hash is in the database.
+    assert_eq!(
+        server.psql(&format!(
+            "SELECT count(*) FROM vault_tokens WHERE token_sha256 = '{}'",
+            hsmca::digest::sha256_hex(token.as_bytes())
+        )),
+        "1"
+    );
+    drop(b);
+}

@@ -152,7 +152,7 @@ impl Service {
         let vault = config
             .vault
             .as_ref()
-            .map(VaultState::new)
+            .map(|vault| VaultState::new(vault, opened.store.clone()))
             .transpose()
             .map_err(StartError::Config)?;
         let recorder = Recorder::start(opened.journal)

@@ -66,6 +66,21 @@ pub struct StoredCrl {
     pub der: Vec<u8>,
 }
 
+/// A Vault token as the ledger keeps it: by the SHA-256 of the token, never the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredToken {
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+    /// The client identity it is bound to.
+    pub identity: String,
+    /// Its non-secret handle.
+    pub accessor: String,
+    /// When it was issued, Unix seconds.
+    pub issued_at: i64,
+    /// When it expires, Unix seconds.
+    pub expires_at: i64,
+}
+
 /// Why the ledger could not be used. The variants name what went wrong, not which database
 /// it went wrong in: a backend's own errors are the boxed source of [`LedgerError::Backend`].
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +212,15 @@ pub trait CertificateStore: Send {
     /// last one if the bundle is unchanged, else one more than the last (starting at 1), so
     /// the sequence grows with every change of the bundle, across restarts.
     fn bundle_sequence(&mut self, bundle_sha256: &str) -> Result<u64, LedgerError>;
+
+    /// Keeps a new Vault token, and forgets the tokens expired before `now` (Unix seconds).
+    fn save_token(&mut self, token: &StoredToken, now: i64) -> Result<(), LedgerError>;
+
+    /// The token whose SHA-256 is `sha256` (hex), if kept.
+    fn find_token(&self, sha256: &str) -> Result<Option<StoredToken>, LedgerError>;
+
+    /// Sets the expiry of the token whose SHA-256 is `sha256`.
+    fn renew_token(&mut self, sha256: &str, expires_at: i64) -> Result<(), LedgerError>;
 }
 
 /// The SQLite ledger database.
@@ -232,6 +256,13 @@ CREATE TABLE IF NOT EXISTS crls (
     next_update   INTEGER NOT NULL,
     der           BLOB NOT NULL,
     PRIMARY KEY (issuer_key_id, number)
+) STRICT;
+CREATE TABLE IF NOT EXISTS vault_tokens (
+    token_sha256  TEXT PRIMARY KEY NOT NULL,
+    identity      TEXT NOT NULL,
+    accessor      TEXT NOT NULL UNIQUE,
+    issued_at     INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL
 ) STRICT;
 CREATE TABLE IF NOT EXISTS bundles (
     sequence      INTEGER PRIMARY KEY NOT NULL,
@@ -518,6 +549,61 @@ impl CertificateStore for Ledger {
             .map_err(sqlite)?;
         transaction.commit().map_err(sqlite)?;
         Ok(sequence.unsigned_abs())
+    }
+
+    fn save_token(&mut self, token: &StoredToken, now: i64) -> Result<(), LedgerError> {
+        let sqlite = sqlite(&self.path);
+        let transaction = self.connection.transaction().map_err(sqlite)?;
+        transaction
+            .execute(
+                "DELETE FROM vault_tokens WHERE expires_at <= ?1",
+                params![now],
+            )
+            .map_err(sqlite)?;
+        transaction
+            .execute(
+                "INSERT INTO vault_tokens (token_sha256, identity, accessor, issued_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    token.sha256,
+                    token.identity,
+                    token.accessor,
+                    token.issued_at,
+                    token.expires_at
+                ],
+            )
+            .map_err(sqlite)?;
+        transaction.commit().map_err(sqlite)
+    }
+
+    fn find_token(&self, sha256: &str) -> Result<Option<StoredToken>, LedgerError> {
+        self.connection
+            .query_row(
+                "SELECT token_sha256, identity, accessor, issued_at, expires_at
+                 FROM vault_tokens WHERE token_sha256 = ?1",
+                params![sha256],
+                |row| {
+                    Ok(StoredToken {
+                        sha256: row.get(0)?,
+                        identity: row.get(1)?,
+                        accessor: row.get(2)?,
+                        issued_at: row.get(3)?,
+                        expires_at: row.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sqlite(&self.path))
+    }
+
+    fn renew_token(&mut self, sha256: &str, expires_at: i64) -> Result<(), LedgerError> {
+        self.connection
+            .execute(
+                "UPDATE vault_tokens SET expires_at = ?2 WHERE token_sha256 = ?1",
+                params![sha256, expires_at],
+            )
+            .map(|_| ())
+            .map_err(sqlite(&self.path))
     }
 }
 

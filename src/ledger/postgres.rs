@@ -23,7 +23,7 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::certificates::{
-    CertificateStore, IssuedCertificate, LedgerError, Revocation, StoredCrl,
+    CertificateStore, IssuedCertificate, LedgerError, Revocation, StoredCrl, StoredToken,
 };
 use super::chain::{AuditChain, AuditEvent, record_time, verify_records};
 use super::journal::{EntryResults, Journal, JournalEntry, JournalError, unrecorded};
@@ -800,6 +800,67 @@ impl CertificateStore for PostgresLedger {
             Ok(sequence.unsigned_abs())
         })
     }
+
+    fn save_token(&mut self, token: &StoredToken, now: i64) -> Result<(), LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            let transaction = client.transaction().await.map_err(&backend)?;
+            transaction
+                .execute("DELETE FROM vault_tokens WHERE expires_at <= $1", &[&now])
+                .await
+                .map_err(&backend)?;
+            transaction
+                .execute(
+                    "INSERT INTO vault_tokens (token_sha256, identity, accessor, issued_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5)",
+                    &[
+                        &token.sha256,
+                        &token.identity,
+                        &token.accessor,
+                        &token.issued_at,
+                        &token.expires_at,
+                    ],
+                )
+                .await
+                .map_err(&backend)?;
+            transaction.commit().await.map_err(&backend)
+        })
+    }
+
+    fn find_token(&self, sha256: &str) -> Result<Option<StoredToken>, LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            Ok(client
+                .query_opt(
+                    "SELECT token_sha256, identity, accessor, issued_at, expires_at
+                     FROM vault_tokens WHERE token_sha256 = $1",
+                    &[&sha256],
+                )
+                .await
+                .map_err(&backend)?
+                .map(|row| StoredToken {
+                    sha256: row.get(0),
+                    identity: row.get(1),
+                    accessor: row.get(2),
+                    issued_at: row.get(3),
+                    expires_at: row.get(4),
+                }))
+        })
+    }
+
+    fn renew_token(&mut self, sha256: &str, expires_at: i64) -> Result<(), LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            client
+                .execute(
+                    "UPDATE vault_tokens SET expires_at = $2 WHERE token_sha256 = $1",
+                    &[&sha256, &expires_at],
+                )
+                .await
+                .map(|_| ())
+                .map_err(&backend)
+        })
+    }
 }
 
 /// One step of the schema; applied in order, each exactly once.
@@ -865,7 +926,7 @@ CREATE TABLE vault_tokens (
     identity      text NOT NULL,
     accessor      text NOT NULL UNIQUE,
     issued_at     bigint NOT NULL,
-    expires_at    bigint
+    expires_at    bigint NOT NULL
 );
 ",
 }];

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::certificates::{
-    CertificateStore, IssuedCertificate, LedgerError, Revocation, StoredCrl,
+    CertificateStore, IssuedCertificate, LedgerError, Revocation, StoredCrl, StoredToken,
 };
 use crate::pki::RevocationReason;
 
@@ -107,6 +107,22 @@ impl Store {
         crl: StoredCrl,
     ) -> Result<(), LedgerError> {
         self.run(move |store| store.store_crl(&issuer_key_id, &crl))
+            .await
+    }
+
+    /// Keeps a new Vault token; forgets those expired before `now` (Unix seconds).
+    pub async fn save_token(&self, token: StoredToken, now: i64) -> Result<(), LedgerError> {
+        self.run(move |store| store.save_token(&token, now)).await
+    }
+
+    /// The token whose SHA-256 is `sha256` (hex), if kept.
+    pub async fn find_token(&self, sha256: String) -> Result<Option<StoredToken>, LedgerError> {
+        self.run(move |store| store.find_token(&sha256)).await
+    }
+
+    /// Sets a token's expiry.
+    pub async fn renew_token(&self, sha256: String, expires_at: i64) -> Result<(), LedgerError> {
+        self.run(move |store| store.renew_token(&sha256, expires_at))
             .await
     }
 }

@@ -113,7 +113,7 @@ fn token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The token's holder, checked against the connection's client identity.
-fn authenticate(
+async fn authenticate(
     service: &Service,
     identity: &str,
     headers: &HeaderMap,
@@ -121,6 +121,7 @@ fn authenticate(
     vault(service)
         .tokens
         .check(token(headers), identity)
+        .await
         .map_err(token_refused)
 }
 
@@ -137,6 +138,12 @@ fn token_refused(refusal: TokenRefusal) -> ApiError {
                 format!("rate limit quota exceeded: {refusal}"),
             )
         },
+        // Not the client's fault, and not a guess: answered like the ledger's other outages.
+        TokenRefusal::Unavailable(reason) => ApiError::unavailable(
+            "ledger_unavailable",
+            format!("the Vault token cannot be checked: {reason}"),
+            std::time::Duration::from_secs(5),
+        ),
         refusal => permission_denied(format!("permission denied: {refusal}")),
     }
 }
@@ -210,7 +217,16 @@ async fn cert_login(
             );
         }
     };
-    let (token, info) = vault(&service).tokens.issue(&actor);
+    let (token, info) = match vault(&service).tokens.issue(&actor).await {
+        Ok(issued) => issued,
+        Err(error) => {
+            return vault_error(ApiError::unavailable(
+                "ledger_unavailable",
+                format!("no token was issued: {error}"),
+                std::time::Duration::from_secs(5),
+            ));
+        }
+    };
     if let Err(error) = service
         .audit(
             "vault.login",
@@ -235,8 +251,12 @@ async fn lookup_self(
     headers: HeaderMap,
 ) -> Response {
     let settings = service.settings();
-    let result = signing::client(&settings, &identity)
-        .and_then(|(id, client)| Ok((authenticate(&service, id, &headers)?, client)));
+    let result = match signing::client(&settings, &identity) {
+        Ok((id, client)) => authenticate(&service, id, &headers)
+            .await
+            .map(|info| (info, client)),
+        Err(error) => Err(error),
+    };
     match result {
         Ok((info, client)) => {
             let rfc3339 = |at: SystemTime| {
@@ -289,6 +309,7 @@ async fn renew_self(
         let info = vault(&service)
             .tokens
             .renew(token, id, increment)
+            .await
             .map_err(token_refused)?;
         service
             .audit(
@@ -373,7 +394,7 @@ async fn vault_sign(
     let mut warnings = None;
     let result = async {
         let (id, client) = signing::client(&settings, identity)?;
-        authenticate(service, id, headers)?;
+        authenticate(service, id, headers).await?;
         let vault = vault(service);
         let profile = match &endpoint {
             Endpoint::SignIntermediate => vault.config.sign_intermediate_profile.clone(),

@@ -2,6 +2,7 @@
 
 use super::tokens::TokenStore;
 use crate::config::VaultConfig;
+use crate::ledger::Store;
 use crate::pki::ProfileKind;
 
 /// Paths under `/v1/` the native API and Vault's own top level use: not a mount.
@@ -16,9 +17,10 @@ pub struct VaultState {
 }
 
 impl VaultState {
-    /// The Vault dialect for `config`: its mount and static tokens are checked here, its
+    /// The Vault dialect for `config`, its logins' tokens kept in `ledger`: its mount and
+    /// static tokens are checked here, its
     /// profiles and clients by [`VaultState::check`] with the rest of the settings.
-    pub fn new(config: &VaultConfig) -> Result<Self, String> {
+    pub fn new(config: &VaultConfig, ledger: Store) -> Result<Self, String> {
         let mount = &config.mount;
         if mount.is_empty()
             || !mount
@@ -38,7 +40,7 @@ impl VaultState {
             .collect();
         Ok(VaultState {
             config: config.clone(),
-            tokens: TokenStore::new(config.token_ttl, config.token_max_ttl, &statics)?,
+            tokens: TokenStore::new(config.token_ttl, config.token_max_ttl, &statics, ledger)?,
         })
     }
 

@@ -1,8 +1,14 @@
-//! Vault tokens: 256 random bits, kept only as SHA-256 hashes, compared in constant time,
-//! bound to the client identity that obtained them, with a TTL, renewal and a maximum age.
+//! Vault tokens: 256 random bits, kept only as SHA-256 hashes, bound to the client identity
+//! that obtained them, with a TTL, renewal and a maximum age. Tokens from logins are kept in
+//! the ledger, so that any replica accepts them and they outlive a restart; configured
+//! (static) tokens are compared in memory, in constant time. The count of bad tokens per
+//! identity is kept per replica.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+use crate::ledger::Store;
+use crate::ledger::certificates::{LedgerError, StoredToken};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_lc_rs::rand::SecureRandom;
@@ -17,6 +23,8 @@ pub enum TokenRefusal {
     Missing,
     /// Not a token hsmca issued or was configured with.
     Unknown,
+    /// The ledger, which keeps the tokens, could not be asked.
+    Unavailable(String),
     /// Past its expiry.
     Expired,
     /// Sent on a connection of another client.
@@ -29,11 +37,26 @@ pub enum TokenRefusal {
     },
 }
 
+fn unix_seconds(at: SystemTime) -> i64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn from_unix_seconds(seconds: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.unsigned_abs())
+}
+
+/// Now, to the second: the precision the ledger keeps.
+fn now_to_the_second() -> SystemTime {
+    from_unix_seconds(unix_seconds(SystemTime::now()))
+}
+
 impl std::fmt::Display for TokenRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             TokenRefusal::Missing => "no Vault token was sent",
             TokenRefusal::Unknown => "the Vault token is unknown",
+            TokenRefusal::Unavailable(_) => "the Vault token cannot be checked now",
             TokenRefusal::Expired => "the Vault token has expired",
             TokenRefusal::WrongClient => {
                 "the Vault token belongs to another client identity than this connection's"
@@ -65,7 +88,10 @@ struct Entry {
 
 /// The live tokens.
 pub struct TokenStore {
-    entries: Mutex<Vec<Entry>>,
+    /// The configured tokens.
+    statics: Vec<Entry>,
+    /// Where logins' tokens are kept.
+    ledger: Store,
     ttl: Seconds,
     max_ttl: Seconds,
     /// Bad tokens per client identity in the current window.
@@ -123,6 +149,7 @@ impl TokenStore {
         ttl: Seconds,
         max_ttl: Seconds,
         statics: &[(String, String)],
+        ledger: Store,
     ) -> Result<Self, String> {
         let mut entries = Vec::new();
         for (sha256_hex, identity) in statics {
@@ -143,46 +170,58 @@ impl TokenStore {
             });
         }
         Ok(TokenStore {
-            entries: Mutex::new(entries),
+            statics: entries,
+            ledger,
             ttl,
             max_ttl,
             failures: Mutex::new(HashMap::new()),
         })
     }
 
-    /// A new token for `identity`, and what it says. The token itself is returned once and
-    /// never stored.
-    pub fn issue(&self, identity: &str) -> (String, TokenInfo) {
+    /// A new token for `identity`, and what it says, once the ledger keeps it. The token
+    /// itself is returned once and never stored.
+    pub async fn issue(&self, identity: &str) -> Result<(String, TokenInfo), LedgerError> {
         let token = format!("hvs.{}", random_text(32));
-        let now = SystemTime::now();
+        let now = now_to_the_second();
         let info = TokenInfo {
             identity: identity.to_owned(),
             accessor: random_text(12),
             issued: now,
             expires: Some(now + self.ttl.duration()),
         };
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|entry| entry.info.expires.is_none_or(|at| at > now));
-        entries.push(Entry {
-            hash: sha256(&token),
-            info: info.clone(),
-        });
-        (token, info)
+        let stored = StoredToken {
+            sha256: hex::encode(sha256(&token)),
+            identity: info.identity.clone(),
+            accessor: info.accessor.clone(),
+            issued_at: unix_seconds(now),
+            expires_at: unix_seconds(now + self.ttl.duration()),
+        };
+        self.ledger.save_token(stored, unix_seconds(now)).await?;
+        Ok((token, info))
     }
 
     /// Checks `token` on a connection with `identity`. An identity that presented
     /// [`MAX_TOKEN_FAILURES`] bad tokens within a minute is refused without a check until the
     /// minute is over.
-    pub fn check(&self, token: Option<&str>, identity: &str) -> Result<TokenInfo, TokenRefusal> {
-        let now = Instant::now();
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(window) = failures.get(identity)
+    pub async fn check(
+        &self,
+        token: Option<&str>,
+        identity: &str,
+    ) -> Result<TokenInfo, TokenRefusal> {
+        if let Some(window) = self
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(identity)
             && window.count >= MAX_TOKEN_FAILURES
-            && let Some(retry_after) = (window.since + FAILURE_WINDOW).checked_duration_since(now)
+            && let Some(retry_after) =
+                (window.since + FAILURE_WINDOW).checked_duration_since(Instant::now())
         {
             return Err(TokenRefusal::TooManyFailures { retry_after });
         }
-        let result = self.check_token(token, identity);
+        let result = self.check_token(token, identity).await;
+        let now = Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if matches!(
             result,
             Err(TokenRefusal::Unknown | TokenRefusal::Expired | TokenRefusal::WrongClient)
@@ -200,20 +239,38 @@ impl TokenStore {
         result
     }
 
-    fn check_token(&self, token: Option<&str>, identity: &str) -> Result<TokenInfo, TokenRefusal> {
+    async fn check_token(
+        &self,
+        token: Option<&str>,
+        identity: &str,
+    ) -> Result<TokenInfo, TokenRefusal> {
         let token = token
             .filter(|t| !t.is_empty())
             .ok_or(TokenRefusal::Missing)?;
         let hash = sha256(token);
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        // Every entry is compared, in constant time, so timing says nothing about which.
+        // Every configured token is compared, in constant time, so timing says nothing about
+        // which; a login's token is looked up by its hash, which says nothing of the token.
         let mut found = None;
-        for entry in entries.iter() {
+        for entry in &self.statics {
             if aws_lc_rs::constant_time::verify_slices_are_equal(&entry.hash, &hash).is_ok() {
                 found = Some(entry.info.clone());
             }
         }
-        let info = found.ok_or(TokenRefusal::Unknown)?;
+        let info = match found {
+            Some(info) => info,
+            None => self
+                .ledger
+                .find_token(hex::encode(hash))
+                .await
+                .map_err(|e| TokenRefusal::Unavailable(e.to_string()))?
+                .map(|stored| TokenInfo {
+                    identity: stored.identity,
+                    accessor: stored.accessor,
+                    issued: from_unix_seconds(stored.issued_at),
+                    expires: Some(from_unix_seconds(stored.expires_at)),
+                })
+                .ok_or(TokenRefusal::Unknown)?,
+        };
         if info.expires.is_some_and(|at| at <= SystemTime::now()) {
             return Err(TokenRefusal::Expired);
         }
@@ -225,25 +282,23 @@ impl TokenStore {
 
     /// Extends `token` by `increment` (default: the login TTL), never past `max_ttl` from
     /// its issue. Static tokens do not expire and are returned unchanged.
-    pub fn renew(
+    pub async fn renew(
         &self,
         token: &str,
         identity: &str,
         increment: Option<Seconds>,
     ) -> Result<TokenInfo, TokenRefusal> {
-        self.check(Some(token), identity)?;
-        let hash = sha256(token);
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = entries
-            .iter_mut()
-            .find(|entry| entry.hash == hash)
-            .ok_or(TokenRefusal::Unknown)?;
-        if entry.info.expires.is_some() {
-            let wanted = SystemTime::now() + increment.unwrap_or(self.ttl).duration();
-            let cap = entry.info.issued + self.max_ttl.duration();
-            entry.info.expires = Some(wanted.min(cap));
+        let mut info = self.check(Some(token), identity).await?;
+        if info.expires.is_some() {
+            let wanted = now_to_the_second() + increment.unwrap_or(self.ttl).duration();
+            let expires = wanted.min(info.issued + self.max_ttl.duration());
+            self.ledger
+                .renew_token(hex::encode(sha256(token)), unix_seconds(expires))
+                .await
+                .map_err(|e| TokenRefusal::Unavailable(e.to_string()))?;
+            info.expires = Some(expires);
         }
-        Ok(entry.info.clone())
+        Ok(info)
     }
 
     /// Seconds left on a token (`0` for static tokens, as Vault shows root-like tokens).
@@ -258,72 +313,129 @@ impl TokenStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::certificates::Ledger;
 
-    #[test]
-    fn an_identity_guessing_tokens_is_refused_outright_after_the_limit() {
-        let store = TokenStore::new(Seconds(60), Seconds(90), &[]).unwrap();
-        let (token, _) = store.issue("spiffe://td/spire");
+    /// A token store keeping its tokens in a fresh SQLite ledger.
+    fn store(
+        ttl: u64,
+        max_ttl: u64,
+        statics: &[(String, String)],
+    ) -> (tempfile::TempDir, TokenStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Store::new(Box::new(
+            Ledger::open(&dir.path().join("ledger.sqlite")).unwrap(),
+        ));
+        let tokens = TokenStore::new(Seconds(ttl), Seconds(max_ttl), statics, ledger).unwrap();
+        (dir, tokens)
+    }
+
+    #[tokio::test]
+    async fn an_identity_guessing_tokens_is_refused_outright_after_the_limit() {
+        let (_dir, store) = store(60, 90, &[]);
+        let (token, _) = store.issue("spiffe://td/spire").await.unwrap();
         for _ in 0..MAX_TOKEN_FAILURES {
             assert_eq!(
                 store
                     .check(Some("hvs.guess"), "spiffe://td/guesser")
+                    .await
                     .unwrap_err(),
                 TokenRefusal::Unknown
             );
         }
         // Missing tokens are not guesses and do not count.
         assert_eq!(
-            store.check(None, "spiffe://td/spire").unwrap_err(),
+            store.check(None, "spiffe://td/spire").await.unwrap_err(),
             TokenRefusal::Missing
         );
-        match store.check(Some(&token), "spiffe://td/guesser") {
+        match store.check(Some(&token), "spiffe://td/guesser").await {
             Err(TokenRefusal::TooManyFailures { retry_after }) => {
                 assert!(retry_after <= FAILURE_WINDOW && retry_after > Duration::ZERO)
             }
             other => panic!("{other:?}"),
         }
         // Other identities are not affected.
-        assert!(store.check(Some(&token), "spiffe://td/spire").is_ok());
+        assert!(store.check(Some(&token), "spiffe://td/spire").await.is_ok());
     }
 
-    #[test]
-    fn tokens_are_bound_to_their_identity_and_expire() {
-        let store = TokenStore::new(Seconds(60), Seconds(90), &[]).unwrap();
-        let (token, info) = store.issue("spiffe://td/spire");
+    #[tokio::test]
+    async fn tokens_are_bound_to_their_identity_and_expire() {
+        let (_dir, store) = store(60, 90, &[]);
+        let (token, info) = store.issue("spiffe://td/spire").await.unwrap();
         assert!(token.starts_with("hvs.") && token.len() > 40);
-        assert!(store.check(Some(&token), "spiffe://td/spire").is_ok());
+        assert!(store.check(Some(&token), "spiffe://td/spire").await.is_ok());
         assert_eq!(
-            store.check(Some(&token), "spiffe://td/other").unwrap_err(),
+            store
+                .check(Some(&token), "spiffe://td/other")
+                .await
+                .unwrap_err(),
             TokenRefusal::WrongClient
         );
         assert_eq!(
-            store.check(Some("hvs.nope"), "x").unwrap_err(),
+            store.check(Some("hvs.nope"), "x").await.unwrap_err(),
             TokenRefusal::Unknown
         );
-        assert_eq!(store.check(None, "x").unwrap_err(), TokenRefusal::Missing);
-        // Renewal is capped by max_ttl from issue.
+        assert_eq!(
+            store.check(None, "x").await.unwrap_err(),
+            TokenRefusal::Missing
+        );
+        // Renewal is capped by max_ttl from issue, and kept.
         let renewed = store
             .renew(&token, "spiffe://td/spire", Some(Seconds(3600)))
+            .await
             .unwrap();
-        let age = renewed
-            .expires
-            .unwrap()
-            .duration_since(info.issued)
+        let age = |info: &TokenInfo| info.expires.unwrap().duration_since(info.issued).unwrap();
+        assert_eq!(age(&renewed).as_secs(), 90);
+        let checked = store
+            .check(Some(&token), "spiffe://td/spire")
+            .await
             .unwrap();
-        assert_eq!(age.as_secs(), 90);
-        let expired = TokenStore::new(Seconds(0), Seconds(0), &[]).unwrap();
-        let (token, _) = expired.issue("a");
+        assert_eq!((checked.issued, age(&checked).as_secs()), (info.issued, 90));
+        let (_dir, expired) = store_with_zero_ttl();
+        let (token, _) = expired.issue("a").await.unwrap();
         assert_eq!(
-            expired.check(Some(&token), "a").unwrap_err(),
+            expired.check(Some(&token), "a").await.unwrap_err(),
             TokenRefusal::Expired
         );
     }
 
-    #[test]
-    fn static_tokens_are_kept_as_hashes() {
+    fn store_with_zero_ttl() -> (tempfile::TempDir, TokenStore) {
+        store(0, 0, &[])
+    }
+
+    #[tokio::test]
+    async fn the_ledger_keeps_only_the_hash_and_the_token_outlives_the_store() {
+        let (dir, tokens) = store(60, 90, &[]);
+        let (token, _) = tokens.issue("spiffe://td/spire").await.unwrap();
+        drop(tokens);
+        // Neither the database nor its write-ahead log holds the token; they hold its hash.
+        let secret = token.strip_prefix("hvs.").unwrap().as_bytes();
+        let hash = hex::encode(sha256(&token));
+        let mut files = String::new();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret));
+            files.push_str(&String::from_utf8_lossy(&bytes));
+        }
+        assert!(files.contains(&hash), "the hash is not stored");
+        // Another store on the same ledger (a restart, another replica) accepts it.
+        let ledger = Store::new(Box::new(
+            Ledger::open(&dir.path().join("ledger.sqlite")).unwrap(),
+        ));
+        let again = TokenStore::new(Seconds(60), Seconds(90), &[], ledger).unwrap();
+        assert!(again.check(Some(&token), "spiffe://td/spire").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn static_tokens_are_kept_as_hashes() {
         let hash = hex::encode(sha256("s3cret"));
-        let store = TokenStore::new(Seconds(60), Seconds(60), &[(hash, "cm".into())]).unwrap();
-        assert!(store.check(Some("s3cret"), "cm").is_ok());
-        assert!(TokenStore::new(Seconds(1), Seconds(1), &[("zz".into(), "x".into())]).is_err());
+        let (_dir, store) = store(60, 60, &[(hash, "cm".into())]);
+        assert!(store.check(Some("s3cret"), "cm").await.is_ok());
+        let (dir, _) = store_with_zero_ttl();
+        let ledger = Store::new(Box::new(
+            Ledger::open(&dir.path().join("other.sqlite")).unwrap(),
+        ));
+        assert!(
+            TokenStore::new(Seconds(1), Seconds(1), &[("zz".into(), "x".into())], ledger).is_err()
+        );
     }
 }
