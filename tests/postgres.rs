@@ -241,6 +241,21 @@ fn the_store_contract_holds(store: &mut dyn CertificateStore) {
     assert_eq!(store.bundle_sequence("a").unwrap(), 1);
     assert_eq!(store.bundle_sequence("b").unwrap(), 2);
     assert_eq!(store.bundle_sequence("a").unwrap(), 3);
+
+    // One replica at a time holds an issuer's CRL lease; it lapses, or is given up.
+    assert!(store.lease_crl("6c51eb35", "replica-a", 100, 130).unwrap());
+    assert!(!store.lease_crl("6c51eb35", "replica-b", 110, 140).unwrap());
+    assert!(
+        store
+            .lease_crl("other-issuer", "replica-b", 110, 140)
+            .unwrap()
+    );
+    assert!(store.lease_crl("6c51eb35", "replica-a", 120, 150).unwrap());
+    assert!(store.lease_crl("6c51eb35", "replica-b", 150, 180).unwrap());
+    store.release_crl("6c51eb35", "replica-a").unwrap(); // not its lease: no effect
+    assert!(!store.lease_crl("6c51eb35", "replica-a", 160, 190).unwrap());
+    store.release_crl("6c51eb35", "replica-b").unwrap();
+    assert!(store.lease_crl("6c51eb35", "replica-a", 160, 190).unwrap());
 }
 
 fn replica(

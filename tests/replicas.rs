@@ -331,3 +331,75 @@ fn a_vault_token_from_one_replica_works_on_another_and_after_a_restart() {
     );
     drop(b);
 }
+
+#[test]
+fn a_revocation_on_one_replica_is_in_the_crl_the_other_serves_within_the_recheck_bound() {
+    let server = Postgres::start(true);
+    let mut appliance = Appliance::prepare();
+    on_postgres(&appliance, &server);
+    appliance.start();
+    let b = appliance.start_replica("b");
+    let rt = runtime();
+    // Both replicas started, and the issuer has one CRL: B found A's and served it.
+    let crls_of =
+        |issuer: &str| appliance.get_at(&b.url, "stranger", &format!("/v1/crl/{issuer}.pem"));
+    assert_eq!(crls_of("online-p256").status, 200);
+    let numbers = server
+        .psql("SELECT string_agg(number::text, ',' ORDER BY issuer_key_id, number) FROM crls");
+    assert_eq!(numbers, "1,1", "one CRL per issuer");
+
+    // A certificate issued by B, revoked on A.
+    let csr = common::appliance::spire_csr(&common::appliance::p256(), &["spiffe://mesh.example"]);
+    let issued = rt
+        .block_on(
+            appliance
+                .client_of(&b.url, "tls", "spire")
+                .sign(&csr, "issuing-ca", None),
+        )
+        .unwrap()
+        .json()
+        .unwrap();
+    let serial = issued["serial"].as_str().unwrap().to_owned();
+    let revoked = rt
+        .block_on(
+            appliance.client("officer").send(
+                "POST",
+                "/v1/revoke",
+                Some("application/json"),
+                serde_json::json!({ "serial": serial, "reason": "key-compromise" })
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .unwrap();
+    assert_eq!(revoked.status, 200, "{:?}", revoked.json());
+    let revoked_at = std::time::Instant::now();
+    // B's CRL lists it within CRL_RECHECK (5 s), plus the time of one fetch.
+    let pem = appliance.path("b-crl.pem");
+    loop {
+        let answer = crls_of("online-p256");
+        assert_eq!(answer.status, 200);
+        std::fs::write(&pem, &answer.body).unwrap();
+        let text = stdout(
+            &std::process::Command::new("openssl")
+                .args(["crl", "-noout", "-text", "-in"])
+                .arg(&pem)
+                .output()
+                .unwrap(),
+        );
+        if text.to_lowercase().contains(&serial.to_lowercase()) {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < std::time::Duration::from_secs(7),
+            "replica B still serves a CRL without {serial}:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        server.psql("SELECT count(*) FROM crls WHERE number = 2"),
+        "1",
+        "the revocation's CRL was signed once"
+    );
+    drop(b);
+}

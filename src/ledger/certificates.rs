@@ -213,6 +213,20 @@ pub trait CertificateStore: Send {
     /// the sequence grows with every change of the bundle, across restarts.
     fn bundle_sequence(&mut self, bundle_sha256: &str) -> Result<u64, LedgerError>;
 
+    /// Takes the right to sign the next CRL of the issuer for `holder` (a replica) until
+    /// `until` (Unix seconds), unless another holder has it past `now`: whoever holds it is the
+    /// only replica signing that issuer's CRLs. Returns whether `holder` has it.
+    fn lease_crl(
+        &mut self,
+        issuer_key_id: &str,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, LedgerError>;
+
+    /// Gives the lease up, if `holder` has it.
+    fn release_crl(&mut self, issuer_key_id: &str, holder: &str) -> Result<(), LedgerError>;
+
     /// Keeps a new Vault token, and forgets the tokens expired before `now` (Unix seconds).
     fn save_token(&mut self, token: &StoredToken, now: i64) -> Result<(), LedgerError>;
 
@@ -256,6 +270,11 @@ CREATE TABLE IF NOT EXISTS crls (
     next_update   INTEGER NOT NULL,
     der           BLOB NOT NULL,
     PRIMARY KEY (issuer_key_id, number)
+) STRICT;
+CREATE TABLE IF NOT EXISTS crl_leases (
+    issuer_key_id TEXT PRIMARY KEY NOT NULL,
+    holder        TEXT NOT NULL,
+    until         INTEGER NOT NULL
 ) STRICT;
 CREATE TABLE IF NOT EXISTS vault_tokens (
     token_sha256  TEXT PRIMARY KEY NOT NULL,
@@ -549,6 +568,37 @@ impl CertificateStore for Ledger {
             .map_err(sqlite)?;
         transaction.commit().map_err(sqlite)?;
         Ok(sequence.unsigned_abs())
+    }
+
+    fn lease_crl(
+        &mut self,
+        issuer_key_id: &str,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, LedgerError> {
+        self.connection
+            .query_row(
+                "INSERT INTO crl_leases (issuer_key_id, holder, until) VALUES (?1, ?2, ?4)
+                 ON CONFLICT (issuer_key_id) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                 WHERE crl_leases.until <= ?3 OR crl_leases.holder = excluded.holder
+                 RETURNING holder",
+                params![issuer_key_id, holder, now, until],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|taken| taken.is_some())
+            .map_err(sqlite(&self.path))
+    }
+
+    fn release_crl(&mut self, issuer_key_id: &str, holder: &str) -> Result<(), LedgerError> {
+        self.connection
+            .execute(
+                "DELETE FROM crl_leases WHERE issuer_key_id = ?1 AND holder = ?2",
+                params![issuer_key_id, holder],
+            )
+            .map(|_| ())
+            .map_err(sqlite(&self.path))
     }
 
     fn save_token(&mut self, token: &StoredToken, now: i64) -> Result<(), LedgerError> {

@@ -801,6 +801,44 @@ impl CertificateStore for PostgresLedger {
         })
     }
 
+    fn lease_crl(
+        &mut self,
+        issuer_key_id: &str,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            // One statement: the row lock it takes decides between replicas asking at once.
+            Ok(client
+                .query_opt(
+                    "INSERT INTO crl_leases (issuer_key_id, holder, until) VALUES ($1, $2, $4)
+                     ON CONFLICT (issuer_key_id) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                     WHERE crl_leases.until <= $3 OR crl_leases.holder = excluded.holder
+                     RETURNING holder",
+                    &[&issuer_key_id, &holder, &now, &until],
+                )
+                .await
+                .map_err(&backend)?
+                .is_some())
+        })
+    }
+
+    fn release_crl(&mut self, issuer_key_id: &str, holder: &str) -> Result<(), LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            client
+                .execute(
+                    "DELETE FROM crl_leases WHERE issuer_key_id = $1 AND holder = $2",
+                    &[&issuer_key_id, &holder],
+                )
+                .await
+                .map(|_| ())
+                .map_err(&backend)
+        })
+    }
+
     fn save_token(&mut self, token: &StoredToken, now: i64) -> Result<(), LedgerError> {
         let backend = self.backend();
         self.with_client(async |client| {
@@ -873,7 +911,7 @@ struct Migration {
 /// The schema, version by version. Never edit a released step: add one.
 const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
-    what: "certificates, revocations, CRLs, bundle sequence, the audit chain, Vault tokens",
+    what: "certificates, revocations, CRLs and their leases, bundle sequence, the audit chain, Vault tokens",
     sql: "
 CREATE TABLE certificates (
     serial        text PRIMARY KEY,
@@ -920,6 +958,12 @@ CREATE TABLE audit_head (
 );
 INSERT INTO audit_head (seq, hash)
     VALUES (0, '0000000000000000000000000000000000000000000000000000000000000000');
+-- Who signs each issuer's next CRL, and until when: one replica at a time.
+CREATE TABLE crl_leases (
+    issuer_key_id text PRIMARY KEY,
+    holder        text NOT NULL,
+    until         bigint NOT NULL
+);
 -- Vault tokens by the SHA-256 of the token, never the token itself.
 CREATE TABLE vault_tokens (
     token_sha256  text PRIMARY KEY,

@@ -125,4 +125,27 @@ impl Store {
         self.run(move |store| store.renew_token(&sha256, expires_at))
             .await
     }
+
+    /// Takes the right to sign the issuer's next CRL for `holder` until `until`, unless
+    /// another replica holds it past `now`; whether `holder` has it.
+    pub async fn lease_crl(
+        &self,
+        issuer_key_id: String,
+        holder: String,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, LedgerError> {
+        self.run(move |store| store.lease_crl(&issuer_key_id, &holder, now, until))
+            .await
+    }
+
+    /// Gives the CRL lease up.
+    pub async fn release_crl(
+        &self,
+        issuer_key_id: String,
+        holder: String,
+    ) -> Result<(), LedgerError> {
+        self.run(move |store| store.release_crl(&issuer_key_id, &holder))
+            .await
+    }
 }

@@ -447,8 +447,16 @@ key_label = "online-rsa2048-2026"
 
     /// `GET path` as the dev client `client`, on a connection of its own.
     pub fn get(&self, client: &str, path: &str) -> hsmca::api::client::Response {
+        self.get_at(&self.url, client, path)
+    }
+
+    /// `GET path` on the service at `url` (this one or a replica) as the dev client `client`.
+    pub fn get_at(&self, url: &str, client: &str, path: &str) -> hsmca::api::client::Response {
         runtime()
-            .block_on(self.client(client).send("GET", path, None, vec![]))
+            .block_on(
+                self.client_of(url, "tls", client)
+                    .send("GET", path, None, vec![]),
+            )
             .unwrap()
     }
 

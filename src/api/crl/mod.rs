@@ -62,13 +62,26 @@ pub async fn refresh_crls(service: &Service) {
                 false
             }
         };
-        if due && let Err(error) = publish_crl(service, issuer, "schedule").await {
+        if due && let Err(error) = publish_crl(service, issuer, SCHEDULED).await {
             tracing::error!(issuer = %issuer.name, error = %error.message, "cannot sign the CRL; retrying in a minute");
         }
     }
 }
 
-/// Signs, stores, audits and serves a new CRL for `issuer`; `trigger` says why.
+/// The trigger of a CRL signed because the last one is due; another replica may have signed
+/// its successor while this one waited for the lease.
+const SCHEDULED: &str = "schedule";
+
+/// How long a replica may hold an issuer's CRL lease: longer than signing and storing one
+/// CRL takes, short enough that a replica that died holding it delays the others little.
+const CRL_LEASE: Duration = Duration::from_secs(30);
+
+/// How long [`publish_crl`] waits for another replica to finish signing the same issuer's
+/// CRL before it gives up.
+const CRL_LEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// Signs, stores, audits and serves a new CRL for `issuer`; `trigger` says why. One replica
+/// at a time signs an issuer's CRLs: the others wait for the ledger's lease.
 pub async fn publish_crl(
     service: &Service,
     issuer: &IssuerState,
@@ -76,6 +89,65 @@ pub async fn publish_crl(
 ) -> Result<Arc<CurrentCrl>, ApiError> {
     let _one_at_a_time = service.crls.signing.lock().await;
     let key_id = hex::encode(&issuer.view.key_identifier);
+    let holder = service.crls.holder.clone();
+    let deadline = std::time::Instant::now() + CRL_LEASE_WAIT;
+    loop {
+        let now = unix_now();
+        let until = now + CRL_LEASE.as_secs() as i64;
+        if service
+            .ledger
+            .lease_crl(key_id.clone(), holder.clone(), now, until)
+            .await
+            .map_err(ledger_error)?
+        {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ApiError::unavailable(
+                "crl_busy",
+                format!("another replica is signing the CRL of {}", issuer.name),
+                Duration::from_secs(5),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let published = match fresh_crl(service, &key_id, trigger).await {
+        Some(crl) => {
+            service.crls.set(&issuer.name, crl);
+            Ok(service.crls.get(&issuer.name).expect("just set"))
+        }
+        None => sign_crl(service, issuer, &key_id, trigger).await,
+    };
+    if let Err(error) = service.ledger.release_crl(key_id, holder).await {
+        // It lapses by itself within CRL_LEASE.
+        tracing::warn!(issuer = %issuer.name, %error, "cannot give the CRL lease up");
+    }
+    published
+}
+
+/// For a scheduled CRL, the one another replica signed meanwhile if it is not due yet.
+async fn fresh_crl(service: &Service, key_id: &str, trigger: &str) -> Option<CurrentCrl> {
+    if trigger != SCHEDULED {
+        return None;
+    }
+    let refresh_before = service.crls.config.refresh_before.0 as i64;
+    match service.ledger.latest_crl(key_id.to_owned()).await {
+        Ok(Some(crl)) if crl.next_update - refresh_before > unix_now() => Some(CurrentCrl {
+            der: crl.der,
+            number: crl.number,
+        }),
+        _ => None,
+    }
+}
+
+/// [`publish_crl`]'s work, with the lease held.
+async fn sign_crl(
+    service: &Service,
+    issuer: &IssuerState,
+    key_id: &str,
+    trigger: &str,
+) -> Result<Arc<CurrentCrl>, ApiError> {
+    let key_id = key_id.to_owned();
     let CrlContents { number, revoked } = service
         .ledger
         .next_crl(key_id.clone())
@@ -159,6 +231,31 @@ pub async fn publish_crl(
     Ok(service.crls.get(&issuer.name).expect("just set"))
 }
 
+/// Serves the ledger's latest CRL of `issuer` if it is newer than this replica's: another
+/// replica signed it (after a revocation there).
+async fn adopt_newer_crl(service: &Service, issuer: &str) {
+    let Some(key_id) = service
+        .settings()
+        .issuers
+        .get(issuer)
+        .map(|state| hex::encode(&state.view.key_identifier))
+    else {
+        return;
+    };
+    match service.ledger.latest_crl(key_id).await {
+        Ok(Some(stored)) => service.crls.set(
+            issuer,
+            CurrentCrl {
+                der: stored.der,
+                number: stored.number,
+            },
+        ),
+        Ok(None) => {}
+        // The CRL held is served; the next request asks again.
+        Err(error) => tracing::warn!(issuer, %error, "cannot read the latest CRL from the ledger"),
+    }
+}
+
 /// `GET /v1/crl/{issuer}` (DER) and `GET /v1/crl/{issuer}.pem`.
 pub async fn crl(State(service): State<Arc<Service>>, Path(name): Path<String>) -> Response {
     let (issuer, pem) = match name.strip_suffix(".pem") {
@@ -172,6 +269,9 @@ pub async fn crl(State(service): State<Arc<Service>>, Path(name): Path<String>) 
             format!("there is no issuer {issuer:?}"),
         )
         .into_response();
+    }
+    if service.crls.stale(issuer) {
+        adopt_newer_crl(&service, issuer).await;
     }
     match service.crls.get(issuer) {
         Some(crl) if pem => (
