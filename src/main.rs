@@ -46,6 +46,11 @@ enum Command {
         #[arg(long, global = true)]
         dry_run: bool,
     },
+    /// Move the ledger between storage backends.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
     /// Check the hash-chained audit log.
     Audit {
         #[command(subcommand)]
@@ -173,6 +178,18 @@ impl From<CeremonyKind> for ceremony::Kind {
             CeremonyKind::Crl => ceremony::Kind::Crl,
         }
     }
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Copy the SQLite ledger and audit log of `--config` into the empty PostgreSQL database
+    /// of `--to`, in one transaction, the audit chain verified on the way. Stop hsmca first;
+    /// then start it with the `--to` configuration. Needs no HSM.
+    Migrate {
+        /// The configuration to move to: its [storage] names the PostgreSQL database.
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -388,6 +405,40 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit {
             command: AuditCommand::Verify { file: Some(file) },
         } => verify_audit_file(&file),
+        Command::Ledger {
+            command: LedgerCommand::Migrate { to },
+        } => {
+            let from_path = cli.config.unwrap_or_else(|| DEFAULT_CONFIG.into());
+            let (ledger, audit_log) = match storage_backend(&from_path)? {
+                StorageBackend::Sqlite { ledger, audit_log } => (ledger, audit_log),
+                StorageBackend::Postgres(_) => {
+                    return Err(CliError::Message(format!(
+                        "{}: [storage] is PostgreSQL already; migrate copies from SQLite",
+                        from_path.display()
+                    )));
+                }
+            };
+            let StorageBackend::Postgres(postgres) = storage_backend(&to)? else {
+                return Err(CliError::Message(format!(
+                    "{}: [storage] must name the PostgreSQL database (postgres = …)",
+                    to.display()
+                )));
+            };
+            let runtime = runtime()?;
+            let target = postgres_ledger(&postgres, &runtime)?;
+            let migrated = hsmca::ledger::migrate::migrate(&ledger, &audit_log, &target)
+                .map_err(|e| CliError::Message(e.to_string()))?;
+            emit(&format!(
+                "copied {} certificates, {} revocations, {} CRLs and {} audit records (chain verified, head {}) into PostgreSQL {}\nnext: start hsmca serve with {}\n",
+                migrated.certificates,
+                migrated.revocations,
+                migrated.crls,
+                migrated.audit_records,
+                migrated.head,
+                postgres.target(),
+                to.display()
+            ))
+        }
         Command::Audit { command } => {
             let path = cli.config.unwrap_or_else(|| DEFAULT_CONFIG.into());
             let config = Config::load(&path)?;
@@ -464,6 +515,18 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
     }
+}
+
+/// The `[storage]` backend of the configuration at `path`, its paths resolved.
+fn storage_backend(path: &Path) -> Result<StorageBackend, CliError> {
+    let config = Config::load(path)?;
+    Ok(config
+        .storage
+        .as_ref()
+        .ok_or_else(|| CliError::Message(format!("{} has no [storage] section", path.display())))?
+        .backend()
+        .map_err(CliError::Message)?
+        .resolved(|p| config.resolve(p)))
 }
 
 /// `hsmca audit verify FILE`.

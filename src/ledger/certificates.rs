@@ -327,6 +327,104 @@ impl Ledger {
             path: path.to_owned(),
         })
     }
+
+    /// Everything the ledger holds, for `hsmca ledger migrate`.
+    pub fn snapshot(&self) -> Result<super::migrate::LedgerSnapshot, LedgerError> {
+        let sqlite = sqlite(&self.path);
+        let mut snapshot = super::migrate::LedgerSnapshot::default();
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT serial, issuer_key_id, subject, sans, profile, client, not_before, not_after, der, issued_at
+                 FROM certificates ORDER BY issued_at, serial",
+            )
+            .map_err(sqlite)?;
+        let rows = statement
+            .query_map([], |row| {
+                let sans: String = row.get(3)?;
+                Ok((
+                    IssuedCertificate {
+                        serial: row.get(0)?,
+                        issuer_key_id: row.get(1)?,
+                        subject: row.get(2)?,
+                        sans: serde_json::from_str(&sans).map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                3,
+                                rusqlite::types::Type::Text,
+                                Box::new(e),
+                            )
+                        })?,
+                        profile: row.get(4)?,
+                        client: row.get(5)?,
+                        not_before: row.get(6)?,
+                        not_after: row.get(7)?,
+                        der: row.get(8)?,
+                    },
+                    row.get(9)?,
+                ))
+            })
+            .map_err(sqlite)?;
+        snapshot.certificates = rows.collect::<Result<_, _>>().map_err(sqlite)?;
+        let mut statement = self
+            .connection
+            .prepare("SELECT serial, reason, revoked_at, officer FROM revocations ORDER BY revoked_at, serial")
+            .map_err(sqlite)?;
+        snapshot.revocations = statement
+            .query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
+            .map_err(sqlite)?
+            .collect::<Result<_, _>>()
+            .map_err(sqlite)?;
+        let mut statement = self
+            .connection
+            .prepare("SELECT issuer_key_id, number, this_update, next_update, der FROM crls ORDER BY issuer_key_id, number")
+            .map_err(sqlite)?;
+        snapshot.crls = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get(0)?,
+                    StoredCrl {
+                        number: row.get::<_, i64>(1)?.unsigned_abs(),
+                        this_update: row.get(2)?,
+                        next_update: row.get(3)?,
+                        der: row.get(4)?,
+                    },
+                ))
+            })
+            .map_err(sqlite)?
+            .collect::<Result<_, _>>()
+            .map_err(sqlite)?;
+        let mut statement = self
+            .connection
+            .prepare("SELECT sequence, sha256, published_at FROM bundles ORDER BY sequence")
+            .map_err(sqlite)?;
+        snapshot.bundles = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .map_err(sqlite)?
+            .collect::<Result<_, _>>()
+            .map_err(sqlite)?;
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT token_sha256, identity, accessor, issued_at, expires_at FROM vault_tokens",
+            )
+            .map_err(sqlite)?;
+        snapshot.tokens = statement
+            .query_map([], |row| {
+                Ok(StoredToken {
+                    sha256: row.get(0)?,
+                    identity: row.get(1)?,
+                    accessor: row.get(2)?,
+                    issued_at: row.get(3)?,
+                    expires_at: row.get(4)?,
+                })
+            })
+            .map_err(sqlite)?
+            .collect::<Result<_, _>>()
+            .map_err(sqlite)?;
+        Ok(snapshot)
+    }
 }
 
 impl CertificateStore for Ledger {

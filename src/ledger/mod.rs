@@ -10,6 +10,7 @@
 //! * [`recorder`]: group commit of issued certificates together with their audit records,
 //!   written through a [`journal::Journal`]: SQLite then the audit file
 //!   ([`journal::SplitJournal`]), or one PostgreSQL transaction.
+//! * [`migrate`]: an SQLite ledger and its audit log copied into PostgreSQL.
 //! * [`postgres`]: the PostgreSQL backend for several replicas: settings, pool, schema,
 //!   [`postgres::PostgresLedger`].
 //! * [`chain`]: how audit records are hashed, linked and checked; [`audit`]: the file that
@@ -20,6 +21,7 @@ pub mod certificates;
 pub mod chain;
 mod config;
 pub mod journal;
+pub mod migrate;
 pub mod postgres;
 pub mod recorder;
 mod store;

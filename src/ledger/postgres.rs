@@ -331,6 +331,121 @@ impl PostgresLedger {
 }
 
 impl PostgresLedger {
+    /// The first kind of content the database holds (`certificates`, `audit records`, ...),
+    /// or `None` when it is as a fresh migration left it.
+    pub fn first_content(&self) -> Result<Option<String>, LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            for table in [
+                "certificates",
+                "revocations",
+                "crls",
+                "bundles",
+                "vault_tokens",
+                "audit_records",
+            ] {
+                let row = client
+                    .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {table})"), &[])
+                    .await
+                    .map_err(&backend)?;
+                if row.get::<_, bool>(0) {
+                    return Ok(Some(table.replace('_', " ")));
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    /// Writes `snapshot` and the audit records `lines` (verified, ending in `head`) into
+    /// this empty database, in one transaction.
+    pub fn import(
+        &self,
+        snapshot: &super::migrate::LedgerSnapshot,
+        lines: &[&str],
+        head: &str,
+    ) -> Result<(), LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            let transaction = client.transaction().await.map_err(&backend)?;
+            // Nobody else may write while the ledger arrives.
+            transaction
+                .batch_execute(
+                    "LOCK TABLE certificates, revocations, crls, bundles, vault_tokens, audit_records, audit_head IN EXCLUSIVE MODE",
+                )
+                .await
+                .map_err(&backend)?;
+            let certificates: Vec<&IssuedCertificate> =
+                snapshot.certificates.iter().map(|(c, _)| c).collect();
+            for chunk in certificates.chunks(1000) {
+                insert_rows(&transaction, chunk).await.map_err(&backend)?;
+            }
+            for (certificate, issued_at) in &snapshot.certificates {
+                transaction
+                    .execute(
+                        "UPDATE certificates SET issued_at = $2 WHERE serial = $1",
+                        &[&certificate.serial, issued_at],
+                    )
+                    .await
+                    .map_err(&backend)?;
+            }
+            for (serial, reason, revoked_at, officer) in &snapshot.revocations {
+                transaction
+                    .execute(
+                        "INSERT INTO revocations (serial, reason, revoked_at, officer) VALUES ($1, $2, $3, $4)",
+                        &[serial, reason, revoked_at, officer],
+                    )
+                    .await
+                    .map_err(&backend)?;
+            }
+            for (issuer_key_id, crl) in &snapshot.crls {
+                transaction
+                    .execute(
+                        "INSERT INTO crls (issuer_key_id, number, this_update, next_update, der) VALUES ($1, $2, $3, $4, $5)",
+                        &[issuer_key_id, &(crl.number as i64), &crl.this_update, &crl.next_update, &crl.der],
+                    )
+                    .await
+                    .map_err(&backend)?;
+            }
+            for (sequence, sha256, published_at) in &snapshot.bundles {
+                transaction
+                    .execute(
+                        "INSERT INTO bundles (sequence, sha256, published_at) VALUES ($1, $2, $3)",
+                        &[sequence, sha256, published_at],
+                    )
+                    .await
+                    .map_err(&backend)?;
+            }
+            for token in &snapshot.tokens {
+                transaction
+                    .execute(
+                        "INSERT INTO vault_tokens (token_sha256, identity, accessor, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                        &[&token.sha256, &token.identity, &token.accessor, &token.issued_at, &token.expires_at],
+                    )
+                    .await
+                    .map_err(&backend)?;
+            }
+            for (chunk_start, chunk) in lines.chunks(1000).enumerate() {
+                let first = (chunk_start * 1000) as i64 + 1;
+                let seqs: Vec<i64> = (first..first + chunk.len() as i64).collect();
+                transaction
+                    .execute(
+                        "INSERT INTO audit_records (seq, line) SELECT * FROM unnest($1::bigint[], $2::text[])",
+                        &[&seqs, &chunk],
+                    )
+                    .await
+                    .map_err(&backend)?;
+            }
+            transaction
+                .execute(
+                    "UPDATE audit_head SET seq = $1, hash = $2",
+                    &[&(lines.len() as i64), &head],
+                )
+                .await
+                .map_err(&backend)?;
+            transaction.commit().await.map_err(&backend)
+        })
+    }
+
     /// Checks the cluster's audit chain, every record in order, and that it ends where the
     /// head row says; returns the number of records and the head hash.
     pub fn verify_audit(&self) -> Result<(u64, String), LedgerError> {
