@@ -81,6 +81,21 @@ pub struct StoredToken {
     pub expires_at: i64,
 }
 
+/// Everything a ledger holds, as `hsmca ledger migrate` reads and writes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LedgerSnapshot {
+    /// Issued certificates, each with when it was recorded (Unix seconds).
+    pub certificates: Vec<(IssuedCertificate, i64)>,
+    /// Revocations as stored: serial, reason name, time, officer.
+    pub revocations: Vec<(String, String, i64, String)>,
+    /// Every CRL, by issuer key identifier.
+    pub crls: Vec<(String, StoredCrl)>,
+    /// The bundle sequence: sequence, SHA-256 of the bundle, when published.
+    pub bundles: Vec<(i64, String, i64)>,
+    /// Vault tokens, by hash.
+    pub tokens: Vec<StoredToken>,
+}
+
 /// Why the ledger could not be used. The variants name what went wrong, not which database
 /// it went wrong in: a backend's own errors are the boxed source of [`LedgerError::Backend`].
 #[derive(Debug, thiserror::Error)]
@@ -329,9 +344,9 @@ impl Ledger {
     }
 
     /// Everything the ledger holds, for `hsmca ledger migrate`.
-    pub fn snapshot(&self) -> Result<super::migrate::LedgerSnapshot, LedgerError> {
+    pub fn snapshot(&self) -> Result<LedgerSnapshot, LedgerError> {
         let sqlite = sqlite(&self.path);
-        let mut snapshot = super::migrate::LedgerSnapshot::default();
+        let mut snapshot = LedgerSnapshot::default();
         let mut statement = self
             .connection
             .prepare(

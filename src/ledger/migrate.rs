@@ -5,24 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use super::audit::AuditError;
-use super::certificates::{IssuedCertificate, Ledger, LedgerError, StoredCrl, StoredToken};
+use super::certificates::{Ledger, LedgerError};
 use super::chain::verify_records;
 use super::postgres::PostgresLedger;
-
-/// Everything an SQLite ledger holds, as read for a migration.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LedgerSnapshot {
-    /// Issued certificates, each with when it was recorded (Unix seconds).
-    pub certificates: Vec<(IssuedCertificate, i64)>,
-    /// Revocations as stored: serial, reason name, time, officer.
-    pub revocations: Vec<(String, String, i64, String)>,
-    /// Every CRL, by issuer key identifier.
-    pub crls: Vec<(String, StoredCrl)>,
-    /// The bundle sequence: sequence, SHA-256 of the bundle, when published.
-    pub bundles: Vec<(i64, String, i64)>,
-    /// Vault tokens, by hash.
-    pub tokens: Vec<StoredToken>,
-}
 
 /// What a migration copied.
 #[derive(Clone, Debug, PartialEq, Eq)]

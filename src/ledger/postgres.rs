@@ -23,7 +23,8 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::certificates::{
-    CertificateStore, IssuedCertificate, LedgerError, Revocation, StoredCrl, StoredToken,
+    CertificateStore, IssuedCertificate, LedgerError, LedgerSnapshot, Revocation, StoredCrl,
+    StoredToken,
 };
 use super::chain::{AuditChain, AuditEvent, record_time, verify_records};
 use super::journal::{EntryResults, Journal, JournalEntry, JournalError, unrecorded};
@@ -360,7 +361,7 @@ impl PostgresLedger {
     /// this empty database, in one transaction.
     pub fn import(
         &self,
-        snapshot: &super::migrate::LedgerSnapshot,
+        snapshot: &LedgerSnapshot,
         lines: &[&str],
         head: &str,
     ) -> Result<(), LedgerError> {
