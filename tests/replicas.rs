@@ -403,3 +403,202 @@ fn a_revocation_on_one_replica_is_in_the_crl_the_other_serves_within_the_recheck
     );
     drop(b);
 }
+
+/// `N` distinct free TCP ports on 127.0.0.1 (held together while chosen, so none repeats).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<_> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+}
+
+/// haproxy in TCP mode in front of the replicas (TLS passes through; mTLS ends at hsmca),
+/// health-checking each one's `/readyz` on its operations listener. Stopped when dropped.
+struct LoadBalancer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl LoadBalancer {
+    /// Listens on a free port and balances over `replicas`: (name, TLS port, ops port).
+    fn start(dir: &std::path::Path, port: u16, replicas: &[(&str, u16, u16)]) -> LoadBalancer {
+        let servers: String = replicas
+            .iter()
+            .map(|(name, tls, ops)| format!("  server {name} 127.0.0.1:{tls} check port {ops}\n"))
+            .collect();
+        let config = dir.join("haproxy.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "global\n  maxconn 2000\n\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  retries 3\n  option redispatch\n\n\
+                 frontend tls\n  bind 127.0.0.1:{port}\n  default_backend hsmca\n\n\
+                 backend hsmca\n  balance roundrobin\n  option httpchk GET /readyz\n  http-check expect status 200\n  default-server inter 200ms fall 2 rise 2\n{servers}"
+            ),
+        )
+        .unwrap();
+        let check = std::process::Command::new("haproxy")
+            .arg("-c")
+            .arg("-f")
+            .arg(&config)
+            .output()
+            .expect("haproxy is not installed: tests/run.sh installs the Debian package haproxy");
+        assert!(check.status.success(), "{}", stderr(&check));
+        let child = std::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Listening once a TCP connect succeeds (bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "haproxy did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        LoadBalancer {
+            child,
+            url: format!("https://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for LoadBalancer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Certificates issued by the replica whose operations listener is `ops_url`, by its
+/// `/metrics`.
+fn issued_by(ops_url: &str) -> u64 {
+    let (_, metrics) = ops_get(ops_url, "/metrics");
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("hsmca_certificates_issued_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn behind_haproxy_a_replica_killed_under_load_costs_only_its_in_flight_requests_and_rejoins() {
+    let server = Postgres::start(false);
+    let appliance = Appliance::prepare();
+    let password_file = server.password_file(appliance.dir.path());
+    let storage = format!(
+        "[storage]\npostgres = \"{}\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
+        server.url(),
+        password_file.display()
+    );
+    appliance.write_config_with(|text| {
+        text.replace(
+            "[storage]\nledger = \"ledger.sqlite\"\naudit_log = \"audit.log\"\n",
+            &storage,
+        )
+    });
+    let config: PostgresConfig = toml::from_str(&storage.replace("[storage]\n", "")).unwrap();
+    // Each replica on fixed ports, so the load balancer finds a restarted one again.
+    let text = std::fs::read_to_string(appliance.config_path()).unwrap();
+    let [a_tls, a_ops, b_tls, b_ops, balancer_port] = free_ports();
+    let mut ports = Vec::new();
+    for (name, tls, ops) in [("a", a_tls, a_ops), ("b", b_tls, b_ops)] {
+        // ops_listen first: "listen = …" is also the end of "ops_listen = …".
+        let own = text
+            .replace(
+                "ops_listen = \"127.0.0.1:0\"",
+                &format!("ops_listen = \"127.0.0.1:{ops}\""),
+            )
+            .replace(
+                "\nlisten = \"127.0.0.1:0\"",
+                &format!("\nlisten = \"127.0.0.1:{tls}\""),
+            );
+        assert_ne!(own, text);
+        std::fs::write(appliance.path(&format!("{name}.toml")), own).unwrap();
+        ports.push((name, tls, ops));
+    }
+    let a = appliance.start_replica_with("a", &appliance.path("a.toml"));
+    let mut b = appliance.start_replica_with("b", &appliance.path("b.toml"));
+    let balancer = LoadBalancer::start(appliance.dir.path(), balancer_port, &ports);
+    let rt = runtime();
+    let connections = 64;
+    let load = Load::start(
+        &rt,
+        &appliance.client_of(&balancer.url, "tls", "istiod"),
+        connections,
+        &distinct_csrs(64),
+        "issuing-ca",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        issued_by(&a.ops_url) > 0 && issued_by(&b.ops_url) > 0,
+        "both replicas serve"
+    );
+    b.kill9();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let b = appliance.start_replica_with("b", &appliance.path("b.toml"));
+    let mut outcomes = load.finish(&rt);
+    // The load balancer finds B healthy again and sends it new connections (the old ones
+    // stay on A: keep-alive); its counters start at 0.
+    let csrs = distinct_csrs(8);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while issued_by(&b.ops_url) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted replica got no work"
+        );
+        let fresh = Load::start(
+            &rt,
+            &appliance.client_of(&balancer.url, "tls", "istiod"),
+            8,
+            &csrs,
+            "issuing-ca",
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        outcomes.extend(fresh.finish(&rt));
+    }
+    let lost = outcomes
+        .iter()
+        .filter(|o| matches!(o, common::load::Outcome::Lost(_)))
+        .count();
+    let refused: Vec<_> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            common::load::Outcome::Refused(status, body) => Some((status, body)),
+            _ => None,
+        })
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+    // Only the requests in flight on B's connections when it died fail: at most one per
+    // connection, whichever replica the connection was on.
+    assert!(
+        lost <= connections,
+        "{lost} requests lost with {connections} connections"
+    );
+    let answers = issued(&outcomes);
+    eprintln!(
+        "issued {}, lost when B was killed {lost}, of {} requests",
+        answers.len(),
+        outcomes.len()
+    );
+    drop(balancer);
+    let mut a = a;
+    assert!(a.stop().success(), "{}", a.log());
+    let mut b = b;
+    assert!(b.stop().success(), "{}", b.log());
+    let exported = appliance.path("exported-audit.log");
+    let store = books(&config, &rt, &exported);
+    assert_recorded_in(&store, &exported, &answers);
+    // What was stored but never answered is at most what was lost (committed just before the
+    // kill, the answer cut off with the connection).
+    let stored = store.count().unwrap() as usize;
+    assert!(
+        stored >= answers.len() && stored - answers.len() <= lost,
+        "stored {stored}, answered {}, lost {lost}",
+        answers.len()
+    );
+}

@@ -8,8 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # golang-go: Go's crypto/x509, the verifier of SPIRE and istiod (tests/go/svid_verify.go);
-# postgresql: the server tests/common/postgres.rs starts per test, as the postgres user.
-softhsm/install-deps.sh golang-go postgresql
+# postgresql: the server tests/common/postgres.rs starts per test, as the postgres user;
+# haproxy: the load balancer tests/replicas.rs puts in front of the replicas.
+softhsm/install-deps.sh golang-go postgresql haproxy
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "==> installing cargo-nextest" >&2
     cargo install cargo-nextest --locked --quiet

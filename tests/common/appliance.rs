@@ -89,6 +89,16 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// Kills it with SIGKILL, as a crash would, and reaps it.
+    pub fn kill9(&mut self) {
+        send_signal(self.pid(), "KILL");
+        self.child
+            .take()
+            .expect("the replica is running")
+            .wait()
+            .unwrap();
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the replica is running").id()
@@ -232,10 +242,15 @@ key_label = "online-rsa2048-2026"
 
     /// `hsmca serve` with this config, the token's SoftHSM2 config and `HSMCA_LOG`.
     pub fn serve_command(&self) -> Command {
+        self.serve_command_with(&self.config_path())
+    }
+
+    /// `hsmca serve` with the config at `config` (a replica's own).
+    fn serve_command_with(&self, config: &Path) -> Command {
         let mut command = self.token.hsmca_command(&["serve"]);
         command
             .arg("--config")
-            .arg(self.config_path())
+            .arg(config)
             .env("HSMCA_LOG", "hsmca=info")
             .envs(self.env.iter().cloned());
         command
@@ -266,7 +281,7 @@ key_label = "online-rsa2048-2026"
     /// Starts the service and waits until it says where it listens. Panics with its output
     /// if it exits instead.
     pub fn start(&mut self) {
-        let started = self.spawn("serve.log");
+        let started = self.spawn("serve.log", &self.config_path());
         self.url = started.url;
         self.ops_url = started.ops_url;
         self.child = Some(started.child);
@@ -276,7 +291,12 @@ key_label = "online-rsa2048-2026"
     /// Starts one more `hsmca serve` with the same config and token, as another replica
     /// would (its own ports, its log in `serve-NAME.log`).
     pub fn start_replica(&self, name: &str) -> Replica {
-        let started = self.spawn(&format!("serve-{name}.log"));
+        self.start_replica_with(name, &self.config_path())
+    }
+
+    /// [`Appliance::start_replica`] with a config of the replica's own (fixed ports, say).
+    pub fn start_replica_with(&self, name: &str, config: &Path) -> Replica {
+        let started = self.spawn(&format!("serve-{name}.log"), config);
         Replica {
             child: Some(started.child),
             url: started.url,
@@ -286,9 +306,9 @@ key_label = "online-rsa2048-2026"
     }
 
     /// Spawns `hsmca serve`, its stderr appended to `log`, and waits for its listeners.
-    fn spawn(&self, log: &str) -> Started {
+    fn spawn(&self, log: &str, config: &Path) -> Started {
         let mut child = self
-            .serve_command()
+            .serve_command_with(config)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
