@@ -602,3 +602,80 @@ fn behind_haproxy_a_replica_killed_under_load_costs_only_its_in_flight_requests_
         answers.len()
     );
 }
+
+#[test]
+fn backend_connections_cut_mid_transaction_never_let_a_certificate_out_unrecorded() {
+    let server = Postgres::start(false);
+    let mut appliance = Appliance::prepare();
+    let password_file = server.password_file(appliance.dir.path());
+    let storage = format!(
+        "[storage]\npostgres = \"{}\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
+        server.url(),
+        password_file.display()
+    );
+    appliance.write_config_with(|text| {
+        text.replace(
+            "[storage]\nledger = \"ledger.sqlite\"\naudit_log = \"audit.log\"\n",
+            &storage,
+        )
+    });
+    let config: PostgresConfig = toml::from_str(&storage.replace("[storage]\n", "")).unwrap();
+    appliance.start();
+    let rt = runtime();
+    let load = Load::start(
+        &rt,
+        &appliance.client("istiod"),
+        16,
+        &distinct_csrs(32),
+        "issuing-ca",
+    );
+    // Every connection hsmca holds, cut ten times, 150 ms apart, whatever it is doing.
+    let mut cut = 0;
+    for _ in 0..10 {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        cut += server
+            .psql("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'hsmca') AS cut")
+            .parse::<u32>()
+            .unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let outcomes = load.finish(&rt);
+    assert!(cut > 0, "no backend was cut");
+    let mut refused = 0;
+    for outcome in &outcomes {
+        match outcome {
+            common::load::Outcome::Issued(_) => {}
+            common::load::Outcome::Refused(status, body) => {
+                assert_eq!(*status, 503, "{body}");
+                refused += 1;
+            }
+            common::load::Outcome::Lost(error) => panic!("a connection was lost: {error}"),
+        }
+    }
+    let answers = issued(&outcomes);
+    eprintln!(
+        "backends cut {cut}; issued {}, refused {refused}",
+        answers.len()
+    );
+    // Issuing went on after the cuts.
+    assert!(
+        outcomes
+            .iter()
+            .rev()
+            .take(4)
+            .all(|o| matches!(o, common::load::Outcome::Issued(_))),
+        "the last requests were not issued"
+    );
+    assert!(appliance.stop().success(), "{}", appliance.server_log());
+    let exported = appliance.path("exported-audit.log");
+    let store = books(&config, &rt, &exported);
+    assert_recorded_in(&store, &exported, &answers);
+    // A commit whose answer was cut may have happened: such certificates are recorded, never
+    // handed out, and no more than the refusals.
+    let stored = store.count().unwrap() as usize;
+    assert!(
+        stored >= answers.len() && stored - answers.len() <= refused,
+        "stored {stored}, answered {}, refused {refused}",
+        answers.len()
+    );
+}
