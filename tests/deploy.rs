@@ -32,13 +32,14 @@ fn the_systemd_unit_scores_ok_in_systemd_analyze_security() {
 #[test]
 fn the_kubernetes_manifests_are_valid_and_restricted() {
     let dir = repo_path("deploy/kubernetes");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
+    let mut files: Vec<_> = [dir.clone(), dir.join("replicated")]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).unwrap())
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 8, "{files:?}");
+    assert!(files.len() >= 13, "{files:?}");
     let mut args = vec![std::path::PathBuf::from("1.31.0")];
     args.extend(files.iter().cloned());
     let refs: Vec<&std::path::Path> = args.iter().map(|p| p.as_path()).collect();
@@ -83,9 +84,9 @@ fn the_kubernetes_manifests_are_valid_and_restricted() {
     }
 }
 
-#[test]
-fn the_configuration_the_manifests_ship_is_one_hsmca_accepts() {
-    let configmap = std::fs::read_to_string(repo_path("deploy/kubernetes/configmap.yaml")).unwrap();
+/// The `hsmca.toml` a ConfigMap manifest ships, parsed.
+fn shipped_config(path: &str) -> hsmca::config::Config {
+    let configmap = std::fs::read_to_string(repo_path(path)).unwrap();
     let toml: String = configmap
         .split("hsmca.toml: |\n")
         .nth(1)
@@ -100,6 +101,41 @@ fn the_configuration_the_manifests_ship_is_one_hsmca_accepts() {
     for (name, profile) in &config.profiles {
         assert_eq!(profile.verifier_warning(), None, "profile {name}");
     }
+    config
+}
+
+#[test]
+fn the_replicated_manifests_run_two_replicas_on_postgres_on_two_nodes() {
+    let config = shipped_config("deploy/kubernetes/replicated/configmap.yaml");
+    let backend = config.storage.as_ref().unwrap().backend().unwrap();
+    let hsmca::ledger::StorageBackend::Postgres(postgres) = backend else {
+        panic!("the replicated ConfigMap must use PostgreSQL: {backend:?}")
+    };
+    postgres.validate().unwrap();
+    assert_eq!(
+        postgres.sslmode,
+        hsmca::ledger::postgres::PostgresTls::VerifyFull
+    );
+    for secret in [&postgres.password_file, &postgres.ca_file] {
+        assert!(secret.as_ref().unwrap().starts_with("/run/hsmca/private"));
+    }
+    let deployment =
+        std::fs::read_to_string(repo_path("deploy/kubernetes/replicated/deployment.yaml")).unwrap();
+    for needed in [
+        "replicas: 2",
+        "podAntiAffinity",
+        "topologyKey: kubernetes.io/hostname",
+        "/secret/postgres/*",
+        "maxUnavailable: 0",
+    ] {
+        assert!(deployment.contains(needed), "{needed}");
+    }
+    assert!(!deployment.contains("persistentVolumeClaim"));
+}
+
+#[test]
+fn the_configuration_the_manifests_ship_is_one_hsmca_accepts() {
+    let config = shipped_config("deploy/kubernetes/configmap.yaml");
     let server = config.server.expect("[server]");
     assert!(
         server.ops_listen.is_some(),
