@@ -9,7 +9,7 @@ use common::appliance::{Appliance, p256, runtime, spire_csr};
 use common::postgres::Postgres;
 use common::{stderr, stdout};
 
-const SQLITE: &str = "[storage]\nledger = \"ledger.sqlite\"\naudit_log = \"audit.log\"\n";
+const SQLITE: &str = Appliance::SQLITE_STORAGE;
 
 #[test]
 fn an_sqlite_appliance_moves_to_postgres_with_its_chain_and_goes_on_there() {
@@ -29,18 +29,8 @@ fn an_sqlite_appliance_moves_to_postgres_with_its_chain_and_goes_on_there() {
             .unwrap();
         serials.push(answer["serial"].as_str().unwrap().to_owned());
     }
-    let revoked = rt
-        .block_on(
-            appliance.client("officer").send(
-                "POST",
-                "/v1/revoke",
-                Some("application/json"),
-                serde_json::json!({ "serial": serials[0], "reason": "superseded" })
-                    .to_string()
-                    .into_bytes(),
-            ),
-        )
-        .unwrap()
+    let revoked = appliance
+        .revoke(&appliance.url, &serials[0], "superseded")
         .json()
         .unwrap();
     let crl_number = revoked["crl_number"].as_u64().expect("a CRL was signed");
@@ -59,12 +49,7 @@ fn an_sqlite_appliance_moves_to_postgres_with_its_chain_and_goes_on_there() {
     let records_before = appliance.audit_records().len();
 
     // The configuration to move to: the same, with [storage] on PostgreSQL.
-    let password_file = server.password_file(appliance.dir.path());
-    let postgres = format!(
-        "[storage]\npostgres = \"{}\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
-        server.url(),
-        password_file.display()
-    );
+    let postgres = server.storage_section(appliance.dir.path(), false);
     let sqlite_config = std::fs::read_to_string(appliance.config_path()).unwrap();
     let pg_config = appliance.path("hsmca-pg.toml");
     std::fs::write(&pg_config, sqlite_config.replace(SQLITE, &postgres)).unwrap();
@@ -116,18 +101,8 @@ fn an_sqlite_appliance_moves_to_postgres_with_its_chain_and_goes_on_there() {
         .json()
         .unwrap();
     assert_eq!(bundle["spiffe_sequence"], 1);
-    let revoke_again = rt
-        .block_on(
-            appliance.client("officer").send(
-                "POST",
-                "/v1/revoke",
-                Some("application/json"),
-                serde_json::json!({ "serial": serials[1], "reason": "superseded" })
-                    .to_string()
-                    .into_bytes(),
-            ),
-        )
-        .unwrap()
+    let revoke_again = appliance
+        .revoke(&appliance.url, &serials[1], "superseded")
         .json()
         .unwrap();
     assert_eq!(revoke_again["crl_number"].as_u64(), Some(crl_number + 1));
@@ -182,20 +157,12 @@ fn a_broken_chain_is_not_migrated_and_the_target_stays_empty() {
     let log = appliance.path("audit.log");
     let text = std::fs::read_to_string(&log).unwrap();
     std::fs::write(&log, text.replacen("\"actor\":\"", "\"actor\":\"x", 2)).unwrap();
-    let password_file = server.password_file(appliance.dir.path());
     let pg_config = appliance.path("hsmca-pg.toml");
     std::fs::write(
         &pg_config,
         std::fs::read_to_string(appliance.config_path())
             .unwrap()
-            .replace(
-                SQLITE,
-                &format!(
-                    "[storage]\npostgres = \"{}\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
-                    server.url(),
-                    password_file.display()
-                ),
-            ),
+            .replace(SQLITE, &server.storage_section(appliance.dir.path(), false)),
     )
     .unwrap();
     let migrated = appliance

@@ -12,23 +12,6 @@ use common::{audit_verify, stderr, stdout};
 use hsmca::ledger::certificates::CertificateStore;
 use hsmca::ledger::postgres::{PostgresConfig, PostgresLedger};
 
-/// The appliance's config with `[storage]` on `server` (TLS verify-full).
-fn on_postgres(appliance: &Appliance, server: &Postgres) -> PostgresConfig {
-    let password_file = server.password_file(appliance.dir.path());
-    let storage = format!(
-        "[storage]\npostgres = \"{}\"\npassword_file = \"{}\"\nca_file = \"{}\"\npool_size = 4\n",
-        server.url(),
-        password_file.display(),
-        server.ca_file().display()
-    );
-    appliance.write_config_with(|text| {
-        let sqlite = "[storage]\nledger = \"ledger.sqlite\"\naudit_log = \"audit.log\"\n";
-        assert!(text.contains(sqlite));
-        text.replace(sqlite, &storage)
-    });
-    toml::from_str(&storage.replace("[storage]\n", "")).unwrap()
-}
-
 /// The cluster's audit chain exported to `path`, and the store, as an auditor reads them.
 fn books(
     config: &PostgresConfig,
@@ -43,11 +26,33 @@ fn books(
     store
 }
 
+/// The books after the replicas stopped: every answered certificate is in the database with
+/// its record and the chain verifies; what is stored beyond the answers (a commit whose answer
+/// never arrived) is at most `unanswered`. Returns the store and the exported chain.
+fn assert_books(
+    appliance: &Appliance,
+    config: &PostgresConfig,
+    rt: &tokio::runtime::Runtime,
+    answers: &[&serde_json::Value],
+    unanswered: usize,
+) -> (PostgresLedger, std::path::PathBuf) {
+    let exported = appliance.path("exported-audit.log");
+    let store = books(config, rt, &exported);
+    assert_recorded_in(&store, &exported, answers);
+    let stored = store.count().unwrap() as usize;
+    assert!(
+        stored >= answers.len() && stored - answers.len() <= unanswered,
+        "stored {stored}, answered {}, at most {unanswered} more allowed",
+        answers.len()
+    );
+    (store, exported)
+}
+
 #[test]
 fn two_replicas_serve_under_load_and_keep_one_set_of_books() {
     let server = Postgres::start(true);
     let mut appliance = Appliance::prepare();
-    let config = on_postgres(&appliance, &server);
+    let config = appliance.use_postgres(&server, true);
     appliance.start();
     let mut b: Replica = appliance.start_replica("b");
     let rt = runtime();
@@ -81,11 +86,8 @@ fn two_replicas_serve_under_load_and_keep_one_set_of_books() {
     assert!(b.stop().success(), "{}", b.log());
 
     let answers: Vec<_> = outcomes.iter().flat_map(|o| issued(o)).collect();
-    let exported = appliance.path("exported-audit.log");
-    let store = books(&config, &rt, &exported);
-    assert_recorded_in(&store, &exported, &answers);
     // Nothing else was stored, and no serial twice.
-    assert_eq!(store.count().unwrap(), answers.len() as u64);
+    let (_, exported) = assert_books(&appliance, &config, &rt, &answers, 0);
     let serials: std::collections::HashSet<&str> = answers
         .iter()
         .map(|a| a["serial"].as_str().unwrap())
@@ -171,19 +173,7 @@ fn wait_ready(ops_url: &str, status: u16) {
 fn a_database_outage_under_load_refuses_with_503_and_recovers_without_a_restart() {
     let server = Postgres::start(false);
     let mut appliance = Appliance::prepare();
-    let password_file = server.password_file(appliance.dir.path());
-    let storage = format!(
-        "[storage]\npostgres = \"{}\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
-        server.url(),
-        password_file.display(),
-    );
-    appliance.write_config_with(|text| {
-        text.replace(
-            "[storage]\nledger = \"ledger.sqlite\"\naudit_log = \"audit.log\"\n",
-            &storage,
-        )
-    });
-    let config: PostgresConfig = toml::from_str(&storage.replace("[storage]\n", "")).unwrap();
+    let config = appliance.use_postgres(&server, false);
     appliance.start();
     let rt = runtime();
     let load = Load::start(
@@ -256,16 +246,9 @@ fn vault(
 fn a_vault_token_from_one_replica_works_on_another_and_after_a_restart() {
     let server = Postgres::start(false);
     let mut appliance = Appliance::prepare();
-    let password_file = server.password_file(appliance.dir.path());
+    let storage = server.storage_section(appliance.dir.path(), false);
     appliance.write_config_with(|text| {
-        let text = text.replace(
-            "[storage]\nledger = \"ledger.sqlite\"\naudit_log = \"audit.log\"\n",
-            &format!(
-                "[storage]\npostgres = \"{}\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
-                server.url(),
-                password_file.display()
-            ),
-        );
+        let text = text.replace(Appliance::SQLITE_STORAGE, &storage);
         format!("{text}\n[vault]\nmount = \"pki\"\nsign_intermediate_profile = \"issuing-ca\"\n")
     });
     appliance.start();
@@ -336,7 +319,7 @@ fn a_vault_token_from_one_replica_works_on_another_and_after_a_restart() {
 fn a_revocation_on_one_replica_is_in_the_crl_the_other_serves_within_the_recheck_bound() {
     let server = Postgres::start(true);
     let mut appliance = Appliance::prepare();
-    on_postgres(&appliance, &server);
+    appliance.use_postgres(&server, true);
     appliance.start();
     let b = appliance.start_replica("b");
     let rt = runtime();
@@ -360,18 +343,7 @@ fn a_revocation_on_one_replica_is_in_the_crl_the_other_serves_within_the_recheck
         .json()
         .unwrap();
     let serial = issued["serial"].as_str().unwrap().to_owned();
-    let revoked = rt
-        .block_on(
-            appliance.client("officer").send(
-                "POST",
-                "/v1/revoke",
-                Some("application/json"),
-                serde_json::json!({ "serial": serial, "reason": "key-compromise" })
-                    .to_string()
-                    .into_bytes(),
-            ),
-        )
-        .unwrap();
+    let revoked = appliance.revoke(&appliance.url, &serial, "key-compromise");
     assert_eq!(revoked.status, 200, "{:?}", revoked.json());
     let revoked_at = std::time::Instant::now();
     // B's CRL lists it within CRL_RECHECK (5 s), plus the time of one fetch.
@@ -489,19 +461,7 @@ fn issued_by(ops_url: &str) -> u64 {
 fn behind_haproxy_a_replica_killed_under_load_costs_only_its_in_flight_requests_and_rejoins() {
     let server = Postgres::start(false);
     let appliance = Appliance::prepare();
-    let password_file = server.password_file(appliance.dir.path());
-    let storage = format!(
-        "[storage]\npostgres = \"{}\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
-        server.url(),
-        password_file.display()
-    );
-    appliance.write_config_with(|text| {
-        text.replace(
-            "[storage]\nledger = \"ledger.sqlite\"\naudit_log = \"audit.log\"\n",
-            &storage,
-        )
-    });
-    let config: PostgresConfig = toml::from_str(&storage.replace("[storage]\n", "")).unwrap();
+    let config = appliance.use_postgres(&server, false);
     // Each replica on fixed ports, so the load balancer finds a restarted one again.
     let text = std::fs::read_to_string(appliance.config_path()).unwrap();
     let [a_tls, a_ops, b_tls, b_ops, balancer_port] = free_ports();
@@ -590,36 +550,16 @@ fn behind_haproxy_a_replica_killed_under_load_costs_only_its_in_flight_requests_
     assert!(a.stop().success(), "{}", a.log());
     let mut b = b;
     assert!(b.stop().success(), "{}", b.log());
-    let exported = appliance.path("exported-audit.log");
-    let store = books(&config, &rt, &exported);
-    assert_recorded_in(&store, &exported, &answers);
     // What was stored but never answered is at most what was lost (committed just before the
     // kill, the answer cut off with the connection).
-    let stored = store.count().unwrap() as usize;
-    assert!(
-        stored >= answers.len() && stored - answers.len() <= lost,
-        "stored {stored}, answered {}, lost {lost}",
-        answers.len()
-    );
+    assert_books(&appliance, &config, &rt, &answers, lost);
 }
 
 #[test]
 fn backend_connections_cut_mid_transaction_never_let_a_certificate_out_unrecorded() {
     let server = Postgres::start(false);
     let mut appliance = Appliance::prepare();
-    let password_file = server.password_file(appliance.dir.path());
-    let storage = format!(
-        "[storage]\npostgres = \"{}\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
-        server.url(),
-        password_file.display()
-    );
-    appliance.write_config_with(|text| {
-        text.replace(
-            "[storage]\nledger = \"ledger.sqlite\"\naudit_log = \"audit.log\"\n",
-            &storage,
-        )
-    });
-    let config: PostgresConfig = toml::from_str(&storage.replace("[storage]\n", "")).unwrap();
+    let config = appliance.use_postgres(&server, false);
     appliance.start();
     let rt = runtime();
     let load = Load::start(
@@ -667,15 +607,7 @@ fn backend_connections_cut_mid_transaction_never_let_a_certificate_out_unrecorde
         "the last requests were not issued"
     );
     assert!(appliance.stop().success(), "{}", appliance.server_log());
-    let exported = appliance.path("exported-audit.log");
-    let store = books(&config, &rt, &exported);
-    assert_recorded_in(&store, &exported, &answers);
     // A commit whose answer was cut may have happened: such certificates are recorded, never
     // handed out, and no more than the refusals.
-    let stored = store.count().unwrap() as usize;
-    assert!(
-        stored >= answers.len() && stored - answers.len() <= refused,
-        "stored {stored}, answered {}, refused {refused}",
-        answers.len()
-    );
+    assert_books(&appliance, &config, &rt, &answers, refused);
 }

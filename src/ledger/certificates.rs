@@ -252,6 +252,24 @@ pub trait CertificateStore: Send {
     fn renew_token(&mut self, sha256: &str, expires_at: i64) -> Result<(), LedgerError>;
 }
 
+/// A certificate from the first nine columns of `row`, in the order of `certificates`.
+fn certificate_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IssuedCertificate> {
+    let sans: String = row.get(3)?;
+    Ok(IssuedCertificate {
+        serial: row.get(0)?,
+        issuer_key_id: row.get(1)?,
+        subject: row.get(2)?,
+        sans: serde_json::from_str(&sans).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        profile: row.get(4)?,
+        client: row.get(5)?,
+        not_before: row.get(6)?,
+        not_after: row.get(7)?,
+        der: row.get(8)?,
+    })
+}
+
 /// The SQLite ledger database.
 pub struct Ledger {
     connection: Connection,
@@ -355,29 +373,7 @@ impl Ledger {
             )
             .map_err(sqlite)?;
         let rows = statement
-            .query_map([], |row| {
-                let sans: String = row.get(3)?;
-                Ok((
-                    IssuedCertificate {
-                        serial: row.get(0)?,
-                        issuer_key_id: row.get(1)?,
-                        subject: row.get(2)?,
-                        sans: serde_json::from_str(&sans).map_err(|e| {
-                            rusqlite::Error::FromSqlConversionFailure(
-                                3,
-                                rusqlite::types::Type::Text,
-                                Box::new(e),
-                            )
-                        })?,
-                        profile: row.get(4)?,
-                        client: row.get(5)?,
-                        not_before: row.get(6)?,
-                        not_after: row.get(7)?,
-                        der: row.get(8)?,
-                    },
-                    row.get(9)?,
-                ))
-            })
+            .query_map([], |row| Ok((certificate_from_row(row)?, row.get(9)?)))
             .map_err(sqlite)?;
         snapshot.certificates = rows.collect::<Result<_, _>>().map_err(sqlite)?;
         let mut statement = self
@@ -489,26 +485,7 @@ impl CertificateStore for Ledger {
                 "SELECT serial, issuer_key_id, subject, sans, profile, client, not_before, not_after, der
                  FROM certificates WHERE serial = ?1",
                 params![serial],
-                |row| {
-                    let sans: String = row.get(3)?;
-                    Ok(IssuedCertificate {
-                        serial: row.get(0)?,
-                        issuer_key_id: row.get(1)?,
-                        subject: row.get(2)?,
-                        sans: serde_json::from_str(&sans).map_err(|e| {
-                            rusqlite::Error::FromSqlConversionFailure(
-                                3,
-                                rusqlite::types::Type::Text,
-                                Box::new(e),
-                            )
-                        })?,
-                        profile: row.get(4)?,
-                        client: row.get(5)?,
-                        not_before: row.get(6)?,
-                        not_after: row.get(7)?,
-                        der: row.get(8)?,
-                    })
-                },
+                certificate_from_row,
             )
             .optional()
             .map_err(sqlite(&self.path))

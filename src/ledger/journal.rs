@@ -53,6 +53,22 @@ pub fn unrecorded(event: &AuditEvent, error: &LedgerError) -> AuditEvent {
     }
 }
 
+/// The audit events of `group` once its certificates were stored as `stored` says: an entry
+/// whose certificate failed is audited as [`unrecorded`].
+pub fn audited_events(
+    group: &[JournalEntry],
+    stored: &[Result<(), LedgerError>],
+) -> Vec<AuditEvent> {
+    group
+        .iter()
+        .zip(stored)
+        .map(|(entry, result)| match result {
+            Ok(()) => entry.event.clone(),
+            Err(error) => unrecorded(&entry.event, error),
+        })
+        .collect()
+}
+
 /// Certificates in a [`CertificateStore`] (one transaction per group, committed first), then
 /// the audit records in an [`AuditStore`] (one sync per group).
 pub struct SplitJournal {
@@ -89,14 +105,7 @@ impl SplitJournal {
 impl Journal for SplitJournal {
     fn commit(&mut self, group: &[JournalEntry]) -> Result<EntryResults, JournalError> {
         let stored = self.store_certificates(group);
-        let events: Vec<AuditEvent> = group
-            .iter()
-            .zip(&stored)
-            .map(|(entry, result)| match result {
-                Ok(()) => entry.event.clone(),
-                Err(error) => unrecorded(&entry.event, error),
-            })
-            .collect();
+        let events = audited_events(group, &stored);
         let receipts = self
             .audit
             .append_all(&events)

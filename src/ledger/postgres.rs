@@ -26,8 +26,8 @@ use super::certificates::{
     CertificateStore, IssuedCertificate, LedgerError, LedgerSnapshot, Revocation, StoredCrl,
     StoredToken,
 };
-use super::chain::{AuditChain, AuditEvent, record_time, verify_records};
-use super::journal::{EntryResults, Journal, JournalEntry, JournalError, unrecorded};
+use super::chain::{AuditChain, record_time, verify_records};
+use super::journal::{EntryResults, Journal, JournalEntry, JournalError, audited_events};
 use crate::pki::RevocationReason;
 use crate::secret::{SecretError, SecretSource};
 
@@ -512,14 +512,7 @@ impl Journal for PostgresLedger {
         self.with_client(async |client| {
             let mut transaction = client.transaction().await.map_err(&backend)?;
             let stored = insert_certificates(&mut transaction, group, &backend).await?;
-            let events: Vec<AuditEvent> = group
-                .iter()
-                .zip(&stored)
-                .map(|(entry, result)| match result {
-                    Ok(()) => entry.event.clone(),
-                    Err(error) => unrecorded(&entry.event, error),
-                })
-                .collect();
+            let events = audited_events(group, &stored);
             // The head row stays locked until commit: another replica's group waits here,
             // then links to this one's last record.
             let head = transaction

@@ -235,6 +235,41 @@ key_label = "online-rsa2048-2026"
         std::fs::write(self.config_path(), edit(text)).unwrap();
     }
 
+    /// The standard config's `[storage]` section (SQLite and the audit file).
+    pub const SQLITE_STORAGE: &str =
+        "[storage]\nledger = \"ledger.sqlite\"\naudit_log = \"audit.log\"\n";
+
+    /// Puts the config's `[storage]` on `server` (see [`super::postgres::Postgres::storage_section`]);
+    /// returns its PostgreSQL settings, for the test to read the books with.
+    pub fn use_postgres(
+        &self,
+        server: &super::postgres::Postgres,
+        tls: bool,
+    ) -> hsmca::ledger::postgres::PostgresConfig {
+        let storage = server.storage_section(self.dir.path(), tls);
+        self.write_config_with(|text| {
+            assert!(text.contains(Self::SQLITE_STORAGE));
+            text.replace(Self::SQLITE_STORAGE, &storage)
+        });
+        toml::from_str(&storage.replace("[storage]\n", "")).unwrap()
+    }
+
+    /// `POST /v1/revoke` of `serial` for `reason` as the officer, at `url`.
+    pub fn revoke(&self, url: &str, serial: &str, reason: &str) -> hsmca::api::client::Response {
+        runtime()
+            .block_on(
+                self.client_of(url, "tls", "officer").send(
+                    "POST",
+                    "/v1/revoke",
+                    Some("application/json"),
+                    serde_json::json!({ "serial": serial, "reason": reason })
+                        .to_string()
+                        .into_bytes(),
+                ),
+            )
+            .unwrap()
+    }
+
     /// Writes the standard config with `extra` appended.
     pub fn write_config(&self, extra: &str) {
         self.write_config_with(|text| format!("{text}{extra}"));

@@ -188,6 +188,21 @@ impl Postgres {
         }
     }
 
+    /// A `[storage]` section on this server, the password in `dir`: over TLS verify-full
+    /// against [`Postgres::ca_file`] with `tls`, else without TLS (loopback).
+    pub fn storage_section(&self, dir: &Path, tls: bool) -> String {
+        let security = if tls {
+            format!("ca_file = \"{}\"\n", self.ca_file().display())
+        } else {
+            "sslmode = \"disable\"\n".into()
+        };
+        format!(
+            "[storage]\npostgres = \"{}\"\npassword_file = \"{}\"\n{security}",
+            self.url(),
+            self.password_file(dir).display()
+        )
+    }
+
     /// Writes the role's password to `dir/pg-password`, mode 0600; returns the path.
     pub fn password_file(&self, dir: &Path) -> PathBuf {
         let path = dir.join("pg-password");
