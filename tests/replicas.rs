@@ -611,3 +611,40 @@ fn backend_connections_cut_mid_transaction_never_let_a_certificate_out_unrecorde
     // handed out, and no more than the refusals.
     assert_books(&appliance, &config, &rt, &answers, refused);
 }
+
+#[test]
+fn a_replica_starting_on_a_tampered_chain_refuses_to_issue() {
+    let server = Postgres::start(false);
+    let mut appliance = Appliance::prepare();
+    appliance.use_postgres(&server, false);
+    appliance.start();
+    let csr = common::appliance::spire_csr(&common::appliance::p256(), &["spiffe://mesh.example"]);
+    let rt = runtime();
+    let issue = |appliance: &Appliance| {
+        rt.block_on(appliance.client("spire").sign(&csr, "issuing-ca", None))
+            .unwrap()
+    };
+    assert_eq!(issue(&appliance).status, 200);
+    assert!(appliance.stop().success(), "{}", appliance.server_log());
+    // Someone with write access to the database edits a record while no replica runs.
+    server.psql(
+        r#"UPDATE audit_records SET line = replace(line, '"actor":"', '"actor":"x') WHERE seq = 2"#,
+    );
+    appliance.start();
+    // The check beside the first requests finds it: /readyz names it, nothing is issued.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, body) = ops_get(&appliance.ops_url, "/readyz");
+        if status == 503 {
+            assert!(body.contains("broken at record 2"), "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz stayed {status}: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let refused = issue(&appliance);
+    assert_eq!(refused.status, 503, "{:?}", refused.json());
+}

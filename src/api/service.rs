@@ -19,7 +19,6 @@ use crate::duration::Seconds;
 use crate::hsm::{HealthState, Hsm, SignerPool};
 use crate::ledger::StorageBackend;
 use crate::ledger::Store;
-use crate::ledger::audit::EarlierRecords;
 use crate::ledger::audit::{AuditEvent, AuditLog, DiscardedTail};
 use crate::ledger::certificates::Ledger;
 use crate::ledger::journal::{Journal, SplitJournal};
@@ -80,8 +79,9 @@ struct OpenedStorage {
     store: Store,
     /// Where the recorder writes certificates with their audit records.
     journal: Box<dyn Journal>,
-    /// The audit file's records before its last, checked while the service runs (SQLite).
-    earlier_records: Option<EarlierRecords>,
+    /// The check of the chain the service starts on, run beside the first requests: the
+    /// audit file's records before its last, or the database's whole chain.
+    chain_check: Box<dyn FnOnce() -> Result<u64, String> + Send>,
     /// An incomplete last record cut from the audit file at open (SQLite).
     discarded_audit_tail: Option<DiscardedTail>,
 }
@@ -102,7 +102,12 @@ fn open_storage(backend: StorageBackend) -> Result<OpenedStorage, StartError> {
                     Box::new(Ledger::open(&ledger)?),
                     Box::new(audit),
                 )),
-                earlier_records: Some(earlier_records),
+                chain_check: Box::new(move || {
+                    earlier_records
+                        .verify()
+                        .map(|verified| verified.records)
+                        .map_err(|e| e.to_string())
+                }),
                 discarded_audit_tail,
             })
         }
@@ -110,10 +115,17 @@ fn open_storage(backend: StorageBackend) -> Result<OpenedStorage, StartError> {
             let runtime = tokio::runtime::Handle::current();
             let ledger = runtime.block_on(PostgresLedger::connect(&postgres, runtime.clone()))?;
             tracing::info!(target = %postgres.target(), pool_size = postgres.pool_size, "storage: PostgreSQL");
+            let chain = ledger.clone();
             Ok(OpenedStorage {
                 store: Store::new(Box::new(ledger.clone())),
                 journal: Box::new(ledger),
-                earlier_records: None,
+                // Every replica checks the cluster's chain when it starts.
+                chain_check: Box::new(move || {
+                    chain
+                        .verify_audit()
+                        .map(|(records, _)| records)
+                        .map_err(|e| e.to_string())
+                }),
                 discarded_audit_tail: None,
             })
         }
@@ -157,13 +169,9 @@ impl Service {
             .map_err(StartError::Config)?;
         let recorder = Recorder::start(opened.journal)
             .map_err(|e| StartError::Config(format!("cannot start the ledger writer: {e}")))?;
-        if let Some(earlier_records) = opened.earlier_records {
-            recorder
-                .verify_in_background(earlier_records)
-                .map_err(|e| {
-                    StartError::Config(format!("cannot start the audit log check: {e}"))
-                })?;
-        }
+        recorder
+            .verify_in_background(opened.chain_check)
+            .map_err(|e| StartError::Config(format!("cannot start the audit chain check: {e}")))?;
         let discarded_audit_tail = opened.discarded_audit_tail;
         let ledger_admin = opened.store;
         let pool = hsm.start_pool(&config.hsm.pool)?;

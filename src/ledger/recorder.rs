@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::audit::{AuditError, AuditEvent, AuditReceipt, EarlierRecords};
+use super::audit::{AuditError, AuditEvent, AuditReceipt};
 use super::certificates::{IssuedCertificate, LedgerError};
 use super::journal::{Journal, JournalEntry, JournalError};
 
@@ -166,23 +166,27 @@ impl Recorder {
         self.health.stopped_because()
     }
 
-    /// Checks the records before the one the audit log was opened at
-    /// ([`super::audit::AuditLog::open_at_tail`]) on a thread of its own, while entries are written; if
-    /// the chain is broken the recorder stops, as after a failed write, and nothing more is
+    /// Runs `check` of the audit chain the service started on (the file's records before
+    /// the one it was opened at, or the database's chain) on a thread of its own, while
+    /// entries are written; it returns how many records it checked, or what is broken. If the
+    /// chain is broken the recorder stops, as after a failed write, and nothing more is
     /// issued.
-    pub fn verify_in_background(&self, earlier: EarlierRecords) -> std::io::Result<()> {
+    pub fn verify_in_background(
+        &self,
+        check: Box<dyn FnOnce() -> Result<u64, String> + Send>,
+    ) -> std::io::Result<()> {
         let health = self.health.clone();
         std::thread::Builder::new()
             .name("audit-verify".into())
             .spawn(move || {
                 let started = std::time::Instant::now();
-                match earlier.verify() {
-                    Ok(verified) => tracing::info!(
-                        records = verified.records,
+                match check() {
+                    Ok(records) => tracing::info!(
+                        records,
                         millis = started.elapsed().as_millis() as u64,
-                        "audit log chain verified up to where this run started appending"
+                        "audit chain verified up to where this run started appending"
                     ),
-                    Err(error) => health.stop(error.to_string()),
+                    Err(error) => health.stop(error),
                 }
             })?;
         Ok(())
