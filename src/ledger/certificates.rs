@@ -270,6 +270,27 @@ fn certificate_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IssuedCerti
     })
 }
 
+/// A CRL from the columns number, this_update, next_update, der, starting at `first`.
+fn crl_from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<StoredCrl> {
+    Ok(StoredCrl {
+        number: row.get::<_, i64>(first)?.unsigned_abs(),
+        this_update: row.get(first + 1)?,
+        next_update: row.get(first + 2)?,
+        der: row.get(first + 3)?,
+    })
+}
+
+/// A Vault token from the columns token_sha256, identity, accessor, issued_at, expires_at.
+fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredToken> {
+    Ok(StoredToken {
+        sha256: row.get(0)?,
+        identity: row.get(1)?,
+        accessor: row.get(2)?,
+        issued_at: row.get(3)?,
+        expires_at: row.get(4)?,
+    })
+}
+
 /// The SQLite ledger database.
 pub struct Ledger {
     connection: Connection,
@@ -363,78 +384,42 @@ impl Ledger {
 
     /// Everything the ledger holds, for `hsmca ledger migrate`.
     pub fn snapshot(&self) -> Result<LedgerSnapshot, LedgerError> {
-        let sqlite = sqlite(&self.path);
-        let mut snapshot = LedgerSnapshot::default();
-        let mut statement = self
-            .connection
-            .prepare(
+        Ok(LedgerSnapshot {
+            certificates: self.all(
                 "SELECT serial, issuer_key_id, subject, sans, profile, client, not_before, not_after, der, issued_at
                  FROM certificates ORDER BY issued_at, serial",
-            )
-            .map_err(sqlite)?;
-        let rows = statement
-            .query_map([], |row| Ok((certificate_from_row(row)?, row.get(9)?)))
-            .map_err(sqlite)?;
-        snapshot.certificates = rows.collect::<Result<_, _>>().map_err(sqlite)?;
-        let mut statement = self
-            .connection
-            .prepare("SELECT serial, reason, revoked_at, officer FROM revocations ORDER BY revoked_at, serial")
-            .map_err(sqlite)?;
-        snapshot.revocations = statement
-            .query_map([], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-            })
-            .map_err(sqlite)?
-            .collect::<Result<_, _>>()
-            .map_err(sqlite)?;
-        let mut statement = self
-            .connection
-            .prepare("SELECT issuer_key_id, number, this_update, next_update, der FROM crls ORDER BY issuer_key_id, number")
-            .map_err(sqlite)?;
-        snapshot.crls = statement
-            .query_map([], |row| {
-                Ok((
-                    row.get(0)?,
-                    StoredCrl {
-                        number: row.get::<_, i64>(1)?.unsigned_abs(),
-                        this_update: row.get(2)?,
-                        next_update: row.get(3)?,
-                        der: row.get(4)?,
-                    },
-                ))
-            })
-            .map_err(sqlite)?
-            .collect::<Result<_, _>>()
-            .map_err(sqlite)?;
-        let mut statement = self
-            .connection
-            .prepare("SELECT sequence, sha256, published_at FROM bundles ORDER BY sequence")
-            .map_err(sqlite)?;
-        snapshot.bundles = statement
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-            .map_err(sqlite)?
-            .collect::<Result<_, _>>()
-            .map_err(sqlite)?;
-        let mut statement = self
-            .connection
-            .prepare(
+                |row| Ok((certificate_from_row(row)?, row.get(9)?)),
+            )?,
+            revocations: self.all(
+                "SELECT serial, reason, revoked_at, officer FROM revocations ORDER BY revoked_at, serial",
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )?,
+            crls: self.all(
+                "SELECT issuer_key_id, number, this_update, next_update, der FROM crls
+                 ORDER BY issuer_key_id, number",
+                |row| Ok((row.get(0)?, crl_from_row(row, 1)?)),
+            )?,
+            bundles: self.all(
+                "SELECT sequence, sha256, published_at FROM bundles ORDER BY sequence",
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )?,
+            tokens: self.all(
                 "SELECT token_sha256, identity, accessor, issued_at, expires_at FROM vault_tokens",
-            )
-            .map_err(sqlite)?;
-        snapshot.tokens = statement
-            .query_map([], |row| {
-                Ok(StoredToken {
-                    sha256: row.get(0)?,
-                    identity: row.get(1)?,
-                    accessor: row.get(2)?,
-                    issued_at: row.get(3)?,
-                    expires_at: row.get(4)?,
-                })
-            })
-            .map_err(sqlite)?
-            .collect::<Result<_, _>>()
-            .map_err(sqlite)?;
-        Ok(snapshot)
+                token_from_row,
+            )?,
+        })
+    }
+
+    /// Every row `sql` selects, each made by `map`.
+    fn all<T>(
+        &self,
+        sql: &str,
+        map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, LedgerError> {
+        let sqlite = sqlite(&self.path);
+        let mut statement = self.connection.prepare(sql).map_err(sqlite)?;
+        let rows = statement.query_map([], map).map_err(sqlite)?;
+        rows.collect::<Result<_, _>>().map_err(sqlite)
     }
 }
 
@@ -591,14 +576,7 @@ impl CertificateStore for Ledger {
                 "SELECT number, this_update, next_update, der FROM crls
                  WHERE issuer_key_id = ?1 ORDER BY number DESC LIMIT 1",
                 params![issuer_key_id],
-                |row| {
-                    Ok(StoredCrl {
-                        number: row.get::<_, i64>(0)?.unsigned_abs(),
-                        this_update: row.get(1)?,
-                        next_update: row.get(2)?,
-                        der: row.get(3)?,
-                    })
-                },
+                |row| crl_from_row(row, 0),
             )
             .optional()
             .map_err(sqlite(&self.path))
@@ -722,15 +700,7 @@ impl CertificateStore for Ledger {
                 "SELECT token_sha256, identity, accessor, issued_at, expires_at
                  FROM vault_tokens WHERE token_sha256 = ?1",
                 params![sha256],
-                |row| {
-                    Ok(StoredToken {
-                        sha256: row.get(0)?,
-                        identity: row.get(1)?,
-                        accessor: row.get(2)?,
-                        issued_at: row.get(3)?,
-                        expires_at: row.get(4)?,
-                    })
-                },
+                token_from_row,
             )
             .optional()
             .map_err(sqlite(&self.path))
