@@ -1,7 +1,7 @@
 //! Crash consistency: under load on 64 connections, the service is killed with SIGKILL at
 //! random moments and restarted, again and again. Afterwards every certificate any client
-//! received is in the ledger (byte for byte) and in the audit log, the audit log verifies,
-//! and no serial repeats.
+//! received is in the ledger (byte for byte) and in the audit log, every ledger row has its
+//! audit record and every record its row, the audit log verifies, and no serial repeats.
 //!
 //! `HSMCA_CRASH_ROUNDS` sets the number of kills (default 20).
 
@@ -61,10 +61,31 @@ fn sigkill_under_load_loses_no_issued_certificate_and_repeats_no_serial() {
     assert_eq!(serials.len(), received.len(), "a serial was issued twice");
     appliance.assert_recorded(&received);
     // Rows for certificates signed but never delivered (killed before the answer) may exist;
-    // fewer rows than deliveries may not.
+    // fewer rows than deliveries may not. Every row has its `sign.issued` record and every
+    // record its row, whenever the kill came: they commit in one transaction.
     let ledger = Ledger::open(&appliance.path("ledger.sqlite")).unwrap();
     let rows = ledger.count().unwrap();
     assert!(rows >= received.len() as u64);
+    let row_serials: HashSet<String> = ledger
+        .snapshot()
+        .unwrap()
+        .certificates
+        .into_iter()
+        .map(|(certificate, _)| certificate.serial)
+        .collect();
+    let records = appliance.audit_records();
+    let audited_serials: Vec<&str> = records
+        .iter()
+        .filter(|r| r["event"] == "sign.issued")
+        .map(|r| r["details"]["serial"].as_str().unwrap())
+        .collect();
+    assert_eq!(audited_serials.len(), row_serials.len(), "one record per row");
+    assert!(
+        audited_serials
+            .iter()
+            .all(|serial| row_serials.contains(*serial)),
+        "a sign.issued record without its row"
+    );
     let torn_tails = appliance
         .audit_records()
         .iter()

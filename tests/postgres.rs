@@ -10,12 +10,13 @@ use std::os::unix::fs::PermissionsExt;
 
 use common::appliance::runtime;
 use common::postgres::{PASSWORD, Postgres};
-use hsmca::ledger::audit::{self, AuditEvent, AuditLog};
+use hsmca::ledger::audit::{self, AuditEvent};
 use hsmca::ledger::certificates::{
-    CertificateStore, IssuedCertificate, Ledger, LedgerError, Revocation, StoredCrl,
+    CertificateStore, IssuedCertificate, Ledger, LedgerError, NewRevocation, Revocation, StoredCrl,
 };
-use hsmca::ledger::journal::{Journal, JournalEntry, JournalError, SplitJournal};
+use hsmca::ledger::journal::{Change, Journal, JournalEntry, JournalError};
 use hsmca::ledger::postgres::{PostgresConfig, PostgresError, PostgresLedger, schema_version};
+use hsmca::ledger::sqlite_journal::SqliteJournal;
 use hsmca::pki::RevocationReason;
 
 fn settings(server: &Postgres, dir: &std::path::Path, extra: &str) -> PostgresConfig {
@@ -184,38 +185,56 @@ fn crl(number: u64) -> StoredCrl {
     }
 }
 
-/// What every certificate store guarantees, whatever the database.
-fn the_store_contract_holds(store: &mut dyn CertificateStore) {
-    store
-        .record(&[certificate("01"), certificate("02")])
-        .unwrap();
+/// What became of each change of `group`, committed by `journal`.
+fn commit(journal: &mut dyn Journal, group: &[JournalEntry]) -> Vec<Result<(), LedgerError>> {
+    journal
+        .commit(group)
+        .unwrap()
+        .into_iter()
+        .map(|made| made.map(|_| ()))
+        .collect()
+}
+
+/// What every certificate store guarantees, whatever the database: `journal` writes into
+/// `store`.
+fn the_store_contract_holds(journal: &mut dyn Journal, store: &mut dyn CertificateStore) {
+    let made = commit(journal, &[issued("01"), issued("02")]);
+    assert!(made.iter().all(Result::is_ok), "{made:?}");
     assert_eq!(store.count().unwrap(), 2);
     assert_eq!(store.find("02").unwrap(), Some(certificate("02")));
     assert_eq!(store.find("03").unwrap(), None);
-    // A repeated serial fails its whole batch.
-    let error = store
-        .record(&[certificate("03"), certificate("01")])
-        .unwrap_err();
+    // A repeated serial fails alone; the rest of its group is stored.
+    let made = commit(journal, &[issued("03"), issued("01")]);
+    assert!(made[0].is_ok(), "{made:?}");
     assert!(
-        matches!(&error, LedgerError::DuplicateSerial { serial } if serial == "01"),
-        "{error}"
+        matches!(&made[1], Err(LedgerError::DuplicateSerial { serial }) if serial == "01"),
+        "{made:?}"
     );
-    assert_eq!(store.find("03").unwrap(), None);
+    assert_eq!(store.find("03").unwrap(), Some(certificate("03")));
 
-    store
-        .revoke("02", RevocationReason::KeyCompromise, 100, "officer")
-        .unwrap();
-    assert!(matches!(
-        store.revoke("02", RevocationReason::Superseded, 200, "officer"),
-        Err(LedgerError::AlreadyRevoked {
-            revoked_at: 100,
-            ..
-        })
-    ));
-    assert!(matches!(
-        store.revoke("09", RevocationReason::Superseded, 200, "officer"),
-        Err(LedgerError::UnknownSerial { .. })
-    ));
+    let made = commit(
+        journal,
+        &[
+            revoked("02", RevocationReason::KeyCompromise, 100),
+            revoked("02", RevocationReason::Superseded, 200),
+            revoked("09", RevocationReason::Superseded, 200),
+        ],
+    );
+    assert!(made[0].is_ok(), "{made:?}");
+    assert!(
+        matches!(
+            made[1],
+            Err(LedgerError::AlreadyRevoked {
+                revoked_at: 100,
+                ..
+            })
+        ),
+        "{made:?}"
+    );
+    assert!(
+        matches!(made[2], Err(LedgerError::UnknownSerial { .. })),
+        "{made:?}"
+    );
     assert_eq!(
         store.revoked("6c51eb35").unwrap(),
         vec![Revocation {
@@ -271,10 +290,13 @@ fn replica(
 #[test]
 fn sqlite_and_postgres_keep_the_same_contract() {
     let dir = tempfile::tempdir().unwrap();
-    the_store_contract_holds(&mut Ledger::open(&dir.path().join("ledger.sqlite")).unwrap());
+    let ledger = dir.path().join("ledger.sqlite");
+    let (mut journal, _) = SqliteJournal::open(&ledger, &dir.path().join("audit.log")).unwrap();
+    the_store_contract_holds(&mut journal, &mut Ledger::open(&ledger).unwrap());
     let server = Postgres::start(false);
     let rt = runtime();
-    the_store_contract_holds(&mut replica(&server, dir.path(), &rt));
+    let mut postgres = replica(&server, dir.path(), &rt);
+    the_store_contract_holds(&mut postgres.clone(), &mut postgres);
     // A reason this version does not know is an error, never read as another one.
     server.psql("INSERT INTO revocations (serial, reason, revoked_at, officer) VALUES ('01', 'bogus', 300, 'officer')");
     let store = replica(&server, dir.path(), &rt);
@@ -302,7 +324,7 @@ fn replicas_writing_at_once_never_share_a_serial_a_crl_number_or_a_revocation() 
                         // Every replica tries the same serial and the same revocation: exactly
                         // one may win each.
                         let serial = format!("{round:02x}");
-                        match store.record(&[certificate(&serial)]) {
+                        match commit(&mut store, &[issued(&serial)]).remove(0) {
                             Ok(()) => won.0 += 1,
                             Err(LedgerError::DuplicateSerial { .. }) => {}
                             Err(other) => panic!("record: {other}"),
@@ -317,13 +339,10 @@ fn replicas_writing_at_once_never_share_a_serial_a_crl_number_or_a_revocation() 
                         }
                         // The serial is there by now, whichever replica wrote it.
                         loop {
-                            match store.revoke(
-                                &serial,
-                                RevocationReason::Superseded,
-                                index as i64,
-                                "officer",
-                            ) {
-                                Ok(_) => {
+                            let revocation =
+                                revoked(&serial, RevocationReason::Superseded, index as i64);
+                            match commit(&mut store, &[revocation]).remove(0) {
+                                Ok(()) => {
                                     won.2 += 1;
                                     break;
                                 }
@@ -368,7 +387,7 @@ fn replicas_writing_at_once_never_share_a_serial_a_crl_number_or_a_revocation() 
 
 fn issued(serial: &str) -> JournalEntry {
     JournalEntry {
-        certificate: Some(certificate(serial)),
+        change: Some(Change::Issued(certificate(serial))),
         event: AuditEvent {
             event: "sign.issued".into(),
             actor: "spiffe://example.org/spire-server".into(),
@@ -377,9 +396,27 @@ fn issued(serial: &str) -> JournalEntry {
     }
 }
 
+fn revoked(serial: &str, reason: RevocationReason, revoked_at: i64) -> JournalEntry {
+    JournalEntry {
+        change: Some(Change::Revoked(NewRevocation {
+            revocation: Revocation {
+                serial: serial.into(),
+                reason,
+                revoked_at,
+            },
+            officer: "officer".into(),
+        })),
+        event: AuditEvent {
+            event: "revoke".into(),
+            actor: "officer".into(),
+            details: serde_json::json!({ "serial": serial }),
+        },
+    }
+}
+
 fn refused() -> JournalEntry {
     JournalEntry {
-        certificate: None,
+        change: None,
         event: AuditEvent {
             event: "sign.refused".into(),
             actor: "spiffe://example.org/stranger".into(),
@@ -408,11 +445,10 @@ fn the_journal_contract_holds(journal: &mut dyn Journal) {
 fn sqlite_with_the_file_and_postgres_journal_alike() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("audit.log");
-    let mut split = SplitJournal::new(
-        Box::new(Ledger::open(&dir.path().join("ledger.sqlite")).unwrap()),
-        Box::new(AuditLog::open(&log_path).unwrap()),
-    );
-    the_journal_contract_holds(&mut split);
+    let (mut sqlite, _) =
+        SqliteJournal::open(&dir.path().join("ledger.sqlite"), &log_path).unwrap();
+    the_journal_contract_holds(&mut sqlite);
+    drop(sqlite);
     let file_records: Vec<serde_json::Value> = std::fs::read_to_string(&log_path)
         .unwrap()
         .lines()

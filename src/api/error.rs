@@ -104,6 +104,9 @@ pub enum StartError {
     /// The audit log cannot be opened.
     #[error(transparent)]
     Audit(#[from] crate::ledger::audit::AuditError),
+    /// The SQLite ledger or its audit file.
+    #[error(transparent)]
+    SqliteJournal(#[from] crate::ledger::sqlite_journal::OpenError),
     /// The PostgreSQL store cannot be used.
     #[error(transparent)]
     Postgres(#[from] crate::ledger::postgres::PostgresError),

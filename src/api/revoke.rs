@@ -1,5 +1,5 @@
-//! The officers' `POST /v1/revoke`: durable in the ledger and audited before the answer, and
-//! the issuer's CRL re-signed at once.
+//! The officers' `POST /v1/revoke`: durable in the ledger together with its audit record
+//! before the answer, and the issuer's CRL re-signed at once.
 
 use std::sync::Arc;
 
@@ -16,7 +16,10 @@ use super::crl::{self, ledger_error, unix_now};
 use super::error::ApiError;
 use super::identity::ClientIdentity;
 use super::service::Service;
-use crate::ledger::certificates::{LedgerError, normalize_serial};
+use crate::ledger::audit::AuditEvent;
+use crate::ledger::certificates::{LedgerError, NewRevocation, Revocation, normalize_serial};
+use crate::ledger::journal::Change;
+use crate::ledger::recorder::RecordError;
 use crate::pki::RevocationReason;
 
 /// `POST /v1/revoke` body.
@@ -40,11 +43,14 @@ pub async fn revoke(
     body: Body,
 ) -> Response {
     let actor = identity.actor();
-    let error = match revoke_inner(&service, &identity, &headers, body).await {
+    let (error, audited) = match revoke_inner(&service, &identity, &headers, body).await {
         Ok(answer) => return Json(answer).into_response(),
-        Err(error) => error,
+        Err(Refusal { error, audited }) => (error, audited),
     };
     tracing::info!(%actor, code = error.code, message = %error.message, "revocation refused");
+    if audited {
+        return error.into_response();
+    }
     let details =
         json!({ "status": error.status.as_u16(), "code": error.code, "message": error.message });
     match service.audit("revoke.refused", &actor, details).await {
@@ -53,12 +59,42 @@ pub async fn revoke(
     }
 }
 
+/// The 409 for a certificate revoked already, as `error` describes it.
+fn already_revoked(error: &LedgerError) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "already_revoked", error.to_string())
+}
+
+/// A refused revocation, and whether its audit record is written already.
+struct Refusal {
+    error: ApiError,
+    audited: bool,
+}
+
+impl Refusal {
+    /// A refusal the journal audited with the revocation it refused.
+    fn audited(error: ApiError) -> Self {
+        Refusal {
+            error,
+            audited: true,
+        }
+    }
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        Refusal {
+            error,
+            audited: false,
+        }
+    }
+}
+
 async fn revoke_inner(
     service: &Service,
     identity: &ClientIdentity,
     headers: &HeaderMap,
     body: Body,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<serde_json::Value, Refusal> {
     let identity = identity.require()?;
     let settings = service.settings();
     let officer = settings.policy.officer(identity).map_err(|denial| {
@@ -121,33 +157,65 @@ async fn revoke_inner(
                 "certificate {serial} was issued by {}, not {expected}",
                 issuer.name
             ),
-        ));
+        )
+        .into());
+    }
+    // A second revocation is refused here; one racing another past this check is refused
+    // by the ledger, and audited by the journal as `revoke.unrecorded`.
+    if let Some(revoked_at) = service
+        .ledger
+        .revoked_at(serial.clone())
+        .await
+        .map_err(ledger_error)?
+    {
+        return Err(already_revoked(&LedgerError::AlreadyRevoked {
+            serial: serial.clone(),
+            revoked_at,
+        })
+        .into());
     }
     let revoked_at = unix_now();
+    let revocation = NewRevocation {
+        revocation: Revocation {
+            serial: serial.clone(),
+            reason,
+            revoked_at,
+        },
+        officer: identity.to_owned(),
+    };
+    let event = AuditEvent {
+        event: "revoke".into(),
+        actor: identity.to_owned(),
+        details: json!({
+            "officer": officer.name,
+            "serial": serial,
+            "reason": reason.name(),
+            "issuer": issuer.name,
+            "subject": found.subject,
+            "revoked_at": revoked_at,
+        }),
+    };
+    // The revocation and its audit record are durable together, or neither is.
     service
-        .ledger
-        .revoke(serial.clone(), reason, revoked_at, identity.to_owned())
+        .recorder
+        .record(Some(Change::Revoked(revocation)), event)
         .await
         .map_err(|error| match error {
-            LedgerError::AlreadyRevoked { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "already_revoked", error.to_string())
-            }
-            other => ledger_error(other),
-        })?;
-    service
-        .audit(
-            "revoke",
-            identity,
-            json!({
-                "officer": officer.name,
-                "serial": serial,
-                "reason": reason.name(),
-                "issuer": issuer.name,
-                "subject": found.subject,
-                "revoked_at": revoked_at,
+            // Audited by the journal already, as `revoke.unrecorded`.
+            RecordError::Ledger(refused) => Refusal::audited(match refused.as_ref() {
+                LedgerError::AlreadyRevoked { .. } => already_revoked(&refused),
+                LedgerError::UnknownSerial { .. } => {
+                    ApiError::new(StatusCode::NOT_FOUND, "unknown_serial", refused.to_string())
+                }
+                other => ledger_error(other),
             }),
-        )
-        .await?;
+            unavailable => ApiError::unavailable(
+                "ledger_unavailable",
+                format!("the certificate was not revoked: {unavailable}"),
+                std::time::Duration::from_secs(5),
+            )
+            .into(),
+        })?;
     // The revocation stands even if the CRL cannot be signed now; the schedule retries.
     let crl_number = match crl::publish_crl(service, issuer, "revocation").await {
         Ok(crl) => Some(crl.number),

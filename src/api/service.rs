@@ -19,11 +19,12 @@ use crate::duration::Seconds;
 use crate::hsm::{HealthState, Hsm, SignerPool};
 use crate::ledger::StorageBackend;
 use crate::ledger::Store;
-use crate::ledger::audit::{AuditEvent, AuditLog, DiscardedTail};
+use crate::ledger::audit::{AuditEvent, DiscardedTail};
 use crate::ledger::certificates::Ledger;
-use crate::ledger::journal::{Journal, SplitJournal};
+use crate::ledger::journal::Journal;
 use crate::ledger::postgres::PostgresLedger;
 use crate::ledger::recorder::Recorder;
+use crate::ledger::sqlite_journal::SqliteJournal;
 use crate::pki;
 use crate::policy::RateLimiter;
 
@@ -91,17 +92,14 @@ struct OpenedStorage {
 fn open_storage(backend: StorageBackend) -> Result<OpenedStorage, StartError> {
     match backend {
         StorageBackend::Sqlite { ledger, audit_log } => {
-            let store = Store::new(Box::new(Ledger::open(&ledger)?));
-            // Only the last record is read now, so start-up does not grow with the log; the
-            // rest is verified beside the first requests, and a broken chain stops issuance.
-            let (audit, earlier_records) = AuditLog::open_at_tail(&audit_log)?;
-            let discarded_audit_tail = audit.discarded_tail().cloned();
+            // Only the audit file's last record is read now, so start-up does not grow with
+            // the log; the rest is verified beside the first requests, and a broken chain
+            // stops issuance.
+            let (journal, earlier_records) = SqliteJournal::open(&ledger, &audit_log)?;
+            let discarded_audit_tail = journal.discarded_tail().cloned();
             Ok(OpenedStorage {
-                store,
-                journal: Box::new(SplitJournal::new(
-                    Box::new(Ledger::open(&ledger)?),
-                    Box::new(audit),
-                )),
+                store: Store::new(Box::new(Ledger::open(&ledger)?)),
+                journal: Box::new(journal),
                 chain_check: Box::new(move || {
                     earlier_records
                         .verify()

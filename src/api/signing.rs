@@ -18,6 +18,7 @@ use crate::duration::Seconds;
 use crate::hsm::HsmError;
 use crate::ledger::audit::AuditEvent;
 use crate::ledger::certificates::IssuedCertificate;
+use crate::ledger::journal::Change;
 use crate::ledger::recorder::Expected;
 use crate::pki::{self, CsrError, Profile, Template};
 use crate::policy::ClientPolicy;
@@ -327,7 +328,7 @@ async fn record(
     // The certificate leaves only once its ledger row and audit record are durable.
     service
         .recorder
-        .record(Some(row), event)
+        .record(Some(Change::Issued(row)), event)
         .await
         .map_err(|e| {
             ApiError::unavailable(

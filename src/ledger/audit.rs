@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::chain::{AuditChain, check_record, parse_record};
+use super::chain::{AuditChain, Linked, check_record, parse_record};
 pub use super::chain::{AuditEvent, AuditReceipt, GENESIS_HASH};
 
 /// What a successful [`verify`] found.
@@ -168,34 +168,57 @@ impl AuditLog {
     /// must stop appending until the log is reopened, which verifies it again.
     pub fn append_all(&mut self, events: &[AuditEvent]) -> Result<Vec<AuditReceipt>, AuditError> {
         let linked = self.chain.link(&super::chain::record_time(), events);
+        self.write(linked, true)
+    }
+
+    /// Writes `linked`, records linked to this log's chain, and syncs if `sync`: records
+    /// that are durable elsewhere already (the SQLite ledger's pending records,
+    /// [`super::sqlite_journal`]) are synced later, through [`AuditLog::sync_handle`]. After
+    /// a failure the caller must stop writing, as after [`AuditLog::append_all`].
+    pub(super) fn write(
+        &mut self,
+        linked: Linked,
+        sync: bool,
+    ) -> Result<Vec<AuditReceipt>, AuditError> {
         let io = |source| AuditError::Io {
             path: self.path.clone(),
             source,
         };
         self.file.write_all(linked.lines.as_bytes()).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+        if sync {
+            self.file.sync_data().map_err(io)?;
+        }
         self.chain = linked.next;
         Ok(linked.receipts)
+    }
+
+    /// A second handle on the log's file, for syncing what [`AuditLog::write`] left unsynced
+    /// from another thread.
+    pub(super) fn sync_handle(&self) -> Result<File, AuditError> {
+        self.file
+            .try_clone()
+            .map_err(|source| io_error(&self.path, source))
+    }
+
+    /// The end of the chain, which the next record links to.
+    pub(super) fn chain(&self) -> &AuditChain {
+        &self.chain
+    }
+
+    /// The log's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last `count` records of the log (fewer if it has fewer), oldest first, read
+    /// backwards from its end.
+    pub(super) fn last_records(&self, count: u64) -> Result<Vec<String>, AuditError> {
+        last_lines(&self.path, count).map_err(|source| io_error(&self.path, source))
     }
 
     /// The hash of the newest record.
     pub fn head(&self) -> &str {
         self.chain.head()
-    }
-}
-
-/// Where the recorder appends audit records. The file ([`AuditLog`]) is the one backend
-/// today; how records are hashed and linked is [`super::chain`]'s, so a database can hold the
-/// chain by implementing this.
-pub trait AuditStore: Send {
-    /// Appends records in order, all durable when this returns; after a failure the caller
-    /// must stop appending (see [`AuditLog::append_all`]).
-    fn append_all(&mut self, events: &[AuditEvent]) -> Result<Vec<AuditReceipt>, AuditError>;
-}
-
-impl AuditStore for AuditLog {
-    fn append_all(&mut self, events: &[AuditEvent]) -> Result<Vec<AuditReceipt>, AuditError> {
-        AuditLog::append_all(self, events)
     }
 }
 
@@ -309,6 +332,32 @@ fn read_tail(path: &Path) -> std::io::Result<Tail> {
         bytes = chunk;
         start = read_from;
     }
+}
+
+/// The last `count` complete lines of the file at `path` (which ends with a line end, or is
+/// empty), without their line ends, oldest first.
+fn last_lines(path: &Path, count: u64) -> std::io::Result<Vec<String>> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 64 * 1024;
+    let file = File::open(path)?;
+    let mut start = file.metadata()?.len();
+    let mut bytes = Vec::new();
+    // One more line end than lines wanted marks where the first of them starts.
+    while start > 0 && (bytes.iter().filter(|&&b| b == b'\n').count() as u64) <= count {
+        let read_from = start.saturating_sub(CHUNK);
+        let mut chunk = vec![0; (start - read_from) as usize];
+        file.read_exact_at(&mut chunk, read_from)?;
+        chunk.extend_from_slice(&bytes);
+        bytes = chunk;
+        start = read_from;
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = lines.len().saturating_sub(count as usize);
+    Ok(lines[skip..]
+        .iter()
+        .map(|line| (*line).to_owned())
+        .collect())
 }
 
 /// An incomplete last record: the bytes after the last line end.

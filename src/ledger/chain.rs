@@ -1,7 +1,8 @@
 //! How the audit chain is made and checked, wherever its records are kept: each record is
 //! one line of JSON that ends with its own `hash` (SHA-256 of the text before that field)
 //! and carries the `prev` hash of the record before it and a sequence number `seq` counting
-//! from one. [`super::audit`] keeps the records in a file.
+//! from one. [`super::audit`] keeps the records in a file, the PostgreSQL backend in its
+//! database.
 
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +87,11 @@ impl AuditChain {
     /// The hash of the newest record.
     pub fn head(&self) -> &str {
         &self.head
+    }
+
+    /// How many records the chain holds.
+    pub fn records(&self) -> u64 {
+        self.next_seq - 1
     }
 
     /// The records of `events` at `time`, in order, each carrying the hash of the one

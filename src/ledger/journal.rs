@@ -1,19 +1,29 @@
-//! The recorder's one write: a group of entries, each an audit event with the certificate it
-//! issued (if any), made durable together. Where they go is the backend's: SQLite and the
-//! audit file ([`SplitJournal`], the embedded default), or one PostgreSQL transaction
-//! ([`super::postgres::PostgresJournal`]).
+//! The recorder's one write: a group of entries, each an audit event with what it changed in
+//! the store (a certificate issued, a certificate revoked), made durable together in one
+//! transaction. Where they go is the backend's: SQLite with the audit file written after
+//! ([`super::sqlite_journal::SqliteJournal`], the embedded default), or PostgreSQL
+//! ([`super::postgres::PostgresLedger`]).
 
 use serde_json::json;
 
-use super::audit::{AuditError, AuditStore};
-use super::certificates::{CertificateStore, IssuedCertificate, LedgerError};
+use super::audit::AuditError;
+use super::certificates::{IssuedCertificate, LedgerError, NewRevocation};
 use super::chain::{AuditEvent, AuditReceipt};
+
+/// What an entry changes in the store, beside its audit record.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// A certificate was issued: its row.
+    Issued(IssuedCertificate),
+    /// A certificate was revoked.
+    Revoked(NewRevocation),
+}
 
 /// One thing to record: what happened, and the certificate that was issued by it.
 #[derive(Clone, Debug)]
 pub struct JournalEntry {
-    /// The certificate, for an issuance.
-    pub certificate: Option<IssuedCertificate>,
+    /// The change it records, if any (a refusal changes nothing).
+    pub change: Option<Change>,
     /// The audit event.
     pub event: AuditEvent,
 }
@@ -25,26 +35,28 @@ pub enum JournalError {
     /// transaction rolled back), and the audit chain is as it was: a later group may succeed.
     #[error("{0}")]
     Unavailable(LedgerError),
-    /// The audit chain could not be extended and may now end in a partial record: nothing
-    /// more may be recorded until an operator has looked (`hsmca audit verify`).
+    /// The group is durable in the store, but the audit file could not be written and may
+    /// end in a partial record: nothing more may be recorded until hsmca is restarted, which
+    /// completes the file from the store (`hsmca audit verify` checks it).
     #[error("{0}")]
     Audit(AuditError),
 }
 
-/// Per entry of a group: its audit record's receipt, or why its certificate was not stored
-/// (its entry was then audited as [`unrecorded`]).
+/// Per entry of a group: its audit record's receipt, or why its change was not made (its
+/// entry was then audited as [`unrecorded`]).
 pub type EntryResults = Vec<Result<AuditReceipt, LedgerError>>;
 
 /// Where the recorder makes groups durable.
 pub trait Journal: Send {
-    /// Records `group` in order: every certificate with its entry's audit record. A
-    /// certificate that cannot be stored (its serial is taken) fails alone, and its entry
-    /// is audited as [`unrecorded`] instead; the rest of the group is recorded.
+    /// Records `group` in order, in one transaction: every change with its entry's audit
+    /// record. A change that cannot be made (a serial taken, a certificate revoked already)
+    /// fails alone, and its entry is audited as [`unrecorded`] instead; the rest of the
+    /// group is recorded.
     fn commit(&mut self, group: &[JournalEntry]) -> Result<EntryResults, JournalError>;
 }
 
-/// The audit event that replaces an entry whose certificate could not be stored: the
-/// certificate is never handed out, and the record says why.
+/// The audit event that replaces an entry whose change could not be made: a certificate is
+/// never handed out, a revocation is refused, and the record says why.
 pub fn unrecorded(event: &AuditEvent, error: &LedgerError) -> AuditEvent {
     AuditEvent {
         event: format!("{}.unrecorded", event.event),
@@ -53,8 +65,8 @@ pub fn unrecorded(event: &AuditEvent, error: &LedgerError) -> AuditEvent {
     }
 }
 
-/// The audit events of `group` once its certificates were stored as `stored` says: an entry
-/// whose certificate failed is audited as [`unrecorded`].
+/// The audit events of `group` once its changes were made as `stored` says: an entry whose
+/// change failed is audited as [`unrecorded`].
 pub fn audited_events(
     group: &[JournalEntry],
     stored: &[Result<(), LedgerError>],
@@ -67,53 +79,4 @@ pub fn audited_events(
             Err(error) => unrecorded(&entry.event, error),
         })
         .collect()
-}
-
-/// Certificates in a [`CertificateStore`] (one transaction per group, committed first), then
-/// the audit records in an [`AuditStore`] (one sync per group).
-pub struct SplitJournal {
-    store: Box<dyn CertificateStore>,
-    audit: Box<dyn AuditStore>,
-}
-
-impl SplitJournal {
-    /// A journal over `store` and `audit`.
-    pub fn new(store: Box<dyn CertificateStore>, audit: Box<dyn AuditStore>) -> Self {
-        SplitJournal { store, audit }
-    }
-
-    /// Stores the group's certificates in one transaction; if that fails, one by one, so a
-    /// single bad row does not fail its neighbours.
-    fn store_certificates(&mut self, group: &[JournalEntry]) -> Vec<Result<(), LedgerError>> {
-        let certificates: Vec<IssuedCertificate> = group
-            .iter()
-            .filter_map(|entry| entry.certificate.clone())
-            .collect();
-        if certificates.is_empty() || self.store.record(&certificates).is_ok() {
-            return group.iter().map(|_| Ok(())).collect();
-        }
-        group
-            .iter()
-            .map(|entry| match &entry.certificate {
-                None => Ok(()),
-                Some(certificate) => self.store.record(std::slice::from_ref(certificate)),
-            })
-            .collect()
-    }
-}
-
-impl Journal for SplitJournal {
-    fn commit(&mut self, group: &[JournalEntry]) -> Result<EntryResults, JournalError> {
-        let stored = self.store_certificates(group);
-        let events = audited_events(group, &stored);
-        let receipts = self
-            .audit
-            .append_all(&events)
-            .map_err(JournalError::Audit)?;
-        Ok(stored
-            .into_iter()
-            .zip(receipts)
-            .map(|(result, receipt)| result.map(|()| receipt))
-            .collect())
-    }
 }

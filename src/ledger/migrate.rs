@@ -8,6 +8,7 @@ use super::audit::AuditError;
 use super::certificates::{Ledger, LedgerError};
 use super::chain::verify_records;
 use super::postgres::PostgresLedger;
+use super::sqlite_journal::committed_beyond;
 
 /// What a migration copied.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +81,15 @@ pub fn migrate(
             path: audit_log.to_owned(),
             line: records,
             reason: "the last record is incomplete (no line end): start and stop hsmca serve once to cut it off, then migrate".into(),
+        }
+        .into());
+    }
+    let unwritten = committed_beyond(ledger, records).map_err(MigrateError::Source)?;
+    if unwritten > 0 {
+        return Err(AuditError::Tampered {
+            path: audit_log.to_owned(),
+            line: records,
+            reason: format!("the ledger committed {unwritten} records the file does not hold yet (hsmca serve did not stop cleanly): start and stop hsmca serve once to write them, then migrate"),
         }
         .into());
     }

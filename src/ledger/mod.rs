@@ -7,14 +7,14 @@
 //! * [`certificates`]: the records and [`certificates::LedgerError`], the backend contract
 //!   [`certificates::CertificateStore`] and its SQLite implementation.
 //! * [`Store`]: the ledger as the service reaches it, each operation on a blocking thread.
-//! * [`recorder`]: group commit of issued certificates together with their audit records,
-//!   written through a [`journal::Journal`]: SQLite then the audit file
-//!   ([`journal::SplitJournal`]), or one PostgreSQL transaction.
+//! * [`recorder`]: group commit of issued certificates and revocations together with their
+//!   audit records, written through a [`journal::Journal`] in one transaction: SQLite with
+//!   the audit file written after ([`sqlite_journal::SqliteJournal`]), or PostgreSQL.
 //! * [`migrate`]: an SQLite ledger and its audit log copied into PostgreSQL.
 //! * [`postgres`]: the PostgreSQL backend for several replicas: settings, pool, schema,
 //!   [`postgres::PostgresLedger`].
 //! * [`chain`]: how audit records are hashed, linked and checked; [`audit`]: the file that
-//!   holds them, one [`audit::AuditStore`].
+//!   holds them.
 
 pub mod audit;
 pub mod certificates;
@@ -24,6 +24,7 @@ pub mod journal;
 pub mod migrate;
 pub mod postgres;
 pub mod recorder;
+pub mod sqlite_journal;
 mod store;
 
 pub use config::{StorageBackend, StorageConfig};

@@ -23,11 +23,11 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::certificates::{
-    CertificateStore, IssuedCertificate, LedgerError, LedgerSnapshot, Revocation, StoredCrl,
-    StoredToken,
+    CertificateStore, IssuedCertificate, LedgerError, LedgerSnapshot, NewRevocation, Revocation,
+    StoredCrl, StoredToken,
 };
 use super::chain::{AuditChain, record_time, verify_records};
-use super::journal::{EntryResults, Journal, JournalEntry, JournalError, audited_events};
+use super::journal::{Change, EntryResults, Journal, JournalEntry, JournalError, audited_events};
 use crate::pki::RevocationReason;
 use crate::secret::{SecretError, SecretSource};
 
@@ -511,7 +511,7 @@ impl Journal for PostgresLedger {
         let backend = self.backend();
         self.with_client(async |client| {
             let mut transaction = client.transaction().await.map_err(&backend)?;
-            let stored = insert_certificates(&mut transaction, group, &backend).await?;
+            let stored = make_changes(&mut transaction, group, &backend).await?;
             let events = audited_events(group, &stored);
             // The head row stays locked until commit: another replica's group waits here,
             // then links to this one's last record.
@@ -550,52 +550,116 @@ impl Journal for PostgresLedger {
     }
 }
 
-/// Inserts the group's certificates in `transaction`: all in one statement, or, when a
-/// serial is taken, one by one under savepoints, so the duplicate fails alone.
-async fn insert_certificates(
+/// Makes the group's changes in `transaction`: its certificates in one statement, or, when
+/// a serial is taken, one by one under savepoints, so the duplicate fails alone; each
+/// revocation under a savepoint of its own, so a second revocation fails alone.
+async fn make_changes(
     transaction: &mut deadpool_postgres::Transaction<'_>,
     group: &[JournalEntry],
     backend: &impl Fn(tokio_postgres::Error) -> LedgerError,
 ) -> Result<Vec<Result<(), LedgerError>>, LedgerError> {
     let certificates: Vec<&IssuedCertificate> = group
         .iter()
-        .filter_map(|entry| entry.certificate.as_ref())
+        .filter_map(|entry| match &entry.change {
+            Some(Change::Issued(certificate)) => Some(certificate),
+            _ => None,
+        })
         .collect();
-    let all_stored = || group.iter().map(|_| Ok(())).collect();
-    if certificates.is_empty() {
-        return Ok(all_stored());
-    }
-    let batch = transaction.savepoint("batch").await.map_err(backend)?;
-    match insert_rows(&batch, &certificates).await {
-        Ok(()) => {
-            batch.commit().await.map_err(backend)?;
-            return Ok(all_stored());
-        }
-        Err(error) if is_unique_violation(&error) => batch.rollback().await.map_err(backend)?,
-        Err(error) => return Err(backend(error)),
-    }
-    let mut results = Vec::with_capacity(group.len());
-    for entry in group {
-        let Some(certificate) = &entry.certificate else {
-            results.push(Ok(()));
-            continue;
-        };
-        let one = transaction.savepoint("one").await.map_err(backend)?;
-        match insert_rows(&one, &[certificate]).await {
+    let mut certificates_stored = certificates.is_empty();
+    if !certificates_stored {
+        let batch = transaction.savepoint("batch").await.map_err(backend)?;
+        match insert_rows(&batch, &certificates).await {
             Ok(()) => {
-                one.commit().await.map_err(backend)?;
-                results.push(Ok(()));
+                batch.commit().await.map_err(backend)?;
+                certificates_stored = true;
             }
-            Err(error) if is_unique_violation(&error) => {
-                one.rollback().await.map_err(backend)?;
-                results.push(Err(LedgerError::DuplicateSerial {
-                    serial: certificate.serial.clone(),
-                }));
-            }
+            Err(error) if is_unique_violation(&error) => batch.rollback().await.map_err(backend)?,
             Err(error) => return Err(backend(error)),
         }
     }
+    let mut results = Vec::with_capacity(group.len());
+    for entry in group {
+        let made = match &entry.change {
+            None => Ok(()),
+            Some(Change::Issued(_)) if certificates_stored => Ok(()),
+            Some(Change::Issued(certificate)) => {
+                let one = transaction.savepoint("one").await.map_err(backend)?;
+                match insert_rows(&one, &[certificate]).await {
+                    Ok(()) => {
+                        one.commit().await.map_err(backend)?;
+                        Ok(())
+                    }
+                    Err(error) if is_unique_violation(&error) => {
+                        one.rollback().await.map_err(backend)?;
+                        Err(LedgerError::DuplicateSerial {
+                            serial: certificate.serial.clone(),
+                        })
+                    }
+                    Err(error) => return Err(backend(error)),
+                }
+            }
+            Some(Change::Revoked(revocation)) => {
+                insert_revocation(transaction, revocation, backend).await?
+            }
+        };
+        results.push(made);
+    }
     Ok(results)
+}
+
+/// Inserts `revocation` under a savepoint: the primary key makes a second revocation fail,
+/// from any replica, and the foreign key one of an unknown serial; either fails alone.
+async fn insert_revocation(
+    transaction: &mut deadpool_postgres::Transaction<'_>,
+    revocation: &NewRevocation,
+    backend: &impl Fn(tokio_postgres::Error) -> LedgerError,
+) -> Result<Result<(), LedgerError>, LedgerError> {
+    let NewRevocation {
+        revocation:
+            Revocation {
+                serial,
+                reason,
+                revoked_at,
+            },
+        officer,
+    } = revocation;
+    let one = transaction.savepoint("one").await.map_err(backend)?;
+    let inserted = one
+        .execute(
+            "INSERT INTO revocations (serial, reason, revoked_at, officer) VALUES ($1, $2, $3, $4)",
+            &[serial, &reason.name(), revoked_at, officer],
+        )
+        .await;
+    let refused = match inserted {
+        Ok(_) => {
+            one.commit().await.map_err(backend)?;
+            return Ok(Ok(()));
+        }
+        Err(error) if is_unique_violation(&error) => {
+            one.rollback().await.map_err(backend)?;
+            let row = transaction
+                .query_one(
+                    "SELECT revoked_at FROM revocations WHERE serial = $1",
+                    &[serial],
+                )
+                .await
+                .map_err(backend)?;
+            LedgerError::AlreadyRevoked {
+                serial: serial.clone(),
+                revoked_at: row.get(0),
+            }
+        }
+        Err(error)
+            if error.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) =>
+        {
+            one.rollback().await.map_err(backend)?;
+            LedgerError::UnknownSerial {
+                serial: serial.clone(),
+            }
+        }
+        Err(error) => return Err(backend(error)),
+    };
+    Ok(Err(refused))
 }
 
 /// One INSERT of many rows, the columns as arrays.
@@ -671,35 +735,6 @@ fn is_unique_violation(error: &tokio_postgres::Error) -> bool {
 }
 
 impl CertificateStore for PostgresLedger {
-    fn record(&mut self, certificates: &[IssuedCertificate]) -> Result<(), LedgerError> {
-        let backend = self.backend();
-        let rows: Vec<&IssuedCertificate> = certificates.iter().collect();
-        self.with_client(async |client| match insert_rows(&*client, &rows).await {
-            Ok(()) => Ok(()),
-            // One statement: the batch is all or nothing. Name the first taken serial.
-            Err(error) if is_unique_violation(&error) => {
-                let taken: Vec<String> = client
-                    .query(
-                        "SELECT serial FROM certificates WHERE serial = ANY($1)",
-                        &[&rows.iter().map(|c| c.serial.as_str()).collect::<Vec<_>>()],
-                    )
-                    .await
-                    .map_err(&backend)?
-                    .iter()
-                    .map(|row| row.get(0))
-                    .collect();
-                let serial = rows
-                    .iter()
-                    .map(|c| &c.serial)
-                    .find(|s| taken.contains(s))
-                    .cloned()
-                    .unwrap_or_default();
-                Err(LedgerError::DuplicateSerial { serial })
-            }
-            Err(error) => Err(backend(error)),
-        })
-    }
-
     fn find(&self, serial: &str) -> Result<Option<IssuedCertificate>, LedgerError> {
         let backend = self.backend();
         self.with_client(async |client| {
@@ -734,45 +769,17 @@ impl CertificateStore for PostgresLedger {
         })
     }
 
-    fn revoke(
-        &mut self,
-        serial: &str,
-        reason: RevocationReason,
-        revoked_at: i64,
-        officer: &str,
-    ) -> Result<IssuedCertificate, LedgerError> {
-        let certificate = self
-            .find(serial)?
-            .ok_or_else(|| LedgerError::UnknownSerial {
-                serial: serial.to_owned(),
-            })?;
+    fn revoked_at(&self, serial: &str) -> Result<Option<i64>, LedgerError> {
         let backend = self.backend();
         self.with_client(async |client| {
-            // The primary key makes a second revocation fail, from any replica; the earlier
-            // one's time is then read for the message.
-            let inserted = client
-                .execute(
-                    "INSERT INTO revocations (serial, reason, revoked_at, officer) VALUES ($1, $2, $3, $4)",
-                    &[&serial, &reason.name(), &revoked_at, &officer],
+            Ok(client
+                .query_opt(
+                    "SELECT revoked_at FROM revocations WHERE serial = $1",
+                    &[&serial],
                 )
-                .await;
-            match inserted {
-                Ok(_) => Ok(certificate),
-                Err(error) if is_unique_violation(&error) => {
-                    let row = client
-                        .query_one(
-                            "SELECT revoked_at FROM revocations WHERE serial = $1",
-                            &[&serial],
-                        )
-                        .await
-                        .map_err(&backend)?;
-                    Err(LedgerError::AlreadyRevoked {
-                        serial: serial.to_owned(),
-                        revoked_at: row.get(0),
-                    })
-                }
-                Err(error) => Err(backend(error)),
-            }
+                .await
+                .map_err(&backend)?
+                .map(|row| row.get(0)))
         })
     }
 

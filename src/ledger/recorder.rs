@@ -1,8 +1,8 @@
-//! Group commit for the signing service: one thread owns the certificate store and the audit
-//! log, takes every pending entry at once, writes the certificates in one transaction and the
-//! audit records with one sync, and only then answers each caller. A certificate is handed to
-//! its requester only after its row and its audit record are durable; batching keeps that
-//! from costing two disk syncs per request.
+//! Group commit for the signing service: one thread owns the journal (the certificate store
+//! and the audit chain), takes every pending entry at once, writes their certificates,
+//! revocations and audit records in one transaction, and only then answers each caller. A
+//! certificate is handed to its requester only after its row and its audit record are
+//! durable; batching keeps that from costing a disk sync per request.
 //!
 //! A caller that knows an entry is on its way (a certificate being signed in the HSM right
 //! now) says so with [`Recorder::expect`]; the writer then waits up to [`LINGER`] for the
@@ -19,22 +19,23 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::audit::{AuditError, AuditEvent, AuditReceipt};
-use super::certificates::{IssuedCertificate, LedgerError};
-use super::journal::{Journal, JournalEntry, JournalError};
+use super::certificates::LedgerError;
+use super::journal::{Change, Journal, JournalEntry, JournalError};
 
 /// The most entries written in one group.
 const MAX_GROUP: usize = 1024;
 
-/// The longest the writer holds a group open for announced entries. Two disk syncs cost
-/// about this much on the machines measured (docs/performance.md), so waiting longer
-/// would add more latency than it saves.
+/// The longest the writer holds a group open for announced entries. A commit costs about
+/// this much on the machines measured (docs/performance.md), so waiting longer would add
+/// more latency than it saves.
 pub const LINGER: Duration = Duration::from_millis(1);
 
 /// Why an entry was not recorded.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum RecordError {
-    /// The ledger refused or failed to write the certificate row.
-    #[error("the certificate could not be recorded in the ledger: {0}")]
+    /// The ledger refused the entry's change (a serial taken, a certificate revoked
+    /// already); its audit record says so.
+    #[error("the change could not be recorded in the ledger: {0}")]
     Ledger(#[source] Arc<LedgerError>),
     /// The audit log could not be written; the recorder stops until restarted. Every entry
     /// of the group gets the same error.
@@ -138,16 +139,16 @@ impl Recorder {
         Expected(self.announced.clone())
     }
 
-    /// Records `event`, and `certificate` if there is one, durably. Returns the audit
-    /// record's receipt once both are on disk.
+    /// Records `event`, and `change` if there is one, durably and together. Returns the
+    /// audit record's receipt once both are on disk.
     pub async fn record(
         &self,
-        certificate: Option<IssuedCertificate>,
+        change: Option<Change>,
         event: AuditEvent,
     ) -> Result<AuditReceipt, RecordError> {
         let (reply, response) = oneshot::channel();
         let entry = Entry {
-            entry: JournalEntry { certificate, event },
+            entry: JournalEntry { change, event },
             reply,
         };
         self.sender
@@ -288,12 +289,12 @@ impl Writer {
 mod tests {
     use super::*;
     use crate::ledger::audit;
-    use crate::ledger::certificates::{CertificateStore, Ledger};
-    use crate::ledger::journal::SplitJournal;
+    use crate::ledger::certificates::{CertificateStore, IssuedCertificate, Ledger};
+    use crate::ledger::sqlite_journal::SqliteJournal;
     use serde_json::json;
 
-    fn certificate(serial: &str) -> IssuedCertificate {
-        IssuedCertificate {
+    fn certificate(serial: &str) -> Option<Change> {
+        Some(Change::Issued(IssuedCertificate {
             serial: serial.into(),
             issuer_key_id: "aa".into(),
             subject: "O=SPIFFE".into(),
@@ -303,7 +304,7 @@ mod tests {
             not_before: 0,
             not_after: 1,
             der: vec![1],
-        }
+        }))
     }
 
     fn event(name: &str) -> AuditEvent {
@@ -317,10 +318,12 @@ mod tests {
     /// A recorder over a new ledger and audit log in a temporary directory.
     fn fresh_recorder() -> (tempfile::TempDir, Recorder) {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
-        let log = audit::AuditLog::open(&dir.path().join("audit.log")).unwrap();
-        let recorder =
-            Recorder::start(Box::new(SplitJournal::new(Box::new(ledger), Box::new(log)))).unwrap();
+        let (journal, _) = SqliteJournal::open(
+            &dir.path().join("ledger.sqlite"),
+            &dir.path().join("audit.log"),
+        )
+        .unwrap();
+        let recorder = Recorder::start(Box::new(journal)).unwrap();
         (dir, recorder)
     }
 
@@ -339,7 +342,7 @@ mod tests {
                     };
                     async move {
                         recorder_ref
-                            .record(Some(certificate(&serial)), event("sign.issued"))
+                            .record(certificate(&serial), event("sign.issued"))
                             .await
                     }
                 })
@@ -368,7 +371,7 @@ mod tests {
             let serial = format!("{i:04}");
             tokio::time::timeout(
                 Duration::from_secs(10),
-                recorder.record(Some(certificate(&serial)), event("sign.issued")),
+                recorder.record(certificate(&serial), event("sign.issued")),
             )
             .await
             .expect("an entry is written even while another is announced")

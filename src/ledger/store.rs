@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use super::certificates::{
     CertificateStore, IssuedCertificate, LedgerError, Revocation, StoredCrl, StoredToken,
 };
-use crate::pki::RevocationReason;
 
 /// A handle on the ledger, shared by the request handlers; cloning it shares the backend.
 #[derive(Clone)]
@@ -67,17 +66,9 @@ impl Store {
         self.run(move |store| store.find(&serial)).await
     }
 
-    /// Marks `serial` revoked for `reason` at `revoked_at` by `officer`; returns the
-    /// certificate. Fails for an unknown serial or a second revocation.
-    pub async fn revoke(
-        &self,
-        serial: String,
-        reason: RevocationReason,
-        revoked_at: i64,
-        officer: String,
-    ) -> Result<IssuedCertificate, LedgerError> {
-        self.run(move |store| store.revoke(&serial, reason, revoked_at, &officer))
-            .await
+    /// When the certificate with `serial` was revoked (Unix seconds), if it was.
+    pub async fn revoked_at(&self, serial: String) -> Result<Option<i64>, LedgerError> {
+        self.run(move |store| store.revoked_at(&serial)).await
     }
 
     /// The last CRL stored for the issuer with `issuer_key_id`, if any.

@@ -28,11 +28,11 @@ pub(super) fn unix_now() -> i64 {
 }
 
 /// A ledger failure as a 500.
-pub(super) fn ledger_error(error: LedgerError) -> ApiError {
+pub(super) fn ledger_error(error: impl std::borrow::Borrow<LedgerError>) -> ApiError {
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         "ledger",
-        error.to_string(),
+        error.borrow().to_string(),
     )
 }
 
