@@ -18,6 +18,7 @@
 //! * [`digest`]: the SHA-256 fingerprint format every layer records.
 //! * [`duration`]: `1h30m`-style durations for the configuration and the API.
 //! * [`files`]: output files created exclusively, with the mode they need from the start.
+//! * [`queue`]: the job queue of the worker threads (HSM sessions, verifications).
 //! * [`secret`]: PINs and passwords from a private file or the environment, never echoed.
 //!
 //! Only `hsm` speaks PKCS#11; `api` and `ceremony` reach the HSM through it. No file of the
@@ -38,4 +39,5 @@ pub mod hsm;
 pub mod ledger;
 pub mod pki;
 pub mod policy;
+pub mod queue;
 pub mod secret;

@@ -79,7 +79,11 @@ fn sigkill_under_load_loses_no_issued_certificate_and_repeats_no_serial() {
         .filter(|r| r["event"] == "sign.issued")
         .map(|r| r["details"]["serial"].as_str().unwrap())
         .collect();
-    assert_eq!(audited_serials.len(), row_serials.len(), "one record per row");
+    assert_eq!(
+        audited_serials.len(),
+        row_serials.len(),
+        "one record per row"
+    );
     assert!(
         audited_serials
             .iter()

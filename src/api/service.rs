@@ -242,6 +242,13 @@ impl Service {
             })
     }
 
+    /// Whether no more signing requests are in progress than there are verification
+    /// threads: then a verification may run on the async worker that needs it (`api::cpu`).
+    pub(crate) fn lightly_loaded(&self) -> bool {
+        let in_progress = self.server.max_in_flight.get() - self.in_flight.available_permits();
+        in_progress <= self.verifier.threads()
+    }
+
     /// Records a service event (start, stop, reload) in the audit log; a failure is logged,
     /// as there is no request to answer.
     pub async fn audit_service_event(&self, event: &str, details: serde_json::Value) {

@@ -181,7 +181,9 @@ async fn build(
     let csr_bytes = request.csr.to_vec();
     let verified = service
         .verifier
-        .run(move || pki::verify_csr(&csr_bytes))
+        .run(service.lightly_loaded(), move || {
+            pki::verify_csr(&csr_bytes)
+        })
         .await
         .map_err(internal)?;
     let mut csr = verified.map_err(|e| {
@@ -263,7 +265,9 @@ async fn sign_in_hsm<'s>(
     let signature = signature.map_err(hsm_unavailable)?;
     let der = service
         .verifier
-        .run(move || prepared.finish(&signature))
+        .run(service.lightly_loaded(), move || {
+            prepared.finish(&signature)
+        })
         .await
         .map_err(internal)?
         .map_err(internal)?;

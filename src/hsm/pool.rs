@@ -6,9 +6,8 @@
 //! queue is full and a timeout error when their job does not finish in time.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -20,6 +19,7 @@ use super::error::HsmError;
 use super::health::HealthReport;
 use super::keys::{self, HsmKey};
 use super::token::{SessionSlot, TokenContext};
+use crate::queue::{Refused, WorkQueue};
 
 /// A signing request waiting for a worker.
 struct Job {
@@ -33,7 +33,7 @@ struct Job {
 /// Signs on the HSM from async code. Dropping the pool lets queued jobs finish, then closes
 /// the sessions.
 pub struct SignerPool {
-    sender: Option<SyncSender<Job>>,
+    queue: Arc<WorkQueue<Job>>,
     workers: Vec<JoinHandle<()>>,
     queue_depth: usize,
     op_timeout: Duration,
@@ -65,18 +65,17 @@ impl SignerPool {
             slot.connect()?;
             slots.push(slot);
         }
-        let (sender, receiver) = sync_channel(queue_depth);
-        let receiver = Arc::new(Mutex::new(receiver));
+        let queue = Arc::new(WorkQueue::new(queue_depth));
         let load = Arc::new(PoolLoad::default());
         let workers = slots
             .into_iter()
             .enumerate()
             .map(|(index, slot)| {
-                let receiver = receiver.clone();
+                let queue = queue.clone();
                 let load = load.clone();
                 std::thread::Builder::new()
                     .name(format!("hsm-session-{index}"))
-                    .spawn(move || Worker::new(slot).run(&receiver, &load))
+                    .spawn(move || Worker::new(slot).run(&queue, &load))
                     .map_err(|e| HsmError::Config(format!("cannot start HSM worker thread: {e}")))
             })
             .collect::<Result<_, _>>()?;
@@ -87,7 +86,7 @@ impl SignerPool {
             "HSM session pool started"
         );
         Ok(SignerPool {
-            sender: Some(sender),
+            queue,
             workers,
             queue_depth,
             op_timeout,
@@ -107,7 +106,6 @@ impl SignerPool {
         message: Vec<u8>,
     ) -> Result<Vec<u8>, HsmError> {
         algorithm.check_key(key.key_type())?;
-        let sender = self.sender.as_ref().ok_or(HsmError::ShutDown)?;
         let deadline = Instant::now() + self.op_timeout;
         let (reply, response) = oneshot::channel();
         let job = Job {
@@ -119,13 +117,13 @@ impl SignerPool {
         };
         // Counted before it is sent, so a worker never takes a job that is not counted yet.
         self.load.queued.fetch_add(1, Ordering::Relaxed);
-        sender.try_send(job).map_err(|err| {
+        self.queue.push(job).map_err(|refused| {
             self.load.queued.fetch_sub(1, Ordering::Relaxed);
-            match err {
-                TrySendError::Full(_) => HsmError::Busy {
+            match refused {
+                Refused::Full(_) => HsmError::Busy {
                     queue_depth: self.queue_depth,
                 },
-                TrySendError::Disconnected(_) => HsmError::ShutDown,
+                Refused::Closed(_) => HsmError::ShutDown,
             }
         })?;
         match tokio::time::timeout_at(deadline.into(), response).await {
@@ -167,7 +165,7 @@ impl SignerPool {
 impl Drop for SignerPool {
     fn drop(&mut self) {
         // Closing the queue ends each worker once the jobs already queued are done.
-        drop(self.sender.take());
+        self.queue.close();
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
@@ -212,24 +210,10 @@ impl Worker {
         }
     }
 
-    fn run(mut self, receiver: &Mutex<Receiver<Job>>, load: &PoolLoad) {
+    fn run(mut self, queue: &WorkQueue<Job>, load: &PoolLoad) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut replies = Vec::with_capacity(MAX_BATCH);
-        loop {
-            // The lock is held only while taking jobs, never while signing.
-            {
-                let Ok(receiver) = receiver.lock() else {
-                    return;
-                };
-                let Ok(job) = receiver.recv() else { return };
-                batch.push(job);
-                while batch.len() < MAX_BATCH {
-                    match receiver.try_recv() {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
-                    }
-                }
-            }
+        while queue.take(MAX_BATCH, &mut batch) {
             load.queued.fetch_sub(batch.len(), Ordering::Relaxed);
             load.busy.fetch_add(1, Ordering::Relaxed);
             let mut oldest_reply: Option<Instant> = None;
