@@ -292,8 +292,6 @@ struct Tail {
 
 /// Reads the log backwards from its end until the start of its last complete record.
 fn read_tail(path: &Path) -> std::io::Result<Tail> {
-    use std::os::unix::fs::FileExt;
-    const CHUNK: u64 = 64 * 1024;
     let file = File::open(path)?;
     let length = file.metadata()?.len();
     // `bytes` holds the log from `start` to its end.
@@ -325,31 +323,32 @@ fn read_tail(path: &Path) -> std::io::Result<Tail> {
                 torn,
             });
         }
-        let read_from = start.saturating_sub(CHUNK);
-        let mut chunk = vec![0; (start - read_from) as usize];
-        file.read_exact_at(&mut chunk, read_from)?;
-        chunk.extend_from_slice(&bytes);
-        bytes = chunk;
-        start = read_from;
+        start = read_chunk_before(&file, start, &mut bytes)?;
     }
+}
+
+/// Reads up to 64 KiB of `file` before `start` onto the front of `bytes`, which holds the
+/// file from `start` on; returns where `bytes` now starts.
+fn read_chunk_before(file: &File, start: u64, bytes: &mut Vec<u8>) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 64 * 1024;
+    let read_from = start.saturating_sub(CHUNK);
+    let mut chunk = vec![0; (start - read_from) as usize];
+    file.read_exact_at(&mut chunk, read_from)?;
+    chunk.extend_from_slice(bytes);
+    *bytes = chunk;
+    Ok(read_from)
 }
 
 /// The last `count` complete lines of the file at `path` (which ends with a line end, or is
 /// empty), without their line ends, oldest first.
 fn last_lines(path: &Path, count: u64) -> std::io::Result<Vec<String>> {
-    use std::os::unix::fs::FileExt;
-    const CHUNK: u64 = 64 * 1024;
     let file = File::open(path)?;
     let mut start = file.metadata()?.len();
     let mut bytes = Vec::new();
     // One more line end than lines wanted marks where the first of them starts.
     while start > 0 && (bytes.iter().filter(|&&b| b == b'\n').count() as u64) <= count {
-        let read_from = start.saturating_sub(CHUNK);
-        let mut chunk = vec![0; (start - read_from) as usize];
-        file.read_exact_at(&mut chunk, read_from)?;
-        chunk.extend_from_slice(&bytes);
-        bytes = chunk;
-        start = read_from;
+        start = read_chunk_before(&file, start, &mut bytes)?;
     }
     let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();

@@ -492,6 +492,22 @@ impl Ledger {
     }
 }
 
+/// A certificate row for tests: `serial`, and the same contents for every serial.
+#[cfg(test)]
+pub(super) fn sample_certificate(serial: &str) -> IssuedCertificate {
+    IssuedCertificate {
+        serial: serial.into(),
+        issuer_key_id: "6c51eb35".into(),
+        subject: "O=SPIFFE,C=US".into(),
+        sans: vec!["spiffe://example.org".into()],
+        profile: "issuing-ca".into(),
+        client: "spiffe://example.org/spire-server".into(),
+        not_before: 1_795_000_000,
+        not_after: 1_795_086_400,
+        der: vec![0x30, 0x03, 0x02, 0x01, 0x01],
+    }
+}
+
 /// Inserts `certificate` in `transaction`; a serial already present fails alone (SQLite
 /// undoes the statement, not the transaction).
 pub(super) fn insert_certificate(
@@ -538,20 +554,19 @@ pub(super) fn insert_revocation(
     path: &Path,
     revocation: &NewRevocation,
 ) -> Result<(), LedgerError> {
-    let NewRevocation {
-        revocation:
-            Revocation {
-                serial,
-                reason,
-                revoked_at,
-            },
-        officer,
-    } = revocation;
+    let serial = &revocation.revocation.serial;
     let inserted = transaction
         .prepare_cached(
             "INSERT INTO revocations (serial, reason, revoked_at, officer) VALUES (?1, ?2, ?3, ?4)",
         )
-        .and_then(|mut insert| insert.execute(params![serial, reason.name(), revoked_at, officer]));
+        .and_then(|mut insert| {
+            insert.execute(params![
+                serial,
+                revocation.revocation.reason.name(),
+                revocation.revocation.revoked_at,
+                revocation.officer
+            ])
+        });
     match inserted {
         Ok(_) => Ok(()),
         Err(rusqlite::Error::SqliteFailure(error, _))
@@ -807,17 +822,7 @@ mod tests {
     use super::*;
 
     fn certificate(serial: &str) -> IssuedCertificate {
-        IssuedCertificate {
-            serial: serial.into(),
-            issuer_key_id: "6c51eb35".into(),
-            subject: "O=SPIFFE,C=US".into(),
-            sans: vec!["spiffe://example.org".into()],
-            profile: "issuing-ca".into(),
-            client: "spiffe://example.org/spire-server".into(),
-            not_before: 1_795_000_000,
-            not_after: 1_795_086_400,
-            der: vec![0x30, 0x03, 0x02, 0x01, 0x01],
-        }
+        sample_certificate(serial)
     }
 
     /// Stores `certificates` in one transaction, as the journal does.

@@ -614,20 +614,17 @@ async fn insert_revocation(
     revocation: &NewRevocation,
     backend: &impl Fn(tokio_postgres::Error) -> LedgerError,
 ) -> Result<Result<(), LedgerError>, LedgerError> {
-    let NewRevocation {
-        revocation:
-            Revocation {
-                serial,
-                reason,
-                revoked_at,
-            },
-        officer,
-    } = revocation;
+    let serial = &revocation.revocation.serial;
     let one = transaction.savepoint("one").await.map_err(backend)?;
     let inserted = one
         .execute(
             "INSERT INTO revocations (serial, reason, revoked_at, officer) VALUES ($1, $2, $3, $4)",
-            &[serial, &reason.name(), revoked_at, officer],
+            &[
+                serial,
+                &revocation.revocation.reason.name(),
+                &revocation.revocation.revoked_at,
+                &revocation.officer,
+            ],
         )
         .await;
     let refused = match inserted {

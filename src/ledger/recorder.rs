@@ -289,22 +289,12 @@ impl Writer {
 mod tests {
     use super::*;
     use crate::ledger::audit;
-    use crate::ledger::certificates::{CertificateStore, IssuedCertificate, Ledger};
+    use crate::ledger::certificates::{CertificateStore, Ledger, sample_certificate};
     use crate::ledger::sqlite_journal::SqliteJournal;
     use serde_json::json;
 
     fn certificate(serial: &str) -> Option<Change> {
-        Some(Change::Issued(IssuedCertificate {
-            serial: serial.into(),
-            issuer_key_id: "aa".into(),
-            subject: "O=SPIFFE".into(),
-            sans: vec![],
-            profile: "issuing-ca".into(),
-            client: "c".into(),
-            not_before: 0,
-            not_after: 1,
-            der: vec![1],
-        }))
+        Some(Change::Issued(sample_certificate(serial)))
     }
 
     fn event(name: &str) -> AuditEvent {

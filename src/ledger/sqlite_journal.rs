@@ -382,21 +382,11 @@ impl SyncShared {
 mod tests {
     use super::*;
     use crate::ledger::audit;
-    use crate::ledger::certificates::IssuedCertificate;
+    use crate::ledger::certificates::sample_certificate;
 
     fn issued(serial: &str) -> JournalEntry {
         JournalEntry {
-            change: Some(Change::Issued(IssuedCertificate {
-                serial: serial.into(),
-                issuer_key_id: "aa".into(),
-                subject: "O=SPIFFE".into(),
-                sans: vec![],
-                profile: "issuing-ca".into(),
-                client: "c".into(),
-                not_before: 0,
-                not_after: 1,
-                der: vec![1],
-            })),
+            change: Some(Change::Issued(sample_certificate(serial))),
             event: AuditEvent {
                 event: "sign.issued".into(),
                 actor: "c".into(),
