@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Where a certificate's thread switches go: serves with one build, runs issuing-ca load at each
+# given number of connections, and prints per thread kind the voluntary context switches per
+# certificate (from /proc/PID/task/*/status), with the server's CPU per certificate. Waking a
+# sleeping thread costs tens of microseconds of CPU on a VM, so this is where low-load CPU
+# goes (docs/performance.md). Writes nothing to docs/.
+#
+#   bash benches/switches.sh HSMCA_BINARY [SECONDS=5] [CONNECTIONS...=1 4]
+set -euo pipefail
+build=$(realpath "$1")
+seconds=${2:-5}
+shift $(($# < 2 ? $# : 2))
+connection_counts=("${@:-1 4}")
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+softhsm/install-deps.sh
+# shellcheck source=benches/bench-env.sh
+source benches/bench-env.sh
+
+"$build" --config "$work/hsmca.toml" serve >"$work/out" 2>"$work/log" &
+pid=$!
+"$loadgen" ready --url "http://127.0.0.1:19090/readyz" >/dev/null || { cat "$work/log" >&2; exit 1; }
+tls=(--cert "$work/tls/load.pem" --key "$work/tls/load-key.pem" --ca "$work/tls/tls-ca.pem")
+load() { # CONNECTIONS SECONDS
+    "$loadgen" http --target hsmca --profile issuing-ca --connections "$1" \
+        --url https://127.0.0.1:18443 --seconds "$2" "${tls[@]}"
+}
+# thread id, name, voluntary switches: one line per thread
+switches() {
+    for task in /proc/"$pid"/task/*; do
+        echo "${task##*/} $(cat "$task/comm") $(awk '/^voluntary_ctxt/ {print $2}' "$task/status")"
+    done
+}
+issued() { curl -s http://127.0.0.1:19090/metrics | awk '/^hsmca_sign_request_duration_seconds_count/ {print $2}'; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+
+load 1 2 >/dev/null # warm-up
+for connections in ${connection_counts[*]}; do
+    switches >"$work/before"
+    requests_before=$(issued)
+    ticks_before=$(cpu_ticks)
+    line=$(load "$connections" "$seconds")
+    ticks_after=$(cpu_ticks)
+    requests_after=$(issued)
+    switches >"$work/after"
+    echo "$line"
+    python3 - "$work/before" "$work/after" "$requests_before" "$requests_after" \
+        "$ticks_before" "$ticks_after" <<'PY'
+import os, re, sys
+from collections import defaultdict
+def read(path):
+    return {tid: (name, int(count)) for tid, name, count in (l.split() for l in open(path))}
+before, after = read(sys.argv[1]), read(sys.argv[2])
+certificates = float(sys.argv[4]) - float(sys.argv[3])
+per_kind = defaultdict(int)
+for tid, (name, count) in after.items():
+    per_kind[re.sub(r"-?\d+$", "", name)] += count - before.get(tid, (name, 0))[1]
+cpu = (int(sys.argv[6]) - int(sys.argv[5])) / os.sysconf("SC_CLK_TCK") * 1e6 / max(certificates, 1)
+kinds = " ".join(f"{kind} {n / certificates:.2f}" for kind, n in sorted(per_kind.items(), key=lambda k: -k[1]) if n)
+print(f"  switches per certificate: {kinds}; total {sum(per_kind.values()) / certificates:.2f}; server CPU {cpu:.0f} µs per certificate")
+PY
+done
