@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use common::appliance::runtime;
 use common::postgres::{PASSWORD, Postgres};
+use hsmca::ledger::Store;
 use hsmca::ledger::audit::{self, AuditEvent};
 use hsmca::ledger::certificates::{
     CertificateStore, IssuedCertificate, Ledger, LedgerError, NewRevocation, Revocation, StoredCrl,
@@ -551,4 +552,44 @@ fn an_outage_refuses_groups_without_writing_and_the_journal_recovers_without_a_r
     assert_eq!(receipts[0].as_ref().unwrap().seq, 2);
     assert_eq!(server.psql("SELECT count(*) FROM certificates"), "2");
     assert_eq!(server.psql("SELECT max(seq) FROM audit_records"), "2");
+}
+
+/// Whether a second operation started on `store` while a first one is under way runs beside
+/// it (true), or waits for it (false, after the first gave up waiting for it).
+fn operations_overlap(store: &Store) -> bool {
+    let (entered, is_entered) = std::sync::mpsc::channel();
+    let (second_ran, has_second_run) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        let first = scope.spawn(move || {
+            store.blocking(|_| {
+                entered.send(()).unwrap();
+                Ok(has_second_run
+                    .recv_timeout(std::time::Duration::from_secs(2))
+                    .is_ok())
+            })
+        });
+        is_entered.recv().unwrap();
+        let second = scope.spawn(move || {
+            store.blocking(|_| {
+                let _ = second_ran.send(());
+                Ok(())
+            })
+        });
+        let overlapped = first.join().unwrap().unwrap();
+        second.join().unwrap().unwrap();
+        overlapped
+    })
+}
+
+#[test]
+fn a_replicas_store_operations_run_side_by_side_on_postgresql_and_take_turns_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::new(Box::new(
+        Ledger::open(&dir.path().join("ledger.sqlite")).unwrap(),
+    ));
+    assert!(!operations_overlap(&sqlite));
+    let server = Postgres::start(false);
+    let rt = runtime();
+    let postgres = Store::new(Box::new(replica(&server, dir.path(), &rt)));
+    assert!(operations_overlap(&postgres));
 }

@@ -207,6 +207,13 @@ pub(super) fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> LedgerError + C
 /// Certificates and revocations are written with their audit records, by the backend's
 /// [`super::journal::Journal`], never through this.
 pub trait CertificateStore: Send {
+    /// Another handle on the same store, for an operation to run beside those of this one,
+    /// if the backend takes operations at once (a pool of connections); `None`, the
+    /// default, makes operations take turns on this handle.
+    fn handle(&self) -> Option<Box<dyn CertificateStore>> {
+        None
+    }
+
     /// The certificate with `serial` (lower-case hex), if issued.
     fn find(&self, serial: &str) -> Result<Option<IssuedCertificate>, LedgerError>;
 

@@ -732,6 +732,12 @@ fn is_unique_violation(error: &tokio_postgres::Error) -> bool {
 }
 
 impl CertificateStore for PostgresLedger {
+    /// A clone: every operation takes a connection of the pool for itself, so the lookups,
+    /// CRLs and Vault tokens of a replica's requests do not wait for each other.
+    fn handle(&self) -> Option<Box<dyn CertificateStore>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn find(&self, serial: &str) -> Result<Option<IssuedCertificate>, LedgerError> {
         let backend = self.backend();
         self.with_client(async |client| {

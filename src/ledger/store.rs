@@ -1,10 +1,12 @@
-//! The ledger as the signing service uses it: the operations it needs beside issuance (look
-//! up by serial, revoke, the inputs and storage of a CRL, the trust bundle's sequence), run
-//! on tokio's blocking threads so that no async worker waits on the database.
+//! The ledger as the signing service uses it: the operations it needs beside issuance and
+//! revocation (look up by serial, the inputs and storage of a CRL, the trust bundle's
+//! sequence, Vault tokens), run on tokio's blocking threads so that no async worker waits on
+//! the database; on a backend that takes operations at once (PostgreSQL's pool) they run
+//! side by side, on SQLite's one connection they take turns.
 //!
-//! Whatever [`CertificateStore`] backend is behind it (SQLite's [`super::certificates::Ledger`]
-//! today), nothing above this layer names it. Issuance goes through the
-//! [`super::recorder::Recorder`], which writes certificates with their audit records.
+//! Whatever [`CertificateStore`] backend is behind it, nothing above this layer names it.
+//! Issuance and revocation go through the [`super::recorder::Recorder`], which writes them
+//! with their audit records.
 
 use std::sync::{Arc, Mutex};
 
@@ -42,7 +44,13 @@ impl Store {
         operation: impl FnOnce(&mut dyn CertificateStore) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
         let mut backend = self.backend.lock().unwrap_or_else(|e| e.into_inner());
-        operation(backend.as_mut())
+        match backend.handle() {
+            Some(mut handle) => {
+                drop(backend);
+                operation(handle.as_mut())
+            }
+            None => operation(backend.as_mut()),
+        }
     }
 
     /// Runs `operation` on the backend on a blocking thread.
