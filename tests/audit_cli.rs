@@ -1,4 +1,5 @@
-//! `hsmca audit verify` on a real log file: intact, then tampered in each way.
+//! `hsmca audit verify` on a real log file: intact, then tampered in each way; and on the
+//! configured SQLite store, whose ledger may hold records the file has not received yet.
 
 mod common;
 
@@ -6,6 +7,8 @@ use std::path::Path;
 
 use common::audit_verify as verify;
 use hsmca::ledger::audit::{AuditEvent, AuditLog};
+use hsmca::ledger::journal::{Journal, JournalEntry};
+use hsmca::ledger::sqlite_journal::SqliteJournal;
 
 fn rewrite(path: &Path, lines: &[&str]) {
     std::fs::write(path, format!("{}\n", lines.join("\n"))).unwrap();
@@ -107,5 +110,37 @@ fn the_configured_sqlite_stores_chain_is_verified_and_exported() {
     assert_eq!(
         std::fs::read(&out).unwrap(),
         std::fs::read(&log_path).unwrap()
+    );
+
+    // A record committed in the ledger that the file lost (as a crash between the two
+    // writes leaves it): the file still verifies, and verify says what the ledger holds more.
+    let length = std::fs::metadata(&log_path).unwrap().len();
+    let (mut journal, _) =
+        SqliteJournal::open(&dir.path().join("ledger.sqlite"), &log_path).unwrap();
+    journal
+        .commit(&[JournalEntry {
+            change: None,
+            event: AuditEvent {
+                event: "sign.refused".into(),
+                actor: "istiod".into(),
+                details: serde_json::json!({}),
+            },
+        }])
+        .unwrap();
+    // Stopped the way a kill stops it: nothing of its clean stop runs.
+    std::mem::forget(journal);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log_path)
+        .unwrap()
+        .set_len(length)
+        .unwrap();
+    let verified = hsmca(&["audit", "verify"]);
+    let stdout = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "{verified:?}");
+    assert!(stdout.contains("3 records, chain intact"), "{stdout}");
+    assert!(
+        stdout.contains("the ledger holds 1 more committed records, not in the file yet"),
+        "{stdout}"
     );
 }
