@@ -16,6 +16,7 @@ use hsmca::hsm::{AlgorithmError, Hsm, HsmError, KeyType};
 use hsmca::ledger::StorageBackend;
 use hsmca::ledger::audit::{self, AuditError};
 use hsmca::ledger::postgres::{PostgresConfig, PostgresLedger};
+use hsmca::ledger::reconcile::Reconciliation;
 
 /// hsmca: HSM-backed identity signing appliance for service meshes.
 #[derive(Parser)]
@@ -464,17 +465,27 @@ fn run(cli: Cli) -> Result<(), CliError> {
                             "note: the ledger holds {unwritten} more committed records, not in the file yet: hsmca serve writes them within a second while it runs, or when it next starts"
                         );
                     }
-                    emit(&report)
+                    let reconciliation =
+                        hsmca::ledger::sqlite_journal::reconcile_store(&ledger, &audit_log)
+                            .map_err(|e| CliError::Message(e.to_string()))?;
+                    reconciled(report, &reconciliation)
                 }
                 (AuditCommand::Verify { .. }, StorageBackend::Postgres(postgres)) => {
                     let runtime = runtime()?;
-                    let (records, head) = postgres_ledger(&postgres, &runtime)?
+                    let store = postgres_ledger(&postgres, &runtime)?;
+                    let (records, head) = store
                         .verify_audit()
                         .map_err(|e| CliError::Message(e.to_string()))?;
-                    emit(&format!(
-                        "audit chain in PostgreSQL {}: {records} records, chain intact\nhead: {head}\n",
-                        postgres.target()
-                    ))
+                    let reconciliation = store
+                        .reconcile_audit()
+                        .map_err(|e| CliError::Message(e.to_string()))?;
+                    reconciled(
+                        format!(
+                            "audit chain in PostgreSQL {}: {records} records, chain intact\nhead: {head}\n",
+                            postgres.target()
+                        ),
+                        &reconciliation,
+                    )
                 }
                 (AuditCommand::Export { out }, backend) => {
                     let mut file = std::fs::OpenOptions::new()
@@ -543,6 +554,21 @@ fn storage_backend(path: &Path) -> Result<StorageBackend, CliError> {
 /// `hsmca audit verify FILE`.
 fn verify_audit_file(file: &Path) -> Result<(), CliError> {
     emit(&audit_file_report(file, &audit::verify(file)?))
+}
+
+/// Ends `hsmca audit verify --config`'s `report` with how the store's certificates match
+/// their `sign.issued` records: printed if they match one to one, an error naming the
+/// mismatches if not.
+fn reconciled(mut report: String, reconciliation: &Reconciliation) -> Result<(), CliError> {
+    if !reconciliation.is_clean() {
+        emit(&report)?;
+        return Err(CliError::Message(format!(
+            "the store's certificates and the audit chain disagree: {}",
+            reconciliation.summary()
+        )));
+    }
+    let _ = writeln!(report, "{}", reconciliation.summary());
+    emit(&report)
 }
 
 /// What `hsmca audit verify` says of the intact audit log at `file`.

@@ -77,7 +77,7 @@ fn the_configured_sqlite_stores_chain_is_verified_and_exported() {
     let mut log = AuditLog::open(&log_path).unwrap();
     for n in 1..=3 {
         log.append(&AuditEvent {
-            event: "sign.issued".into(),
+            event: "sign.refused".into(),
             actor: "istiod".into(),
             details: serde_json::json!({ "n": n }),
         })
@@ -101,7 +101,9 @@ fn the_configured_sqlite_stores_chain_is_verified_and_exported() {
     // Neither needs the HSM: the module in the config does not even exist.
     let verified = hsmca(&["audit", "verify"]);
     assert!(
-        String::from_utf8_lossy(&verified.stdout).contains("3 records, chain intact"),
+        String::from_utf8_lossy(&verified.stdout).contains("3 records, chain intact\nhead: ")
+            && String::from_utf8_lossy(&verified.stdout)
+                .contains("0 certificates and 0 sign.issued records, one to one"),
         "{verified:?}"
     );
     let out = dir.path().join("export.log");
@@ -142,5 +144,22 @@ fn the_configured_sqlite_stores_chain_is_verified_and_exported() {
     assert!(
         stdout.contains("the ledger holds 1 more committed records, not in the file yet"),
         "{stdout}"
+    );
+
+    // A certificate row that no sign.issued record accounts for is named.
+    rusqlite::Connection::open(dir.path().join("ledger.sqlite"))
+        .unwrap()
+        .execute(
+            "INSERT INTO certificates (serial, issuer_key_id, subject, sans, profile, client, not_before, not_after, der)
+             VALUES ('0abc', 'aa', 'O=x', '[]', 'issuing-ca', 'istiod', 0, 1, x'00')",
+            [],
+        )
+        .unwrap();
+    let mismatch = hsmca(&["audit", "verify"]);
+    assert_eq!(mismatch.status.code(), Some(1), "{mismatch:?}");
+    assert!(
+        String::from_utf8_lossy(&mismatch.stderr)
+            .contains("1 certificates without a sign.issued record (0abc)"),
+        "{mismatch:?}"
     );
 }

@@ -130,6 +130,11 @@ fn an_sqlite_appliance_moves_to_postgres_with_its_chain_and_goes_on_there() {
         "{}",
         stdout(&verified)
     );
+    assert!(
+        stdout(&verified).contains("sign.issued records, one to one"),
+        "{}",
+        stdout(&verified)
+    );
     assert_eq!(
         server.psql(&format!(
             "SELECT reason FROM revocations WHERE serial = '{}'",

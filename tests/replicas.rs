@@ -123,6 +123,14 @@ fn two_replicas_serve_under_load_and_keep_one_set_of_books() {
         "{}",
         stdout(&verified)
     );
+    let certificates = server.psql("SELECT count(*) FROM certificates");
+    assert!(
+        stdout(&verified).contains(&format!(
+            "{certificates} certificates and {certificates} sign.issued records, one to one"
+        )),
+        "{}",
+        stdout(&verified)
+    );
     let out = appliance.path("auditor.log");
     let exported = audit(&["export", "--out", out.to_str().unwrap()]);
     assert!(exported.status.success(), "{}", stderr(&exported));
@@ -132,6 +140,21 @@ fn two_replicas_serve_under_load_and_keep_one_set_of_books() {
         stderr(&again).contains("already exists"),
         "{}",
         stderr(&again)
+    );
+    // Someone with write access to the database deletes a certificate: the chain is intact,
+    // but its sign.issued record has no row any more.
+    let deleted = server.psql(
+        "DELETE FROM certificates WHERE serial = (SELECT min(serial) FROM certificates) RETURNING serial",
+    );
+    let lost = audit(&["verify"]);
+    assert!(!lost.status.success());
+    assert!(
+        stderr(&lost).contains(&format!(
+            "1 sign.issued records without a certificate row ({})",
+            deleted.lines().next().unwrap().trim()
+        )),
+        "{}",
+        stderr(&lost)
     );
     // Someone with write access to the database edits a record, then cuts the newest one.
     server.psql(

@@ -10,6 +10,7 @@
 //! * [`recorder`]: group commit of issued certificates and revocations together with their
 //!   audit records, written through a [`journal::Journal`] in one transaction: SQLite with
 //!   the audit file written after ([`sqlite_journal::SqliteJournal`]), or PostgreSQL.
+//! * [`reconcile`]: the store's certificates matched with their `sign.issued` records.
 //! * [`migrate`]: an SQLite ledger and its audit log copied into PostgreSQL.
 //! * [`postgres`]: the PostgreSQL backend for several replicas: settings, pool, schema,
 //!   [`postgres::PostgresLedger`].
@@ -23,6 +24,7 @@ mod config;
 pub mod journal;
 pub mod migrate;
 pub mod postgres;
+pub mod reconcile;
 pub mod recorder;
 pub mod sqlite_journal;
 mod store;

@@ -28,6 +28,7 @@ use super::certificates::{
 };
 use super::chain::{AuditChain, record_time, verify_records};
 use super::journal::{Change, EntryResults, Journal, JournalEntry, JournalError, audited_events};
+use super::reconcile::{Reconciliation, reconcile};
 use crate::pki::RevocationReason;
 use crate::secret::{SecretError, SecretSource};
 
@@ -483,6 +484,31 @@ impl PostgresLedger {
                 ));
             }
             Ok((records, hash))
+        })
+    }
+
+    /// Matches the cluster's certificates with the chain's `sign.issued` records, both read
+    /// in one snapshot: exact even while replicas write.
+    pub fn reconcile_audit(&self) -> Result<Reconciliation, LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            let transaction = client.transaction().await.map_err(&backend)?;
+            transaction
+                .batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .await
+                .map_err(&backend)?;
+            let serials = transaction
+                .query("SELECT serial FROM certificates", &[])
+                .await
+                .map_err(&backend)?;
+            let records = transaction
+                .query("SELECT line FROM audit_records ORDER BY seq", &[])
+                .await
+                .map_err(&backend)?;
+            Ok(reconcile(
+                serials.iter().map(|row| row.get::<_, String>(0)),
+                records.iter().map(|row| row.get::<_, &str>(0)),
+            ))
         })
     }
 

@@ -23,6 +23,7 @@ use super::audit::{AuditError, AuditLog, DiscardedTail, EarlierRecords};
 use super::certificates::{Ledger, LedgerError, insert_certificate, insert_revocation, sqlite};
 use super::chain::{AuditChain, AuditEvent, AuditReceipt, Linked, check_record, record_time};
 use super::journal::{Change, EntryResults, Journal, JournalEntry, JournalError, audited_events};
+use super::reconcile::{Reconciliation, reconcile};
 
 /// The longest written records wait for the audit file's sync. They are durable in the
 /// ledger meanwhile, so this bounds only how many the ledger keeps pending, and costs no
@@ -167,6 +168,60 @@ impl Drop for SqliteJournal {
 pub fn committed_beyond(ledger: &Path, records: u64) -> Result<u64, LedgerError> {
     let pending = pending_records(&mut Ledger::open(ledger)?)?;
     Ok(pending.iter().filter(|(seq, _)| *seq > records).count() as u64)
+}
+
+/// Matches the certificates of the ledger at `ledger` with the `sign.issued` records of the
+/// audit file at `audit_log` and those the ledger committed beyond it. Exact while no hsmca
+/// serve writes; one that does may commit between the reads, and a repeat tells a passing
+/// difference from a lasting one.
+pub fn reconcile_store(ledger: &Path, audit_log: &Path) -> Result<Reconciliation, OpenError> {
+    let io = |source| AuditError::Io {
+        path: audit_log.to_owned(),
+        source,
+    };
+    // The file's length first: rows committed before the ledger is read below have their
+    // records in the file up to here, or still pending in the ledger.
+    let length = std::fs::metadata(audit_log).map_err(io)?.len();
+    let mut ledger = Ledger::open(ledger)?;
+    let (serials, pending) = {
+        let (connection, path) = ledger.writer();
+        let transaction = connection.transaction().map_err(sqlite(path))?;
+        let serials = transaction
+            .prepare("SELECT serial FROM certificates")
+            .and_then(|mut select| {
+                select
+                    .query_map([], |row| row.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(sqlite(path))?;
+        let pending = transaction
+            .prepare("SELECT seq, line FROM audit_pending ORDER BY seq")
+            .and_then(|mut select| {
+                select
+                    .query_map([], |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?.unsigned_abs(),
+                            row.get::<_, String>(1)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(sqlite(path))?;
+        (serials, pending)
+    };
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(File::open(audit_log).map_err(io)?, length),
+        &mut text,
+    )
+    .map_err(io)?;
+    let text = String::from_utf8_lossy(&text);
+    let in_file: Vec<&str> = text.lines().collect();
+    let beyond = pending
+        .iter()
+        .filter(|(seq, _)| *seq > in_file.len() as u64)
+        .map(|(_, line)| line.as_str());
+    Ok(reconcile(serials, in_file.iter().copied().chain(beyond)))
 }
 
 /// The ledger's pending records, oldest first.
