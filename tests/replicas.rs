@@ -141,10 +141,12 @@ fn two_replicas_serve_under_load_and_keep_one_set_of_books() {
         "{}",
         stderr(&again)
     );
-    // Someone with write access to the database deletes a certificate: the chain is intact,
-    // but its sign.issued record has no row any more.
+    // Someone with write access to the database deletes the newest certificate: the chain is
+    // intact, but its sign.issued record has no row any more.
     let deleted = server.psql(
-        "DELETE FROM certificates WHERE serial = (SELECT min(serial) FROM certificates) RETURNING serial",
+        "DELETE FROM certificates WHERE serial = (SELECT serial FROM certificates
+             WHERE serial NOT IN (SELECT serial FROM revocations)
+             ORDER BY issued_at DESC, serial LIMIT 1) RETURNING serial",
     );
     let lost = audit(&["verify"]);
     assert!(!lost.status.success());
@@ -156,6 +158,22 @@ fn two_replicas_serve_under_load_and_keep_one_set_of_books() {
         "{}",
         stderr(&lost)
     );
+    // A replica starting now says the same, from its check of the newest records.
+    let mut c = appliance.start_replica("c");
+    let expected = format!(
+        "1 sign.issued records without a certificate row ({})",
+        deleted.lines().next().unwrap().trim()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !c.log().contains(&expected) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no word of the deleted row in 30 s: {}",
+            c.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(c.stop().success(), "{}", c.log());
     // Someone with write access to the database edits a record, then cuts the newest one.
     server.psql(
         r#"UPDATE audit_records SET line = replace(line, '"actor":"', '"actor":"x') WHERE seq = 3"#,

@@ -23,6 +23,7 @@ use crate::ledger::audit::{AuditEvent, DiscardedTail};
 use crate::ledger::certificates::Ledger;
 use crate::ledger::journal::Journal;
 use crate::ledger::postgres::PostgresLedger;
+use crate::ledger::reconcile::report_recent;
 use crate::ledger::recorder::Recorder;
 use crate::ledger::sqlite_journal::SqliteJournal;
 use crate::pki;
@@ -119,10 +120,14 @@ fn open_storage(backend: StorageBackend) -> Result<OpenedStorage, StartError> {
                 journal: Box::new(ledger),
                 // Every replica checks the cluster's chain when it starts.
                 chain_check: Box::new(move || {
-                    chain
-                        .verify_audit()
-                        .map(|(records, _)| records)
-                        .map_err(|e| e.to_string())
+                    let (records, _) = chain.verify_audit().map_err(|e| e.to_string())?;
+                    match chain.reconcile_recent() {
+                        Ok(found) => report_recent(&found),
+                        Err(error) => {
+                            tracing::warn!(%error, "the newest certificates could not be checked against the audit chain")
+                        }
+                    }
+                    Ok(records)
                 }),
                 discarded_audit_tail: None,
             })

@@ -375,6 +375,8 @@ CREATE TABLE audit_pending (
     line          TEXT NOT NULL
 ) STRICT;
 ",
+    // 3: the certificates issued since a time, for the check at start (super::reconcile).
+    "CREATE INDEX certificates_by_issued_at ON certificates (issued_at);",
 ];
 
 /// The newest SQLite schema version this binary knows.

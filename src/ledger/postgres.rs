@@ -28,7 +28,7 @@ use super::certificates::{
 };
 use super::chain::{AuditChain, record_time, verify_records};
 use super::journal::{Change, EntryResults, Journal, JournalEntry, JournalError, audited_events};
-use super::reconcile::{Reconciliation, reconcile};
+use super::reconcile::{RECENT_RECORDS, Reconciliation, reconcile, reconcile_recent, window_start};
 use crate::pki::RevocationReason;
 use crate::secret::{SecretError, SecretSource};
 
@@ -484,6 +484,45 @@ impl PostgresLedger {
                 ));
             }
             Ok((records, hash))
+        })
+    }
+
+    /// The check at start: the certificates issued since the oldest of the chain's newest
+    /// [`RECENT_RECORDS`] records, matched with the `sign.issued` records among them, read in
+    /// one snapshot.
+    pub fn reconcile_recent(&self) -> Result<Reconciliation, LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            let transaction = client.transaction().await.map_err(&backend)?;
+            transaction
+                .batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .await
+                .map_err(&backend)?;
+            let newest = transaction
+                .query(
+                    "SELECT seq, line FROM
+                         (SELECT seq, line FROM audit_records ORDER BY seq DESC LIMIT $1) newest
+                     ORDER BY seq",
+                    &[&(RECENT_RECORDS as i64)],
+                )
+                .await
+                .map_err(&backend)?;
+            let first_seq = newest
+                .first()
+                .map_or(1, |row| row.get::<_, i64>(0).unsigned_abs());
+            let records: Vec<String> = newest.iter().map(|row| row.get(1)).collect();
+            let rows = transaction
+                .query(
+                    "SELECT serial, issued_at FROM certificates WHERE issued_at >= $1",
+                    &[&window_start(&records).saturating_sub(1)],
+                )
+                .await
+                .map_err(&backend)?;
+            Ok(reconcile_recent(
+                rows.iter().map(|row| (row.get(0), row.get(1))),
+                &records,
+                first_seq,
+            ))
         })
     }
 
@@ -1054,10 +1093,11 @@ struct Migration {
 }
 
 /// The schema, version by version. Never edit a released step: add one.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    what: "certificates, revocations, CRLs and their leases, bundle sequence, the audit chain, Vault tokens",
-    sql: "
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        what: "certificates, revocations, CRLs and their leases, bundle sequence, the audit chain, Vault tokens",
+        sql: "
 CREATE TABLE certificates (
     serial        text PRIMARY KEY,
     issuer_key_id text NOT NULL,
@@ -1118,7 +1158,13 @@ CREATE TABLE vault_tokens (
     expires_at    bigint NOT NULL
 );
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        what: "certificates by issue time, for the check at start",
+        sql: "CREATE INDEX certificates_by_issued_at ON certificates (issued_at);",
+    },
+];
 
 /// The newest schema version this binary knows.
 pub fn schema_version() -> i32 {

@@ -23,7 +23,9 @@ use super::audit::{AuditError, AuditLog, DiscardedTail, EarlierRecords};
 use super::certificates::{Ledger, LedgerError, insert_certificate, insert_revocation, sqlite};
 use super::chain::{AuditChain, AuditEvent, AuditReceipt, Linked, check_record, record_time};
 use super::journal::{Change, EntryResults, Journal, JournalEntry, JournalError, audited_events};
-use super::reconcile::{Reconciliation, reconcile};
+use super::reconcile::{
+    RECENT_RECORDS, Reconciliation, reconcile, reconcile_recent, report_recent, window_start,
+};
 
 /// The longest written records wait for the audit file's sync. They are durable in the
 /// ledger meanwhile, so this bounds only how many the ledger keeps pending, and costs no
@@ -59,6 +61,7 @@ impl SqliteJournal {
         let pending = pending_records(&mut ledger)?;
         complete_the_file(&mut log, &pending)?;
         forget_pending(&mut ledger, u64::MAX)?;
+        report_recent(&reconcile_newest(&mut ledger, &log)?);
         let syncer =
             Syncer::start(log.sync_handle()?, log.chain().records()).map_err(|source| {
                 AuditError::Io {
@@ -222,6 +225,26 @@ pub fn reconcile_store(ledger: &Path, audit_log: &Path) -> Result<Reconciliation
         .filter(|(seq, _)| *seq > in_file.len() as u64)
         .map(|(_, line)| line.as_str());
     Ok(reconcile(serials, in_file.iter().copied().chain(beyond)))
+}
+
+/// The check at start: the certificates issued since the oldest of the file's newest
+/// [`RECENT_RECORDS`] records, matched with the `sign.issued` records among them. Run before
+/// the service writes, with the file complete.
+fn reconcile_newest(ledger: &mut Ledger, log: &AuditLog) -> Result<Reconciliation, OpenError> {
+    let records = log.last_records(RECENT_RECORDS)?;
+    let first_seq = log.chain().records() + 1 - records.len() as u64;
+    let (connection, path) = ledger.writer();
+    let rows = connection
+        .prepare("SELECT serial, issued_at FROM certificates WHERE issued_at >= ?1")
+        .and_then(|mut select| {
+            select
+                .query_map(params![window_start(&records).saturating_sub(1)], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(sqlite(path))?;
+    Ok(reconcile_recent(rows, &records, first_seq))
 }
 
 /// The ledger's pending records, oldest first.
