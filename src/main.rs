@@ -1,6 +1,7 @@
 //! The `hsmca` command line.
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -12,11 +13,17 @@ use hsmca::api::client::{Client, Layout, RequestKeyType, RequestOptions};
 use hsmca::api::{Service, StartError};
 use hsmca::ceremony::{self, CeremonyError, Progress};
 use hsmca::config::{Config, ConfigError};
+use hsmca::duration::Seconds;
 use hsmca::hsm::{AlgorithmError, Hsm, HsmError, KeyType};
 use hsmca::ledger::StorageBackend;
 use hsmca::ledger::audit::{self, AuditError};
+use hsmca::ledger::certificates::{
+    CertificateFilter, CertificateStore, IssuedCertificate, Ledger, ListedCertificate,
+    normalize_serial,
+};
 use hsmca::ledger::postgres::{PostgresConfig, PostgresLedger};
 use hsmca::ledger::reconcile::Reconciliation;
+use hsmca::pki::CaCertificate;
 
 /// hsmca: HSM-backed identity signing appliance for service meshes.
 #[derive(Parser)]
@@ -51,6 +58,11 @@ enum Command {
     Ledger {
         #[command(subcommand)]
         command: LedgerCommand,
+    },
+    /// The certificates the appliance issued, from the configured store (needs no HSM).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
     },
     /// Check the hash-chained audit log.
     Audit {
@@ -190,6 +202,37 @@ enum LedgerCommand {
         /// The configuration to move to: its [storage] names the PostgreSQL database.
         #[arg(long)]
         to: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// List issued certificates, oldest first: serial, client, profile, issuer, notAfter,
+    /// revocation and subject; every option narrows the list.
+    List {
+        /// Only those the client with this identity asked for.
+        #[arg(long)]
+        client: Option<String>,
+        /// Only those issued under this profile.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Only those signed by this issuer (its name in the configuration).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// Only those still valid that expire within this time (e.g. 720h).
+        #[arg(long, value_parser = Seconds::parse)]
+        expiring_within: Option<Seconds>,
+        /// Only revoked certificates.
+        #[arg(long)]
+        revoked: bool,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one certificate: its ledger fields, its revocation and its PEM.
+    Show {
+        /// The serial, in hex, with or without `:` separators.
+        serial: String,
     },
 }
 
@@ -406,6 +449,73 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit {
             command: AuditCommand::Verify { file: Some(file) },
         } => verify_audit_file(&file),
+        Command::Certs { command } => {
+            let path = cli.config.unwrap_or_else(|| DEFAULT_CONFIG.into());
+            let config = Config::load(&path)?;
+            let runtime = runtime()?;
+            let store = open_store(&configured_storage(&config, &path)?, &runtime)?;
+            match command {
+                CertsCommand::List {
+                    client,
+                    profile,
+                    issuer,
+                    expiring_within,
+                    revoked,
+                    json,
+                } => {
+                    let issuer_names = issuer_names(&config)?;
+                    let issuer_key_id = issuer
+                        .map(|name| {
+                            issuer_names
+                                .iter()
+                                .find(|(_, known)| **known == name)
+                                .map(|(key_id, _)| key_id.clone())
+                                .ok_or_else(|| {
+                                    CliError::Message(format!(
+                                        "{}: no issuer {name:?} (the configured ones: {})",
+                                        path.display(),
+                                        config
+                                            .issuers
+                                            .keys()
+                                            .cloned()
+                                            .collect::<Vec<_>>()
+                                            .join(", ")
+                                    ))
+                                })
+                        })
+                        .transpose()?;
+                    let now = unix_now();
+                    let filter = CertificateFilter {
+                        client,
+                        profile,
+                        issuer_key_id,
+                        expiring_before: expiring_within.map(|within| now + within.0 as i64),
+                        revoked_only: revoked,
+                    };
+                    let listed = store
+                        .list(&filter, now)
+                        .map_err(|e| CliError::Message(e.to_string()))?;
+                    emit(&certificate_list(&listed, &issuer_names, json))
+                }
+                CertsCommand::Show { serial } => {
+                    let serial = normalize_serial(&serial);
+                    let found = store
+                        .find(&serial)
+                        .and_then(|found| Ok((found, store.revoked_at(&serial)?)))
+                        .map_err(|e| CliError::Message(e.to_string()))?;
+                    let (Some(certificate), revoked_at) = found else {
+                        return Err(CliError::Message(format!(
+                            "no certificate with serial {serial} is in the ledger"
+                        )));
+                    };
+                    emit(&certificate_details(
+                        &certificate,
+                        revoked_at,
+                        &issuer_names(&config)?,
+                    ))
+                }
+            }
+        }
         Command::Ledger {
             command: LedgerCommand::Migrate { to },
         } => {
@@ -541,7 +651,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
 
 /// The `[storage]` backend of the configuration at `path`, its paths resolved.
 fn storage_backend(path: &Path) -> Result<StorageBackend, CliError> {
-    let config = Config::load(path)?;
+    configured_storage(&Config::load(path)?, path)
+}
+
+/// The `[storage]` backend of `config` (read from `path`), its paths resolved.
+fn configured_storage(config: &Config, path: &Path) -> Result<StorageBackend, CliError> {
     Ok(config
         .storage
         .as_ref()
@@ -549,6 +663,133 @@ fn storage_backend(path: &Path) -> Result<StorageBackend, CliError> {
         .backend()
         .map_err(CliError::Message)?
         .resolved(|p| config.resolve(p)))
+}
+
+/// The store of `backend`, for a command that reads it from this thread (PostgreSQL's
+/// connections live on `runtime`).
+fn open_store(
+    backend: &StorageBackend,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Box<dyn CertificateStore>, CliError> {
+    Ok(match backend {
+        StorageBackend::Sqlite { ledger, .. } => {
+            Box::new(Ledger::open(ledger).map_err(|e| CliError::Message(e.to_string()))?)
+        }
+        StorageBackend::Postgres(postgres) => Box::new(postgres_ledger(postgres, runtime)?),
+    })
+}
+
+/// The configured issuers' names by key identifier (hex), read from their certificates.
+fn issuer_names(config: &Config) -> Result<BTreeMap<String, String>, CliError> {
+    config
+        .issuers
+        .iter()
+        .map(|(name, issuer)| {
+            let certificate = CaCertificate::from_file(&config.resolve(&issuer.certificate))
+                .map_err(|e| CliError::Message(e.to_string()))?;
+            Ok((
+                hex::encode(certificate.key_identifier().unwrap_or_default()),
+                name.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// `hsmca certs list`'s output: a table, or one JSON object per line.
+fn certificate_list(
+    listed: &[ListedCertificate],
+    issuer_names: &BTreeMap<String, String>,
+    json: bool,
+) -> String {
+    let issuer = |key_id: &String| issuer_names.get(key_id).unwrap_or(key_id).clone();
+    let mut out = String::new();
+    if json {
+        for certificate in listed {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "serial": certificate.serial,
+                    "client": certificate.client,
+                    "profile": certificate.profile,
+                    "issuer": issuer(&certificate.issuer_key_id),
+                    "subject": certificate.subject,
+                    "sans": certificate.sans,
+                    "not_before": rfc3339(certificate.not_before),
+                    "not_after": rfc3339(certificate.not_after),
+                    "revoked": certificate.revoked.as_ref().map(|(reason, at)| {
+                        serde_json::json!({ "reason": reason, "at": rfc3339(*at) })
+                    }),
+                })
+            );
+        }
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<40} {:<40} {:<12} {:<14} {:<20} {:<16} SUBJECT",
+        "SERIAL", "CLIENT", "PROFILE", "ISSUER", "NOT AFTER", "REVOKED"
+    );
+    for certificate in listed {
+        let revoked = certificate
+            .revoked
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |(reason, _)| reason.clone());
+        let _ = writeln!(
+            out,
+            "{:<40} {:<40} {:<12} {:<14} {:<20} {:<16} {}",
+            certificate.serial,
+            certificate.client,
+            certificate.profile,
+            issuer(&certificate.issuer_key_id),
+            rfc3339(certificate.not_after),
+            revoked,
+            certificate.subject
+        );
+    }
+    let _ = writeln!(out, "{} certificates", listed.len());
+    out
+}
+
+/// `hsmca certs show`'s output.
+fn certificate_details(
+    certificate: &IssuedCertificate,
+    revoked_at: Option<i64>,
+    issuer_names: &BTreeMap<String, String>,
+) -> String {
+    let issuer = issuer_names
+        .get(&certificate.issuer_key_id)
+        .cloned()
+        .unwrap_or_else(|| format!("key {}", certificate.issuer_key_id));
+    let revoked = revoked_at.map_or_else(|| "no".to_owned(), |at| format!("at {}", rfc3339(at)));
+    format!(
+        "serial:     {}\nsubject:    {}\nsans:       {}\nprofile:    {}\nclient:     {}\nissuer:     {}\nnot before: {}\nnot after:  {}\nrevoked:    {}\n{}",
+        certificate.serial,
+        certificate.subject,
+        certificate.sans.join(", "),
+        certificate.profile,
+        certificate.client,
+        issuer,
+        rfc3339(certificate.not_before),
+        rfc3339(certificate.not_after),
+        revoked,
+        hsmca::pki::to_pem("CERTIFICATE", &certificate.der)
+    )
+}
+
+/// Unix seconds as RFC 3339 (UTC).
+fn rfc3339(seconds: i64) -> String {
+    der::DateTime::from_unix_duration(std::time::Duration::from_secs(
+        seconds.max(0).unsigned_abs(),
+    ))
+    .map_or_else(|_| seconds.to_string(), |time| time.to_string())
+}
+
+/// Now, in Unix seconds.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// `hsmca audit verify FILE`.

@@ -13,7 +13,8 @@ use common::postgres::{PASSWORD, Postgres};
 use hsmca::ledger::Store;
 use hsmca::ledger::audit::{self, AuditEvent};
 use hsmca::ledger::certificates::{
-    CertificateStore, IssuedCertificate, Ledger, LedgerError, NewRevocation, Revocation, StoredCrl,
+    CertificateFilter, CertificateStore, IssuedCertificate, Ledger, LedgerError, NewRevocation,
+    Revocation, StoredCrl,
 };
 use hsmca::ledger::journal::{Change, Journal, JournalEntry, JournalError};
 use hsmca::ledger::postgres::{PostgresConfig, PostgresError, PostgresLedger, schema_version};
@@ -245,6 +246,88 @@ fn the_store_contract_holds(journal: &mut dyn Journal, store: &mut dyn Certifica
         }]
     );
     assert!(store.revoked("other").unwrap().is_empty());
+
+    // The inventory: every filter narrows, revocations come with their certificate.
+    let serials = |filter: CertificateFilter, now: i64| -> Vec<String> {
+        store
+            .list(&filter, now)
+            .unwrap()
+            .into_iter()
+            .map(|listed| listed.serial)
+            .collect()
+    };
+    let issued_at = 1_795_000_000;
+    assert_eq!(
+        serials(CertificateFilter::default(), issued_at),
+        ["01", "02", "03"]
+    );
+    let revoked = store
+        .list(
+            &CertificateFilter {
+                revoked_only: true,
+                ..CertificateFilter::default()
+            },
+            issued_at,
+        )
+        .unwrap();
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0].serial, "02");
+    assert_eq!(revoked[0].revoked, Some(("key-compromise".into(), 100)));
+    assert_eq!(revoked[0].sans, ["spiffe://example.org"]);
+    let by = |client: &str, profile: &str, issuer: &str| CertificateFilter {
+        client: Some(client.into()),
+        profile: Some(profile.into()),
+        issuer_key_id: Some(issuer.into()),
+        ..CertificateFilter::default()
+    };
+    assert_eq!(
+        serials(
+            by(
+                "spiffe://example.org/spire-server",
+                "issuing-ca",
+                "6c51eb35"
+            ),
+            issued_at
+        )
+        .len(),
+        3
+    );
+    assert!(
+        serials(
+            by("spiffe://example.org/other", "issuing-ca", "6c51eb35"),
+            issued_at
+        )
+        .is_empty()
+    );
+    assert!(
+        serials(
+            by("spiffe://example.org/spire-server", "workload", "6c51eb35"),
+            issued_at
+        )
+        .is_empty()
+    );
+    assert!(
+        serials(
+            by("spiffe://example.org/spire-server", "issuing-ca", "aa"),
+            issued_at
+        )
+        .is_empty()
+    );
+    // They expire at 1_795_086_400: within a day of issue, not within an hour; once expired,
+    // no longer "expiring".
+    let expiring = |before: i64, now: i64| {
+        serials(
+            CertificateFilter {
+                expiring_before: Some(before),
+                ..CertificateFilter::default()
+            },
+            now,
+        )
+        .len()
+    };
+    assert_eq!(expiring(issued_at + 86_400, issued_at), 3);
+    assert_eq!(expiring(issued_at + 3_600, issued_at), 0);
+    assert_eq!(expiring(1_795_086_400 + 86_400, 1_795_086_400), 0);
 
     assert_eq!(store.latest_crl("6c51eb35").unwrap(), None);
     assert_eq!(store.next_crl_number("6c51eb35").unwrap(), 1);

@@ -104,7 +104,7 @@ fn an_officer_revokes_and_the_hsm_signed_crl_says_so_to_openssl_and_pkilint() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (revoked, revoked_cert, chain) = issue(&appliance, "spire", "issuing-ca", dir, "a");
-    let (_, kept_cert, _) = issue(&appliance, "spire", "issuing-ca", dir, "b");
+    let (kept_serial, kept_cert, _) = issue(&appliance, "spire", "issuing-ca", dir, "b");
     // Certificates point at the issuer's CRL.
     let text = stdout(
         &Command::new("openssl")
@@ -255,6 +255,98 @@ fn an_officer_revokes_and_the_hsm_signed_crl_says_so_to_openssl_and_pkilint() {
         "two issuers at start, then one revocation"
     );
     assert!(audit_verify(&appliance.path("audit.log")).status.success());
+
+    // The inventory, read from the ledger with the appliance stopped (no HSM needed).
+    let config = appliance.config_path();
+    let certs = |args: &[&str]| {
+        let mut all = vec!["--config", config.to_str().unwrap(), "certs"];
+        all.extend_from_slice(args);
+        appliance.token.hsmca_command(&all).output().unwrap()
+    };
+    let listed = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["list", "--json"];
+        all.extend_from_slice(args);
+        let output = certs(&all);
+        assert_success(&output, "hsmca certs list");
+        stdout(&output)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    // Sorted: the list is in the order the rows were recorded, to the second.
+    let serials = |listed: &[serde_json::Value]| -> Vec<String> {
+        let mut serials: Vec<String> = listed
+            .iter()
+            .map(|c| c["serial"].as_str().unwrap().to_owned())
+            .collect();
+        serials.sort();
+        serials
+    };
+    let sorted = |mut serials: Vec<String>| {
+        serials.sort();
+        serials
+    };
+    let everything = listed(&[]);
+    assert_eq!(
+        serials(&everything),
+        sorted(vec![
+            revoked.clone(),
+            kept_serial.clone(),
+            other_issuer.clone()
+        ])
+    );
+    let revoked_only = listed(&["--revoked"]);
+    assert_eq!(serials(&revoked_only), std::slice::from_ref(&revoked));
+    assert_eq!(revoked_only[0]["revoked"]["reason"], "key-compromise");
+    assert_eq!(revoked_only[0]["issuer"], "online-p256");
+    let istiod = everything
+        .iter()
+        .find(|c| c["serial"] == other_issuer.as_str())
+        .unwrap()["client"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        serials(&listed(&["--client", istiod])),
+        std::slice::from_ref(&other_issuer)
+    );
+    assert_eq!(
+        serials(&listed(&[
+            "--issuer",
+            "online-p256",
+            "--profile",
+            "issuing-ca"
+        ])),
+        sorted(vec![revoked.clone(), kept_serial.clone()])
+    );
+    assert!(listed(&["--expiring-within", "1m"]).is_empty());
+    assert_eq!(listed(&["--expiring-within", "87600h"]).len(), 3);
+    let unknown = certs(&["list", "--issuer", "nope"]);
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown).contains("no issuer \"nope\""),
+        "{}",
+        stderr(&unknown)
+    );
+    let table = stdout(&certs(&["list"]));
+    assert!(
+        table.contains("3 certificates") && table.contains("key-compromise"),
+        "{table}"
+    );
+    let shown = certs(&["show", &revoked]);
+    assert_success(&shown, "hsmca certs show");
+    let shown = stdout(&shown);
+    assert!(shown.contains("revoked:    at "), "{shown}");
+    assert!(
+        shown.contains(std::fs::read_to_string(&revoked_cert).unwrap().trim()),
+        "{shown}"
+    );
+    let missing = certs(&["show", "0badc0de"]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no certificate with serial 0badc0de"),
+        "{}",
+        stderr(&missing)
+    );
 
     // The CRL number survives a restart: the stored CRL is served, not a new number 1.
     appliance.start();

@@ -62,6 +62,47 @@ pub struct NewRevocation {
     pub officer: String,
 }
 
+/// Which certificates [`CertificateStore::list`] returns: each field that is set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CertificateFilter {
+    /// The client identity that asked for it.
+    pub client: Option<String>,
+    /// The profile it was issued under.
+    pub profile: Option<String>,
+    /// The key identifier (hex) of the issuer that signed it.
+    pub issuer_key_id: Option<String>,
+    /// Only certificates still valid whose notAfter is at or before this (Unix seconds).
+    pub expiring_before: Option<i64>,
+    /// Only revoked certificates.
+    pub revoked_only: bool,
+}
+
+/// A certificate as [`CertificateStore::list`] returns it: its ledger fields (not the DER),
+/// when it was recorded, and its revocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedCertificate {
+    /// Serial, lower-case hex.
+    pub serial: String,
+    /// The issuer's key identifier, hex.
+    pub issuer_key_id: String,
+    /// The subject, as text.
+    pub subject: String,
+    /// The subject alternative names.
+    pub sans: Vec<String>,
+    /// The profile.
+    pub profile: String,
+    /// The client identity that asked for it.
+    pub client: String,
+    /// notBefore, Unix seconds.
+    pub not_before: i64,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+    /// When its row was committed, Unix seconds.
+    pub issued_at: i64,
+    /// Its revocation's reason name and time (Unix seconds), if revoked.
+    pub revoked: Option<(String, i64)>,
+}
+
 /// A signed CRL as the ledger keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredCrl {
@@ -225,6 +266,14 @@ pub trait CertificateStore: Send {
 
     /// When the certificate with `serial` was revoked (Unix seconds), if it was.
     fn revoked_at(&self, serial: &str) -> Result<Option<i64>, LedgerError>;
+
+    /// The certificates `filter` selects, oldest first; `now` (Unix seconds) is when
+    /// "still valid" is judged for [`CertificateFilter::expiring_before`].
+    fn list(
+        &self,
+        filter: &CertificateFilter,
+        now: i64,
+    ) -> Result<Vec<ListedCertificate>, LedgerError>;
 
     /// The revoked certificates of the issuer with `issuer_key_id`, oldest first.
     fn revoked(&self, issuer_key_id: &str) -> Result<Vec<Revocation>, LedgerError>;
@@ -517,6 +566,18 @@ pub(super) fn sample_certificate(serial: &str) -> IssuedCertificate {
     }
 }
 
+/// The columns [`CertificateStore::list`] reads, in [`ListedCertificate`]'s order, of
+/// `certificates c LEFT JOIN revocations r`; the same on every backend.
+pub(super) const LISTED_COLUMNS: &str = "c.serial, c.issuer_key_id, c.subject, c.sans, c.profile, c.client, c.not_before, c.not_after, c.issued_at, r.reason, r.revoked_at";
+
+/// The SANs column (a JSON array) of the ledger at `location`.
+pub(super) fn parse_sans(sans: &str, location: &str) -> Result<Vec<String>, LedgerError> {
+    serde_json::from_str(sans).map_err(|e| LedgerError::Backend {
+        location: location.to_owned(),
+        source: Box::new(e),
+    })
+}
+
 /// Inserts `certificate` in `transaction`; a serial already present fails alone (SQLite
 /// undoes the statement, not the transaction).
 pub(super) fn insert_certificate(
@@ -605,6 +666,64 @@ pub(super) fn insert_revocation(
 }
 
 impl CertificateStore for Ledger {
+    fn list(
+        &self,
+        filter: &CertificateFilter,
+        now: i64,
+    ) -> Result<Vec<ListedCertificate>, LedgerError> {
+        let sqlite = sqlite(&self.path);
+        let mut select = self
+            .connection
+            .prepare(&format!(
+                "SELECT {LISTED_COLUMNS} FROM certificates c LEFT JOIN revocations r ON r.serial = c.serial
+                 WHERE (?1 IS NULL OR c.client = ?1) AND (?2 IS NULL OR c.profile = ?2)
+                   AND (?3 IS NULL OR c.issuer_key_id = ?3)
+                   AND (?4 IS NULL OR (c.not_after <= ?4 AND c.not_after > ?5))
+                   AND (NOT ?6 OR r.serial IS NOT NULL)
+                 ORDER BY c.issued_at, c.serial"
+            ))
+            .map_err(sqlite)?;
+        let rows = select
+            .query_map(
+                params![
+                    filter.client,
+                    filter.profile,
+                    filter.issuer_key_id,
+                    filter.expiring_before,
+                    now,
+                    filter.revoked_only
+                ],
+                |row| {
+                    let sans: String = row.get(3)?;
+                    Ok((
+                        ListedCertificate {
+                            serial: row.get(0)?,
+                            issuer_key_id: row.get(1)?,
+                            subject: row.get(2)?,
+                            sans: Vec::new(),
+                            profile: row.get(4)?,
+                            client: row.get(5)?,
+                            not_before: row.get(6)?,
+                            not_after: row.get(7)?,
+                            issued_at: row.get(8)?,
+                            revoked: match (row.get(9)?, row.get(10)?) {
+                                (Some(reason), Some(at)) => Some((reason, at)),
+                                _ => None,
+                            },
+                        },
+                        sans,
+                    ))
+                },
+            )
+            .map_err(sqlite)?;
+        rows.map(|row| {
+            let (mut listed, sans) = row.map_err(sqlite)?;
+            listed.sans = parse_sans(&sans, &self.path.display().to_string())?;
+            Ok(listed)
+        })
+        .collect()
+    }
+
     fn revoked_at(&self, serial: &str) -> Result<Option<i64>, LedgerError> {
         self.connection
             .query_row(

@@ -23,8 +23,9 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::certificates::{
-    CertificateStore, IssuedCertificate, LedgerError, LedgerSnapshot, NewRevocation, Revocation,
-    StoredCrl, StoredToken,
+    CertificateFilter, CertificateStore, IssuedCertificate, LISTED_COLUMNS, LedgerError,
+    LedgerSnapshot, ListedCertificate, NewRevocation, Revocation, StoredCrl, StoredToken,
+    parse_sans,
 };
 use super::chain::{AuditChain, record_time, verify_records};
 use super::journal::{Change, EntryResults, Journal, JournalEntry, JournalError, audited_events};
@@ -453,12 +454,7 @@ impl PostgresLedger {
     pub fn verify_audit(&self) -> Result<(u64, String), LedgerError> {
         let backend = self.backend();
         self.with_client(async |client| {
-            let transaction = client.transaction().await.map_err(&backend)?;
-            // One snapshot: records appended meanwhile by the replicas are not half seen.
-            transaction
-                .batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                .await
-                .map_err(&backend)?;
+            let transaction = snapshot(client, &backend).await?;
             let rows = transaction
                 .query("SELECT line FROM audit_records ORDER BY seq", &[])
                 .await
@@ -493,11 +489,7 @@ impl PostgresLedger {
     pub fn reconcile_recent(&self) -> Result<Reconciliation, LedgerError> {
         let backend = self.backend();
         self.with_client(async |client| {
-            let transaction = client.transaction().await.map_err(&backend)?;
-            transaction
-                .batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                .await
-                .map_err(&backend)?;
+            let transaction = snapshot(client, &backend).await?;
             let newest = transaction
                 .query(
                     "SELECT seq, line FROM
@@ -531,11 +523,7 @@ impl PostgresLedger {
     pub fn reconcile_audit(&self) -> Result<Reconciliation, LedgerError> {
         let backend = self.backend();
         self.with_client(async |client| {
-            let transaction = client.transaction().await.map_err(&backend)?;
-            transaction
-                .batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                .await
-                .map_err(&backend)?;
+            let transaction = snapshot(client, &backend).await?;
             let serials = transaction
                 .query("SELECT serial FROM certificates", &[])
                 .await
@@ -724,6 +712,20 @@ async fn insert_revocation(
     Ok(Err(refused))
 }
 
+/// A read-only transaction on `client` that sees one snapshot of the database throughout:
+/// records and rows appended meanwhile by the replicas are not half seen.
+async fn snapshot<'c>(
+    client: &'c mut deadpool_postgres::Client,
+    backend: &impl Fn(tokio_postgres::Error) -> LedgerError,
+) -> Result<deadpool_postgres::Transaction<'c>, LedgerError> {
+    let transaction = client.transaction().await.map_err(backend)?;
+    transaction
+        .batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(backend)?;
+    Ok(transaction)
+}
+
 /// One INSERT of many rows, the columns as arrays.
 async fn insert_rows(
     client: &impl deadpool_postgres::GenericClient,
@@ -775,15 +777,11 @@ fn certificate_from_row(
     row: &tokio_postgres::Row,
     location: &str,
 ) -> Result<IssuedCertificate, LedgerError> {
-    let sans: String = row.get(3);
     Ok(IssuedCertificate {
         serial: row.get(0),
         issuer_key_id: row.get(1),
         subject: row.get(2),
-        sans: serde_json::from_str(&sans).map_err(|e| LedgerError::Backend {
-            location: location.to_owned(),
-            source: Box::new(e),
-        })?,
+        sans: parse_sans(row.get(3), location)?,
         profile: row.get(4),
         client: row.get(5),
         not_before: row.get(6),
@@ -797,6 +795,56 @@ fn is_unique_violation(error: &tokio_postgres::Error) -> bool {
 }
 
 impl CertificateStore for PostgresLedger {
+    fn list(
+        &self,
+        filter: &CertificateFilter,
+        now: i64,
+    ) -> Result<Vec<ListedCertificate>, LedgerError> {
+        let backend = self.backend();
+        self.with_client(async |client| {
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT {LISTED_COLUMNS} FROM certificates c LEFT JOIN revocations r ON r.serial = c.serial
+                         WHERE ($1::text IS NULL OR c.client = $1) AND ($2::text IS NULL OR c.profile = $2)
+                           AND ($3::text IS NULL OR c.issuer_key_id = $3)
+                           AND ($4::bigint IS NULL OR (c.not_after <= $4 AND c.not_after > $5))
+                           AND (NOT $6 OR r.serial IS NOT NULL)
+                         ORDER BY c.issued_at, c.serial"
+                    ),
+                    &[
+                        &filter.client,
+                        &filter.profile,
+                        &filter.issuer_key_id,
+                        &filter.expiring_before,
+                        &now,
+                        &filter.revoked_only,
+                    ],
+                )
+                .await
+                .map_err(&backend)?;
+            rows.iter()
+                .map(|row| {
+                    Ok(ListedCertificate {
+                        serial: row.get(0),
+                        issuer_key_id: row.get(1),
+                        subject: row.get(2),
+                        sans: parse_sans(row.get(3), &self.target)?,
+                        profile: row.get(4),
+                        client: row.get(5),
+                        not_before: row.get(6),
+                        not_after: row.get(7),
+                        issued_at: row.get(8),
+                        revoked: match (row.get(9), row.get(10)) {
+                            (Some(reason), Some(at)) => Some((reason, at)),
+                            _ => None,
+                        },
+                    })
+                })
+                .collect()
+        })
+    }
+
     /// A clone: every operation takes a connection of the pool for itself, so the lookups,
     /// CRLs and Vault tokens of a replica's requests do not wait for each other.
     fn handle(&self) -> Option<Box<dyn CertificateStore>> {
