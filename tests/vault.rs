@@ -83,6 +83,20 @@ fn hvac_logs_in_with_its_certificate_signs_and_reads_the_ca() {
         summary["workload_serial"].as_str().unwrap().len(),
         17 * 3 - 1
     );
+    // `list_certificates`: the serials of what this client was issued, in Vault's form.
+    let mut listed: Vec<&str> = summary["listed_serials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|serial| serial.as_str().unwrap())
+        .collect();
+    listed.sort_unstable();
+    let mut issued = [
+        summary["intermediate_serial"].as_str().unwrap(),
+        summary["workload_serial"].as_str().unwrap(),
+    ];
+    issued.sort_unstable();
+    assert_eq!(listed, issued);
 
     let root = appliance.root_pem();
     assert_eq!(
@@ -375,6 +389,16 @@ fn vault_refusals_use_vaults_shape_and_are_audited() {
             json!({"errors": ["permission denied"]}),
             "{what}"
         );
+        // Listing certificates needs a living token too.
+        let listed = rt
+            .block_on(spire.send_with_headers(
+                "LIST",
+                "/v1/pki/certs",
+                &[("x-vault-token", token)],
+                vec![],
+            ))
+            .unwrap();
+        assert_eq!(listed.status, 403, "LIST with {what}");
     }
     appliance.stop();
 

@@ -11,7 +11,8 @@
 use std::sync::{Arc, Mutex};
 
 use super::certificates::{
-    CertificateStore, IssuedCertificate, LedgerError, Revocation, StoredCrl, StoredToken,
+    CertificateFilter, CertificateStore, IssuedCertificate, LedgerError, ListedCertificate,
+    Revocation, StoredCrl, StoredToken,
 };
 
 /// A handle on the ledger, shared by the request handlers; cloning it shares the backend.
@@ -67,6 +68,15 @@ impl Store {
     /// Whether the backend answers (a shared database may be down while this replica runs).
     pub async fn ping(&self) -> Result<(), LedgerError> {
         self.run(|store| store.ping()).await
+    }
+
+    /// The certificates `filter` selects, oldest first (see [`CertificateStore::list`]).
+    pub async fn list(
+        &self,
+        filter: CertificateFilter,
+        now: i64,
+    ) -> Result<Vec<ListedCertificate>, LedgerError> {
+        self.run(move |store| store.list(&filter, now)).await
     }
 
     /// The certificate with `serial` (lower-case hex), if issued.

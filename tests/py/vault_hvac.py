@@ -4,7 +4,8 @@ usage: vault_hvac.py URL TLS_CA CLIENT_CERT CLIENT_KEY INTERMEDIATE_CSR WORKLOAD
 
 Logs in with the TLS client certificate (auth/cert), looks the token up, renews it, signs the
 intermediate CSR (`sign_intermediate`, with SPIRE's fields), signs the workload CSR under the
-`workload` role (`sign_certificate`), reads the CA certificate and chain, and writes what came
+`workload` role (`sign_certificate`), lists its certificates (`list_certificates`), reads the
+CA certificate and chain, and writes what came
 back into OUT_DIR (intermediate.pem, intermediate-chain.pem, workload.pem,
 workload-chain.pem, ca.pem, ca_chain.pem, summary.json). Any hvac exception fails it.
 """
@@ -43,6 +44,7 @@ def main(args):
         common_name="web.prod.svc.cluster.local",
         extra_params={"uri_sans": "spiffe://mesh.example/ns/prod/sa/web", "ttl": "1h", "made_up": "x"},
     )
+    listed = client.secrets.pki.list_certificates()["data"]["keys"]
     ca = client.secrets.pki.read_ca_certificate()
     ca_chain = client.secrets.pki.read_ca_certificate_chain()
 
@@ -68,6 +70,8 @@ def main(args):
         "intermediate_chain_len": len(intermediate["ca_chain"]),
         "workload_warnings": workload["warnings"],
         "workload_serial": workload["data"]["serial_number"],
+        "intermediate_serial": intermediate["serial_number"],
+        "listed_serials": listed,
     }
     print(json.dumps(summary))
     return 0

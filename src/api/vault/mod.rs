@@ -12,9 +12,9 @@ use std::time::{Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
 use x509_cert::name::Name;
@@ -29,7 +29,7 @@ use super::service::Service;
 use super::settings::{IssuerState, Settings};
 use super::signing::{self, RequestContext, Signed};
 use crate::duration::Seconds;
-use crate::ledger::certificates::normalize_serial;
+use crate::ledger::certificates::{CertificateFilter, normalize_serial};
 use crate::pki::SubjectSpec;
 
 /// The Vault routes for `mount`.
@@ -52,6 +52,7 @@ pub fn routes(mount: &str) -> Router<Arc<Service>> {
         .route(&pki("ca"), get(ca_der))
         .route(&pki("ca_chain"), get(ca_chain))
         .route(&pki("cert/{serial}"), get(cert))
+        .route(&pki("certs"), any(list_certs))
 }
 
 fn vault(service: &Service) -> &VaultState {
@@ -533,13 +534,7 @@ fn sign_data(signed: &Signed, endpoint: &Endpoint) -> Value {
             .collect(),
         Endpoint::SignRole(_) => issuer_chain.clone(),
     };
-    let serial_number = signed
-        .serial
-        .as_bytes()
-        .chunks(2)
-        .map(|pair| std::str::from_utf8(pair).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join(":");
+    let serial_number = vault_serial(&signed.serial);
     json!({
         "certificate": certificate,
         "issuing_ca": issuer_chain.first().cloned().unwrap_or_default(),
@@ -573,6 +568,70 @@ async fn ca_chain(State(service): State<Arc<Service>>) -> Response {
     let settings = service.settings();
     let issuer = mount_issuer(&service, &settings);
     pem_response(issuer.path_pem.concat())
+}
+
+/// `LIST certs` (or `GET certs?list=true`), hvac's `list_certificates`: the serials, in
+/// Vault's colon-separated form, of the certificates issued to the token's identity; never
+/// another client's.
+async fn list_certs(
+    State(service): State<Arc<Service>>,
+    Extension(identity): Extension<ClientIdentity>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let listing = method.as_str() == "LIST"
+        || (method == Method::GET
+            && uri
+                .query()
+                .is_some_and(|query| query.split('&').any(|pair| pair == "list=true")));
+    if !listing {
+        return vault_error(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "certs answers LIST (or GET with list=true)",
+        ));
+    }
+    let settings = service.settings();
+    let holder = match signing::client(&settings, &identity) {
+        Ok((id, _)) => authenticate(&service, id, &headers).await,
+        Err(error) => Err(error),
+    };
+    let info = match holder {
+        Ok(info) => info,
+        Err(error) => return vault_error(error),
+    };
+    let filter = CertificateFilter {
+        client: Some(info.identity.clone()),
+        ..CertificateFilter::default()
+    };
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    match service.ledger.list(filter, now).await {
+        Ok(listed) => {
+            let keys: Vec<String> = listed
+                .iter()
+                .map(|certificate| vault_serial(&certificate.serial))
+                .collect();
+            envelope(json!({ "keys": keys }), Value::Null, None)
+        }
+        Err(error) => vault_error(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ledger",
+            error.to_string(),
+        )),
+    }
+}
+
+/// A serial as Vault writes it: lower-case hex bytes separated by colons.
+fn vault_serial(serial: &str) -> String {
+    serial
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair).into_owned())
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// `cert/<serial>`: a certificate from the ledger; the serial as hex, with or without `:`
