@@ -103,8 +103,38 @@ fn an_officer_revokes_and_the_hsm_signed_crl_says_so_to_openssl_and_pkilint() {
     appliance.start();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
+    // The gauge of CA certificates inside the expiry margin (30 days; these live two days
+    // at most): none before any is issued, then one per certificate, less the revoked; and
+    // the newest's validity.
+    let expiring_cas = |appliance: &Appliance| -> Vec<String> {
+        let (status, metrics) = appliance.ops_get("/metrics");
+        assert_eq!(status, 200);
+        metrics
+            .lines()
+            .filter(|line| line.starts_with("hsmca_client_ca_expiring{"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(expiring_cas(&appliance).is_empty());
     let (revoked, revoked_cert, chain) = issue(&appliance, "spire", "issuing-ca", dir, "a");
     let (kept_serial, kept_cert, _) = issue(&appliance, "spire", "issuing-ca", dir, "b");
+    assert_eq!(
+        expiring_cas(&appliance),
+        ["hsmca_client_ca_expiring{client=\"spiffe://mesh.example/spire\"} 2"]
+    );
+    let (_, metrics) = appliance.ops_get("/metrics");
+    let newest = |name: &str| -> i64 {
+        let prefix = format!("{name}{{client=\"spiffe://mesh.example/spire\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let lifetime = newest("hsmca_client_ca_newest_not_after_seconds")
+        - newest("hsmca_client_ca_newest_not_before_seconds");
+    assert!((3_600..=30 * 86_400).contains(&lifetime), "{lifetime}");
     // Certificates point at the issuer's CRL.
     let text = stdout(
         &Command::new("openssl")
@@ -145,6 +175,10 @@ fn an_officer_revokes_and_the_hsm_signed_crl_says_so_to_openssl_and_pkilint() {
         stdout(&output)
     );
 
+    assert_eq!(
+        expiring_cas(&appliance),
+        ["hsmca_client_ca_expiring{client=\"spiffe://mesh.example/spire\"} 1"]
+    );
     let after = fetch_crl(&appliance, "online-p256", dir, "crl-2.pem");
     let text = crl_text(&after);
     assert!(text.contains(&revoked.to_uppercase()), "{text}");

@@ -109,6 +109,21 @@ pub struct Gauges {
     pub issuer_not_after: Vec<(String, u64)>,
     /// The issuers inside the expiry warning margin.
     pub issuer_expiring: Vec<String>,
+    /// Per client identity, its issued CA certificates still valid; `None` when the ledger
+    /// could not be read.
+    pub client_cas: Option<BTreeMap<String, ClientCas>>,
+}
+
+/// A per-client CA gauge: its name, its help text, and its value.
+type ClientCaGauge = (&'static str, &'static str, fn(&ClientCas) -> i64);
+
+/// A client's CA certificates still valid and not revoked, for the gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientCas {
+    /// How many are closer to expiry than `[trust] issuer_expiry_warning`.
+    pub expiring: u64,
+    /// The newest's notBefore and notAfter, Unix seconds.
+    pub newest: (i64, i64),
 }
 
 impl Metrics {
@@ -242,6 +257,36 @@ impl Metrics {
                 escape(issuer),
                 u8::from(gauges.issuer_expiring.contains(issuer))
             );
+        }
+        if let Some(cas) = &gauges.client_cas {
+            let gauges: [ClientCaGauge; 3] = [
+                (
+                    "hsmca_client_ca_expiring",
+                    "Per client, its CA certificates (issuing-ca profiles) still valid, not revoked, and closer to expiry than [trust] issuer_expiry_warning.",
+                    |cas| cas.expiring as i64,
+                ),
+                (
+                    "hsmca_client_ca_newest_not_before_seconds",
+                    "Per client, the notBefore of its newest valid CA certificate, Unix time.",
+                    |cas| cas.newest.0,
+                ),
+                (
+                    "hsmca_client_ca_newest_not_after_seconds",
+                    "Per client, the notAfter of its newest valid CA certificate, Unix time: a cluster CA that did not rotate nears it.",
+                    |cas| cas.newest.1,
+                ),
+            ];
+            for (name, help, value) in gauges {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+                for (client, client_cas) in cas {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{client=\"{}\"}} {}",
+                        escape(client),
+                        value(client_cas)
+                    );
+                }
+            }
         }
         out
     }

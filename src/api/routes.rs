@@ -204,9 +204,12 @@ async fn readyz(State(service): State<Arc<Service>>) -> Response {
 }
 
 async fn metrics(State(service): State<Arc<Service>>) -> Response {
+    let mut gauges = service.gauges();
+    // A ledger that cannot be read leaves the gauge out (readiness reports the ledger).
+    gauges.client_cas = service.client_cas().await.ok();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        service.metrics.render(&service.gauges()),
+        service.metrics.render(&gauges),
     )
         .into_response()
 }

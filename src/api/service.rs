@@ -3,6 +3,7 @@
 //! the metrics gauges. A configuration that cannot work is refused here (the checks are
 //! [`super::settings`]'s), with the fix, before the listener opens.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::cpu::CpuPool;
 use super::crl::Crls;
 use super::error::{ApiError, StartError};
-use super::metrics::{Gauges, Metrics};
+use super::metrics::{ClientCas, Gauges, Metrics};
 use super::serials::SerialSource;
 use super::settings::{FixedSections, Settings};
 use super::vault::VaultState;
@@ -20,13 +21,13 @@ use crate::hsm::{HealthState, Hsm, SignerPool};
 use crate::ledger::StorageBackend;
 use crate::ledger::Store;
 use crate::ledger::audit::{AuditEvent, DiscardedTail};
-use crate::ledger::certificates::Ledger;
+use crate::ledger::certificates::{CertificateFilter, Ledger, LedgerError};
 use crate::ledger::journal::Journal;
 use crate::ledger::postgres::PostgresLedger;
 use crate::ledger::reconcile::report_recent;
 use crate::ledger::recorder::Recorder;
 use crate::ledger::sqlite_journal::SqliteJournal;
-use crate::pki;
+use crate::pki::{self, ProfileKind};
 use crate::policy::RateLimiter;
 
 /// Shared state of the running service.
@@ -335,6 +336,37 @@ impl Service {
             .collect()
     }
 
+    /// Per client identity, its CA certificates (those of `issuing-ca` profiles) still valid
+    /// and not revoked: how many expire within `[trust] issuer_expiry_warning`, and the
+    /// validity of the newest. A cluster CA that failed to rotate shows in both.
+    pub async fn client_cas(&self) -> Result<BTreeMap<String, ClientCas>, LedgerError> {
+        let settings = self.settings();
+        let now = pki::now().unix_duration().as_secs() as i64;
+        let margin = now + settings.expiry_warning.0 as i64;
+        let mut cas: BTreeMap<String, ClientCas> = BTreeMap::new();
+        let ca_profiles = settings
+            .profiles
+            .iter()
+            .filter(|(_, profile)| profile.kind == ProfileKind::IssuingCa);
+        for (name, _) in ca_profiles {
+            let still_valid = CertificateFilter {
+                profile: Some(name.clone()),
+                expiring_before: Some(i64::MAX),
+                ..CertificateFilter::default()
+            };
+            let listed = self.ledger.list(still_valid, now).await?;
+            // A revoked CA is out of service already, rotated or not.
+            for certificate in listed.into_iter().filter(|c| c.revoked.is_none()) {
+                let client = cas.entry(certificate.client).or_default();
+                client.expiring += u64::from(certificate.not_after <= margin);
+                if certificate.not_after > client.newest.1 {
+                    client.newest = (certificate.not_before, certificate.not_after);
+                }
+            }
+        }
+        Ok(cas)
+    }
+
     /// Logs a warning for each issuer close to expiry; called at start, on reload and hourly.
     pub fn warn_expiring_issuers(&self) {
         for (issuer, left) in self.expiring_issuers() {
@@ -354,6 +386,7 @@ impl Service {
             hsm_up: matches!(health.state, HealthState::Ok),
             record_groups: stats.groups.load(std::sync::atomic::Ordering::Relaxed),
             record_entries: stats.entries.load(std::sync::atomic::Ordering::Relaxed),
+            client_cas: None,
             issuer_expiring: self
                 .expiring_issuers()
                 .into_iter()

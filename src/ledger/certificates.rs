@@ -424,8 +424,12 @@ CREATE TABLE audit_pending (
     line          TEXT NOT NULL
 ) STRICT;
 ",
-    // 3: the certificates issued since a time, for the check at start (super::reconcile).
-    "CREATE INDEX certificates_by_issued_at ON certificates (issued_at);",
+    // 3: the certificates issued since a time, for the check at start (super::reconcile),
+    // and a profile's certificates by expiry, for the expiring CA gauge.
+    "
+CREATE INDEX certificates_by_issued_at ON certificates (issued_at);
+CREATE INDEX certificates_by_profile_expiry ON certificates (profile, not_after);
+",
 ];
 
 /// The newest SQLite schema version this binary knows.

@@ -1209,8 +1209,11 @@ CREATE TABLE vault_tokens (
     },
     Migration {
         version: 2,
-        what: "certificates by issue time, for the check at start",
-        sql: "CREATE INDEX certificates_by_issued_at ON certificates (issued_at);",
+        what: "certificates by issue time (the check at start) and by profile and expiry (the expiring CA gauge)",
+        sql: "
+CREATE INDEX certificates_by_issued_at ON certificates (issued_at);
+CREATE INDEX certificates_by_profile_expiry ON certificates (profile, not_after);
+",
     },
 ];
 
