@@ -124,6 +124,35 @@ fn two_replicas_serve_under_load_and_keep_one_set_of_books() {
         stdout(&verified)
     );
     let certificates = server.psql("SELECT count(*) FROM certificates");
+    // The auditor's report counts the cluster's issuances from the one chain.
+    let report = appliance
+        .token
+        .hsmca_command(&[
+            "--config",
+            appliance.config_path().to_str().unwrap(),
+            "report",
+            "--since",
+            "2000-01-01",
+            "--until",
+            "2100-01-01",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(report.status.success(), "{}", stderr(&report));
+    let counts: serde_json::Value = serde_json::from_str(&stdout(&report)).unwrap();
+    assert!(
+        counts["chain"].as_str().unwrap().starts_with("intact"),
+        "{counts}"
+    );
+    let issued: u64 = counts["issued"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(issued.to_string(), certificates, "{counts}");
     assert!(
         stdout(&verified).contains(&format!(
             "{certificates} certificates and {certificates} sign.issued records, one to one"

@@ -374,6 +374,59 @@ fn an_officer_revokes_and_the_hsm_signed_crl_says_so_to_openssl_and_pkilint() {
         shown.contains(std::fs::read_to_string(&revoked_cert).unwrap().trim()),
         "{shown}"
     );
+    // The auditor's report of the period: counts equal what this test did.
+    let report = |since: &str, until: &str, format: &str| {
+        let output = appliance
+            .token
+            .hsmca_command(&[
+                "--config",
+                config.to_str().unwrap(),
+                "report",
+                "--since",
+                since,
+                "--until",
+                until,
+                "--format",
+                format,
+            ])
+            .output()
+            .unwrap();
+        assert_success(&output, "hsmca report");
+        stdout(&output)
+    };
+    let counts: serde_json::Value =
+        serde_json::from_str(&report("2000-01-01", "2100-01-01", "json")).unwrap();
+    let total = |kind: &str| -> u64 {
+        counts[kind]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum()
+    };
+    assert!(
+        counts["chain"].as_str().unwrap().starts_with("intact"),
+        "{counts}"
+    );
+    assert_eq!(
+        counts["issued"]["spire / issuing-ca / online-p256"], 2,
+        "{counts}"
+    );
+    assert_eq!(total("issued"), 3, "{counts}");
+    assert_eq!(counts["revocations"], json!({"key-compromise": 1}));
+    assert_eq!(total("crls"), 3, "{counts}");
+    assert_eq!(
+        counts["refused"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(key, _)| key.starts_with("revoke.refused / "))
+            .map(|(_, n)| n.as_u64().unwrap())
+            .sum::<u64>(),
+        6,
+        "{counts}"
+    );
+    assert!(report("2000-01-01", "2000-01-02", "md").contains("Records in the period: 0"));
     let missing = certs(&["show", "0badc0de"]);
     assert!(!missing.status.success());
     assert!(

@@ -11,6 +11,7 @@
 //!   audit records, written through a [`journal::Journal`] in one transaction: SQLite with
 //!   the audit file written after ([`sqlite_journal::SqliteJournal`]), or PostgreSQL.
 //! * [`reconcile`]: the store's certificates matched with their `sign.issued` records.
+//! * [`report`]: what an auditor asks of a period, counted from the audit chain.
 //! * [`migrate`]: an SQLite ledger and its audit log copied into PostgreSQL.
 //! * [`postgres`]: the PostgreSQL backend for several replicas: settings, pool, schema,
 //!   [`postgres::PostgresLedger`].
@@ -26,6 +27,7 @@ pub mod migrate;
 pub mod postgres;
 pub mod reconcile;
 pub mod recorder;
+pub mod report;
 pub mod sqlite_journal;
 mod store;
 

@@ -178,6 +178,18 @@ pub fn committed_beyond(ledger: &Path, records: u64) -> Result<u64, LedgerError>
 /// serve writes; one that does may commit between the reads, and a repeat tells a passing
 /// difference from a lasting one.
 pub fn reconcile_store(ledger: &Path, audit_log: &Path) -> Result<Reconciliation, OpenError> {
+    let (serials, records) = read_store(ledger, audit_log)?;
+    Ok(reconcile(serials, records.iter().map(String::as_str)))
+}
+
+/// The whole chain of the SQLite store: the audit file's records, then those the ledger
+/// committed beyond them (a crash, or the last fraction of a second of a running service).
+pub fn chain_records(ledger: &Path, audit_log: &Path) -> Result<Vec<String>, OpenError> {
+    read_store(ledger, audit_log).map(|(_, records)| records)
+}
+
+/// The ledger's certificate serials, and the chain's records as [`chain_records`] reads them.
+fn read_store(ledger: &Path, audit_log: &Path) -> Result<(Vec<String>, Vec<String>), OpenError> {
     let io = |source| AuditError::Io {
         path: audit_log.to_owned(),
         source,
@@ -218,13 +230,18 @@ pub fn reconcile_store(ledger: &Path, audit_log: &Path) -> Result<Reconciliation
         &mut text,
     )
     .map_err(io)?;
-    let text = String::from_utf8_lossy(&text);
-    let in_file: Vec<&str> = text.lines().collect();
-    let beyond = pending
-        .iter()
-        .filter(|(seq, _)| *seq > in_file.len() as u64)
-        .map(|(_, line)| line.as_str());
-    Ok(reconcile(serials, in_file.iter().copied().chain(beyond)))
+    let mut records: Vec<String> = String::from_utf8_lossy(&text)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let in_file = records.len() as u64;
+    records.extend(
+        pending
+            .into_iter()
+            .filter(|(seq, _)| *seq > in_file)
+            .map(|(_, line)| line),
+    );
+    Ok((serials, records))
 }
 
 /// The check at start: the certificates issued since the oldest of the file's newest
