@@ -615,21 +615,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Audit { command } => {
             let path = cli.config.unwrap_or_else(|| DEFAULT_CONFIG.into());
-            let config = Config::load(&path)?;
-            let backend = config
-                .storage
-                .as_ref()
-                .ok_or_else(|| {
-                    CliError::Message(format!("{} has no [storage] section", path.display()))
-                })?
-                .backend()
-                .map_err(CliError::Message)?
-                .resolved(|p| config.resolve(p));
-            match (command, backend) {
+            match (command, storage_backend(&path)?) {
                 (AuditCommand::Verify { .. }, StorageBackend::Sqlite { ledger, audit_log }) => {
                     let verified = audit::verify(&audit_log)?;
-                    let unwritten =
-                        hsmca::ledger::sqlite_journal::committed_beyond(&ledger, verified.records)
+                    let (reconciliation, unwritten) =
+                        hsmca::ledger::sqlite_journal::reconcile_store(&ledger, &audit_log)
                             .map_err(|e| CliError::Message(e.to_string()))?;
                     let mut report = audit_file_report(&audit_log, &verified);
                     if unwritten > 0 {
@@ -638,9 +628,6 @@ fn run(cli: Cli) -> Result<(), CliError> {
                             "note: the ledger holds {unwritten} more committed records, not in the file yet: hsmca serve writes them within a second while it runs, or when it next starts"
                         );
                     }
-                    let reconciliation =
-                        hsmca::ledger::sqlite_journal::reconcile_store(&ledger, &audit_log)
-                            .map_err(|e| CliError::Message(e.to_string()))?;
                     reconciled(report, &reconciliation)
                 }
                 (AuditCommand::Verify { .. }, StorageBackend::Postgres(postgres)) => {

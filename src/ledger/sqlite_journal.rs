@@ -58,7 +58,10 @@ impl SqliteJournal {
     pub fn open(ledger: &Path, audit_log: &Path) -> Result<(Self, EarlierRecords), OpenError> {
         let mut ledger = Ledger::open(ledger)?;
         let (mut log, earlier) = AuditLog::open_at_tail(audit_log)?;
-        let pending = pending_records(&mut ledger)?;
+        let pending = {
+            let (connection, path) = ledger.writer();
+            pending_records(connection, path)?
+        };
         complete_the_file(&mut log, &pending)?;
         forget_pending(&mut ledger, u64::MAX)?;
         report_recent(&reconcile_newest(&mut ledger, &log)?);
@@ -169,27 +172,44 @@ impl Drop for SqliteJournal {
 /// file: a file read while hsmca serve runs may lag by [`SYNC_INTERVAL`], one left by a
 /// crash until serve starts again and writes them.
 pub fn committed_beyond(ledger: &Path, records: u64) -> Result<u64, LedgerError> {
-    let pending = pending_records(&mut Ledger::open(ledger)?)?;
+    let mut ledger = Ledger::open(ledger)?;
+    let (connection, path) = ledger.writer();
+    let pending = pending_records(connection, path)?;
     Ok(pending.iter().filter(|(seq, _)| *seq > records).count() as u64)
 }
 
 /// Matches the certificates of the ledger at `ledger` with the `sign.issued` records of the
-/// audit file at `audit_log` and those the ledger committed beyond it. Exact while no hsmca
-/// serve writes; one that does may commit between the reads, and a repeat tells a passing
-/// difference from a lasting one.
-pub fn reconcile_store(ledger: &Path, audit_log: &Path) -> Result<Reconciliation, OpenError> {
-    let (serials, records) = read_store(ledger, audit_log)?;
-    Ok(reconcile(serials, records.iter().map(String::as_str)))
+/// audit file at `audit_log` and those the ledger committed beyond it, and says how many
+/// those are. Exact while no hsmca serve writes; one that does may commit between the
+/// reads, and a repeat tells a passing difference from a lasting one.
+pub fn reconcile_store(
+    ledger: &Path,
+    audit_log: &Path,
+) -> Result<(Reconciliation, u64), OpenError> {
+    let store = read_store(ledger, audit_log)?;
+    let unwritten = store.records.len() as u64 - store.in_file;
+    let reconciliation = reconcile(store.serials, store.records.iter().map(String::as_str));
+    Ok((reconciliation, unwritten))
 }
 
 /// The whole chain of the SQLite store: the audit file's records, then those the ledger
 /// committed beyond them (a crash, or the last fraction of a second of a running service).
 pub fn chain_records(ledger: &Path, audit_log: &Path) -> Result<Vec<String>, OpenError> {
-    read_store(ledger, audit_log).map(|(_, records)| records)
+    read_store(ledger, audit_log).map(|store| store.records)
+}
+
+/// What [`read_store`] read of the SQLite store.
+struct StoreContents {
+    /// The ledger's certificate serials.
+    serials: Vec<String>,
+    /// The chain's records, as [`chain_records`] reads them.
+    records: Vec<String>,
+    /// How many of them the audit file holds.
+    in_file: u64,
 }
 
 /// The ledger's certificate serials, and the chain's records as [`chain_records`] reads them.
-fn read_store(ledger: &Path, audit_log: &Path) -> Result<(Vec<String>, Vec<String>), OpenError> {
+fn read_store(ledger: &Path, audit_log: &Path) -> Result<StoreContents, OpenError> {
     let io = |source| AuditError::Io {
         path: audit_log.to_owned(),
         source,
@@ -209,19 +229,7 @@ fn read_store(ledger: &Path, audit_log: &Path) -> Result<(Vec<String>, Vec<Strin
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(sqlite(path))?;
-        let pending = transaction
-            .prepare("SELECT seq, line FROM audit_pending ORDER BY seq")
-            .and_then(|mut select| {
-                select
-                    .query_map([], |row| {
-                        Ok((
-                            row.get::<_, i64>(0)?.unsigned_abs(),
-                            row.get::<_, String>(1)?,
-                        ))
-                    })?
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .map_err(sqlite(path))?;
+        let pending = pending_records(&transaction, path)?;
         (serials, pending)
     };
     let mut text = Vec::new();
@@ -241,7 +249,11 @@ fn read_store(ledger: &Path, audit_log: &Path) -> Result<(Vec<String>, Vec<Strin
             .filter(|(seq, _)| *seq > in_file)
             .map(|(_, line)| line),
     );
-    Ok((serials, records))
+    Ok(StoreContents {
+        serials,
+        records,
+        in_file,
+    })
 }
 
 /// The check at start: the certificates issued since the oldest of the file's newest
@@ -264,9 +276,12 @@ fn reconcile_newest(ledger: &mut Ledger, log: &AuditLog) -> Result<Reconciliatio
     Ok(reconcile_recent(rows, &records, first_seq))
 }
 
-/// The ledger's pending records, oldest first.
-fn pending_records(ledger: &mut Ledger) -> Result<Vec<(u64, String)>, LedgerError> {
-    let (connection, path) = ledger.writer();
+/// The pending records of the ledger reached through `connection` (a transaction derefs to
+/// one), oldest first; `path` names the ledger in errors.
+fn pending_records(
+    connection: &rusqlite::Connection,
+    path: &Path,
+) -> Result<Vec<(u64, String)>, LedgerError> {
     let mut select = connection
         .prepare("SELECT seq, line FROM audit_pending ORDER BY seq")
         .map_err(sqlite(path))?;
@@ -518,7 +533,9 @@ mod tests {
     }
 
     fn pending(files: &Files) -> Vec<(u64, String)> {
-        pending_records(&mut Ledger::open(&files.ledger).unwrap()).unwrap()
+        let mut ledger = Ledger::open(&files.ledger).unwrap();
+        let (connection, path) = ledger.writer();
+        pending_records(connection, path).unwrap()
     }
 
     fn lines(files: &Files) -> Vec<String> {

@@ -23,6 +23,7 @@ use self::fields::Fields;
 pub use self::state::VaultState;
 use self::tokens::{TokenInfo, TokenRefusal, TokenStore};
 use super::body::{csr_bytes, pem_response, read_body};
+use super::crl::unix_now;
 use super::error::{ApiError, Disclosure};
 use super::identity::ClientIdentity;
 use super::service::Service;
@@ -605,10 +606,7 @@ async fn list_certs(
         client: Some(info.identity.clone()),
         ..CertificateFilter::default()
     };
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    match service.ledger.list(filter, now).await {
+    match service.ledger.list(filter, unix_now()).await {
         Ok(listed) => {
             let keys: Vec<String> = listed
                 .iter()
