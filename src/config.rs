@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use self::serve::{
-    CrlConfig, IdentitySource, IssuerConfig, ServerConfig, StaticToken, TrustConfig, VaultConfig,
+    AuditConfig, CrlConfig, IdentitySource, IssuerConfig, ServerConfig, StaticToken, TrustConfig,
+    VaultConfig,
 };
 use crate::hsm::HsmConfig;
 use crate::ledger::StorageConfig;
@@ -53,6 +54,9 @@ pub struct Config {
     pub crl: CrlConfig,
     /// `[vault]`: the Vault PKI-compatible endpoints; none when absent.
     pub vault: Option<VaultConfig>,
+    /// `[audit]`: signed checkpoints of the audit chain and their witnesses.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// The directory relative paths are resolved against (the file's own).
     #[serde(skip)]
     pub base_dir: PathBuf,

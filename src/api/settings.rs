@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use super::bundle;
 use super::error::StartError;
-use crate::config::{Config, CrlConfig, IssuerConfig, ServerConfig, TrustConfig, VaultConfig};
+use crate::config::{
+    AuditConfig, Config, CrlConfig, IssuerConfig, ServerConfig, TrustConfig, VaultConfig,
+};
 use crate::hsm::{Hsm, HsmConfig, HsmKey, SignatureAlgorithm};
 use crate::ledger::{StorageConfig, Store};
 use crate::pki::{self, CaCertificate, Profile};
@@ -74,6 +76,7 @@ pub(super) struct FixedSections {
     storage: StorageConfig,
     crl: CrlConfig,
     vault: Option<VaultConfig>,
+    audit: AuditConfig,
 }
 
 impl FixedSections {
@@ -85,6 +88,7 @@ impl FixedSections {
             storage: config.storage.clone().expect("checked at start"),
             crl: config.crl.clone(),
             vault: config.vault.clone(),
+            audit: config.audit.clone(),
         }
     }
 
@@ -105,6 +109,9 @@ impl FixedSections {
         }
         if self.vault != other.vault {
             changed.push("[vault]");
+        }
+        if self.audit != other.audit {
+            changed.push("[audit]");
         }
         changed
     }

@@ -21,6 +21,7 @@
 pub mod audit;
 pub mod certificates;
 pub mod chain;
+pub mod checkpoint;
 mod config;
 pub mod journal;
 pub mod migrate;
@@ -30,6 +31,7 @@ pub mod recorder;
 pub mod report;
 pub mod sqlite_journal;
 mod store;
+pub mod witness;
 
 pub use config::{StorageBackend, StorageConfig};
 pub use store::{CrlContents, Store};

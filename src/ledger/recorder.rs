@@ -94,6 +94,7 @@ pub struct Recorder {
     health: Arc<Health>,
     stats: Arc<RecorderStats>,
     announced: Arc<AtomicUsize>,
+    newest: Arc<Mutex<Option<AuditReceipt>>>,
 }
 
 /// An entry announced to the writer ([`Recorder::expect`]); dropping it, recorded or not,
@@ -114,9 +115,11 @@ impl Recorder {
         let health = Arc::new(Health::default());
         let stats = Arc::new(RecorderStats::default());
         let announced = Arc::new(AtomicUsize::new(0));
+        let newest = Arc::new(Mutex::new(None));
         let writer = Writer {
             journal,
             health: health.clone(),
+            newest: newest.clone(),
             stats: stats.clone(),
             announced: announced.clone(),
         };
@@ -129,7 +132,17 @@ impl Recorder {
             health,
             stats,
             announced,
+            newest,
         })
+    }
+
+    /// The newest audit record this recorder wrote (on PostgreSQL, other replicas may have
+    /// written later ones): what a checkpoint of this replica vouches for.
+    pub fn newest(&self) -> Option<AuditReceipt> {
+        self.newest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Announces an entry that will be recorded shortly; drop the returned value just
@@ -218,6 +231,7 @@ impl Drop for Recorder {
 struct Writer {
     journal: Box<dyn Journal>,
     health: Arc<Health>,
+    newest: Arc<Mutex<Option<AuditReceipt>>>,
     stats: Arc<RecorderStats>,
     announced: Arc<AtomicUsize>,
 }
@@ -258,6 +272,9 @@ impl Writer {
                 self.stats
                     .entries
                     .fetch_add(entries.len() as u64, Ordering::Relaxed);
+                if let Some(newest) = results.iter().flatten().max_by_key(|receipt| receipt.seq) {
+                    *self.newest.lock().unwrap_or_else(|e| e.into_inner()) = Some(newest.clone());
+                }
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result.map_err(|e| RecordError::Ledger(Arc::new(e))));
                 }
@@ -265,12 +282,10 @@ impl Writer {
             // Nothing of the group is durable, and the chain is intact: the group is refused,
             // and the next one is tried afresh (a database back from an outage).
             Err(JournalError::Unavailable(error)) => {
-                tracing::error!(%error, entries = group.len(), "the ledger could not record a group");
+                tracing::error!(%error, entries = entries.len(), "the ledger could not record a group");
                 let error = Arc::new(error);
-                for entry in group.drain(..) {
-                    let _ = entry
-                        .reply
-                        .send(Err(RecordError::Unavailable(error.clone())));
+                for reply in replies {
+                    let _ = reply.send(Err(RecordError::Unavailable(error.clone())));
                 }
             }
             Err(JournalError::Audit(error)) => {
@@ -377,5 +392,45 @@ mod tests {
                 .records,
             3
         );
+    }
+
+    /// A journal whose database is down: nothing of any group is durable.
+    struct Unreachable;
+
+    impl Journal for Unreachable {
+        fn commit(
+            &mut self,
+            _group: &[JournalEntry],
+        ) -> Result<super::super::journal::EntryResults, JournalError> {
+            Err(JournalError::Unavailable(LedgerError::Backend {
+                location: "db.example:5432".into(),
+                source: "connection refused".into(),
+            }))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_the_database_refused_is_answered_unavailable_and_the_recorder_goes_on() {
+        let recorder = Recorder::start(Box::new(Unreachable)).unwrap();
+        for _ in 0..2 {
+            let error = recorder
+                .record(certificate("0001"), event("sign.issued"))
+                .await
+                .unwrap_err();
+            assert!(matches!(error, RecordError::Unavailable(_)), "{error}");
+            assert!(error.to_string().contains("connection refused"), "{error}");
+        }
+        assert_eq!(recorder.stopped_because(), None);
+        assert_eq!(recorder.newest(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_newest_record_written_is_what_a_checkpoint_covers() {
+        let (_dir, recorder) = fresh_recorder();
+        assert_eq!(recorder.newest(), None);
+        recorder.record(None, event("a")).await.unwrap();
+        let second = recorder.record(None, event("b")).await.unwrap();
+        assert_eq!(second.seq, 2);
+        assert_eq!(recorder.newest(), Some(second));
     }
 }
