@@ -35,6 +35,7 @@ fi
 
 # Derived from the steps above, so rewritten on every run.
 config=$dev/hsmca.toml
+mkdir -p "$dev/witness"
 cat >"$config" <<CONF
 # Development configuration written by deploy/quickstart.sh; see docs/api.md.
 [hsm]
@@ -52,6 +53,13 @@ client_ca = "tls/tls-ca.pem"
 ledger = "ledger.sqlite"
 # The ceremonies' log: one hash chain from the root ceremony to every issuance.
 audit_log = "ceremonies/out/audit.log"
+
+# Signed checkpoints of the audit chain (docs/operations.md, "Checkpoints and witnesses"). In
+# production the witness file lives on another disk or host, and syslog ships off the machine.
+[audit]
+checkpoint_key = "audit-checkpoint-2026"
+checkpoint_interval = "5m"
+witness_file = "witness/checkpoints.jsonl"
 
 [trust]
 roots = ["ceremonies/out/root-2026.pem"]
@@ -105,6 +113,6 @@ cat >&2 <<MSG
   $hsmca request --server https://127.0.0.1:8443 --cert $dev/tls/istiod.pem --key $dev/tls/istiod-key.pem --ca $dev/tls/tls-ca.pem --trust-domain mesh.example --layout istio --out-dir $out
 
     Revoke as the dev officer:  $hsmca revoke --server https://127.0.0.1:8443 --cert $dev/tls/officer.pem --key $dev/tls/officer-key.pem --ca $dev/tls/tls-ca.pem --serial SERIAL --reason superseded
-    Audit log: $hsmca audit verify $dev/ceremonies/out/audit.log
+    Audit log and its checkpoints: $hsmca audit verify $dev/ceremonies/out/audit.log --checkpoint-key $dev/ceremonies/out/audit-checkpoint-2026.pub.pem --witness $dev/witness/checkpoints.jsonl
 MSG
 exec "$hsmca" --config "$config" serve

@@ -21,6 +21,7 @@ use hsmca::ledger::certificates::{
     CertificateFilter, CertificateStore, IssuedCertificate, Ledger, ListedCertificate,
     normalize_serial,
 };
+use hsmca::ledger::checkpoint::{CheckpointCheck, CheckpointReport, Witness};
 use hsmca::ledger::postgres::{PostgresConfig, PostgresLedger};
 use hsmca::ledger::reconcile::Reconciliation;
 use hsmca::ledger::report::{Format as ReportFormat, Report, period_bound};
@@ -78,6 +79,8 @@ enum Command {
         /// Markdown, CSV or JSON.
         #[arg(long, value_enum, default_value = "md")]
         format: ReportFormat,
+        #[command(flatten)]
+        checkpoints: CheckpointArgs,
     },
     /// Check the hash-chained audit log.
     Audit {
@@ -251,6 +254,20 @@ enum CertsCommand {
     },
 }
 
+/// How `hsmca audit verify` and `hsmca report` check the chain's signed checkpoints.
+#[derive(clap::Args)]
+struct CheckpointArgs {
+    /// The checkpoint key's public key (PEM, from its key ceremony): every checkpoint's
+    /// signature is checked, and that the chain still holds the record each vouches for.
+    #[arg(long, value_name = "PEM")]
+    checkpoint_key: Option<PathBuf>,
+    /// A witness of the checkpoints (the `[audit] witness_file`, or a syslog or journal
+    /// export): a chain cut or rewritten behind its newest checkpoint is named by sequence
+    /// number.
+    #[arg(long, value_name = "FILE", requires = "checkpoint_key")]
+    witness: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Verify every record of an audit log; names the first edited, removed, inserted or
@@ -259,6 +276,8 @@ enum AuditCommand {
     Verify {
         /// The audit log (JSON lines); omitted: the configured store's chain.
         file: Option<PathBuf>,
+        #[command(flatten)]
+        checkpoints: CheckpointArgs,
     },
     /// Write the configured store's audit chain as JSON lines, the format of an audit log
     /// file, which `hsmca audit verify FILE` checks anywhere.
@@ -462,8 +481,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
             emit(&report)
         }
         Command::Audit {
-            command: AuditCommand::Verify { file: Some(file) },
-        } => verify_audit_file(&file),
+            command:
+                AuditCommand::Verify {
+                    file: Some(file),
+                    checkpoints,
+                },
+        } => verify_audit_file(&file, &checkpoints),
         Command::Certs { command } => {
             let path = cli.config.unwrap_or_else(|| DEFAULT_CONFIG.into());
             let config = Config::load(&path)?;
@@ -535,6 +558,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             since,
             until,
             format,
+            checkpoints,
         } => {
             let bound = |date: &str| {
                 period_bound(date).ok_or_else(|| {
@@ -565,18 +589,15 @@ fn run(cli: Cli) -> Result<(), CliError> {
                         Ok((records, _)) => format!("intact ({records} records)"),
                         Err(error) => format!("BROKEN: {error}"),
                     };
-                    let mut exported = Vec::new();
-                    store
-                        .export_audit(&mut exported)
-                        .map_err(|e| CliError::Message(e.to_string()))?;
-                    let records = String::from_utf8_lossy(&exported)
-                        .lines()
-                        .map(str::to_owned)
-                        .collect();
-                    (chain, records)
+                    (chain, exported_chain(&store)?)
                 }
             };
-            let report = Report::build(records.iter().map(String::as_str), &since, &until, chain);
+            let checked = checkpoint_report(&checkpoints, records.iter().map(String::as_str))?;
+            let mut report =
+                Report::build(records.iter().map(String::as_str), &since, &until, chain);
+            if let Some(checked) = checked {
+                report.checkpoint_check = Some(checked.summary());
+            }
             emit(&report.render(format))
         }
         Command::Ledger {
@@ -616,7 +637,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit { command } => {
             let path = cli.config.unwrap_or_else(|| DEFAULT_CONFIG.into());
             match (command, storage_backend(&path)?) {
-                (AuditCommand::Verify { .. }, StorageBackend::Sqlite { ledger, audit_log }) => {
+                (
+                    AuditCommand::Verify { checkpoints, .. },
+                    StorageBackend::Sqlite { ledger, audit_log },
+                ) => {
                     let verified = audit::verify(&audit_log)?;
                     let (reconciliation, unwritten) =
                         hsmca::ledger::sqlite_journal::reconcile_store(&ledger, &audit_log)
@@ -628,9 +652,17 @@ fn run(cli: Cli) -> Result<(), CliError> {
                             "note: the ledger holds {unwritten} more committed records, not in the file yet: hsmca serve writes them within a second while it runs, or when it next starts"
                         );
                     }
-                    reconciled(report, &reconciliation)
+                    let checked = if checkpoints.checkpoint_key.is_some() {
+                        let records =
+                            hsmca::ledger::sqlite_journal::chain_records(&ledger, &audit_log)
+                                .map_err(|e| CliError::Message(e.to_string()))?;
+                        checkpoint_report(&checkpoints, records.iter().map(String::as_str))?
+                    } else {
+                        None
+                    };
+                    verdict(report, Some(&reconciliation), checked)
                 }
-                (AuditCommand::Verify { .. }, StorageBackend::Postgres(postgres)) => {
+                (AuditCommand::Verify { checkpoints, .. }, StorageBackend::Postgres(postgres)) => {
                     let runtime = runtime()?;
                     let store = postgres_ledger(&postgres, &runtime)?;
                     let (records, head) = store
@@ -639,12 +671,19 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     let reconciliation = store
                         .reconcile_audit()
                         .map_err(|e| CliError::Message(e.to_string()))?;
-                    reconciled(
+                    let checked = if checkpoints.checkpoint_key.is_some() {
+                        let records = exported_chain(&store)?;
+                        checkpoint_report(&checkpoints, records.iter().map(String::as_str))?
+                    } else {
+                        None
+                    };
+                    verdict(
                         format!(
                             "audit chain in PostgreSQL {}: {records} records, chain intact\nhead: {head}\n",
                             postgres.target()
                         ),
-                        &reconciliation,
+                        Some(&reconciliation),
+                        checked,
                     )
                 }
                 (AuditCommand::Export { out }, backend) => {
@@ -843,23 +882,93 @@ fn unix_now() -> i64 {
 }
 
 /// `hsmca audit verify FILE`.
-fn verify_audit_file(file: &Path) -> Result<(), CliError> {
-    emit(&audit_file_report(file, &audit::verify(file)?))
+fn verify_audit_file(file: &Path, checkpoints: &CheckpointArgs) -> Result<(), CliError> {
+    let report = audit_file_report(file, &audit::verify(file)?);
+    let checked = if checkpoints.checkpoint_key.is_some() {
+        let text = std::fs::read_to_string(file).map_err(|source| {
+            CliError::Message(format!("cannot read {}: {source}", file.display()))
+        })?;
+        checkpoint_report(checkpoints, text.lines())?
+    } else {
+        None
+    };
+    verdict(report, None, checked)
 }
 
-/// Ends `hsmca audit verify --config`'s `report` with how the store's certificates match
-/// their `sign.issued` records: printed if they match one to one, an error naming the
-/// mismatches if not.
-fn reconciled(mut report: String, reconciliation: &Reconciliation) -> Result<(), CliError> {
-    if !reconciliation.is_clean() {
-        emit(&report)?;
-        return Err(CliError::Message(format!(
-            "the store's certificates and the audit chain disagree: {}",
-            reconciliation.summary()
-        )));
+/// Ends `hsmca audit verify`'s `report` on an intact chain with how the store's certificates
+/// match their `sign.issued` records (with `--config`) and what the checkpoints found (with
+/// `--checkpoint-key`), and prints it: an error naming what is wrong if either is not clean.
+fn verdict(
+    mut report: String,
+    reconciliation: Option<&Reconciliation>,
+    checkpoints: Option<CheckpointReport>,
+) -> Result<(), CliError> {
+    let mut wrong = Vec::new();
+    if let Some(reconciliation) = reconciliation {
+        let _ = writeln!(report, "{}", reconciliation.summary());
+        if !reconciliation.is_clean() {
+            wrong.push(format!(
+                "the store's certificates and the audit chain disagree: {}",
+                reconciliation.summary()
+            ));
+        }
     }
-    let _ = writeln!(report, "{}", reconciliation.summary());
-    emit(&report)
+    if let Some(checkpoints) = checkpoints {
+        report.push_str(&checkpoints.render());
+        if !checkpoints.is_clean() {
+            wrong.push(format!(
+                "the chain does not hold what its checkpoints vouch for ({} findings above)",
+                checkpoints.findings.len()
+            ));
+        }
+    }
+    emit(&report)?;
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Message(wrong.join("; ")))
+    }
+}
+
+/// What the checkpoints of `records` (a chain, oldest record first) say, checked with
+/// `--checkpoint-key` and against `--witness`; `None` without a key.
+fn checkpoint_report<'a>(
+    args: &CheckpointArgs,
+    records: impl IntoIterator<Item = &'a str>,
+) -> Result<Option<CheckpointReport>, CliError> {
+    let Some(key_path) = &args.checkpoint_key else {
+        return Ok(None);
+    };
+    let key =
+        hsmca::pki::read_public_key(key_path).map_err(|e| CliError::Message(e.to_string()))?;
+    let witness = args
+        .witness
+        .as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .map(|text| Witness::read(&text))
+                .map_err(|source| {
+                    CliError::Message(format!("cannot read witness {}: {source}", path.display()))
+                })
+        })
+        .transpose()?;
+    let mut check = CheckpointCheck::new(&key);
+    for record in records {
+        check.record(record);
+    }
+    Ok(Some(check.finish(witness)))
+}
+
+/// The PostgreSQL store's whole audit chain, oldest record first.
+fn exported_chain(store: &PostgresLedger) -> Result<Vec<String>, CliError> {
+    let mut exported = Vec::new();
+    store
+        .export_audit(&mut exported)
+        .map_err(|e| CliError::Message(e.to_string()))?;
+    Ok(String::from_utf8_lossy(&exported)
+        .lines()
+        .map(str::to_owned)
+        .collect())
 }
 
 /// What `hsmca audit verify` says of the intact audit log at `file`.

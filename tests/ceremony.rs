@@ -36,9 +36,10 @@ impl Ceremonies {
         self.dir.path().join(relative)
     }
 
-    /// `hsmca ceremony KIND --config FILE [extra...]` against the token the config names.
+    /// `hsmca ceremony KIND --config FILE [extra...]` against the token the config names
+    /// (key ceremonies run on the online HSM).
     fn run(&self, kind: &str, config: &str, extra: &[&str]) -> Output {
-        let token = if config.contains("key-online") {
+        let token = if config.contains("-key-") {
             &self.online
         } else {
             &self.root
@@ -116,6 +117,7 @@ fn the_shipped_hierarchy_runs_and_outside_tools_accept_it() {
     c.run_ok("root", "07-root-2027.toml");
     c.run_ok("cross-sign", "08-cross-sign-2027.toml");
     c.run_ok("csr", "09-csr-root-2026.toml");
+    c.run_ok("key", "10-key-audit-checkpoint.toml");
 
     let root = c.path("out/root-2026.pem");
     let p256 = c.path("out/online-p256-2026.pem");
@@ -249,7 +251,7 @@ fn the_shipped_hierarchy_runs_and_outside_tools_accept_it() {
     let log = c.path("out/audit.log");
     let verified = audit_verify(&log);
     assert!(
-        stdout(&verified).contains("10 records, chain intact"),
+        stdout(&verified).contains("11 records, chain intact"),
         "{}{}",
         stdout(&verified),
         stderr(&verified)

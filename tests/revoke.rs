@@ -135,6 +135,30 @@ fn an_officer_revokes_and_the_hsm_signed_crl_says_so_to_openssl_and_pkilint() {
     let lifetime = newest("hsmca_client_ca_newest_not_after_seconds")
         - newest("hsmca_client_ca_newest_not_before_seconds");
     assert!((3_600..=30 * 86_400).contains(&lifetime), "{lifetime}");
+    // Every series the shipped alert rules and dashboard read is exported.
+    for file in [
+        "deploy/monitoring/alerts.yaml",
+        "deploy/monitoring/grafana-dashboard.json",
+    ] {
+        let text = std::fs::read_to_string(common::repo_path(file)).unwrap();
+        let names: std::collections::BTreeSet<&str> = text
+            .match_indices("hsmca_")
+            .map(|(at, _)| {
+                let rest = &text[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        assert!(names.len() > 5, "{file}: {names:?}");
+        for name in names {
+            assert!(
+                metrics.contains(name),
+                "{file} uses {name}, which /metrics lacks"
+            );
+        }
+    }
     // Certificates point at the issuer's CRL.
     let text = stdout(
         &Command::new("openssl")

@@ -112,6 +112,21 @@ pub struct Gauges {
     /// Per client identity, its issued CA certificates still valid; `None` when the ledger
     /// could not be read.
     pub client_cas: Option<BTreeMap<String, ClientCas>>,
+    /// The audit checkpoint counters (zero when checkpoints are off).
+    pub checkpoints: CheckpointGauges,
+}
+
+/// The audit checkpoint counters at scrape time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointGauges {
+    /// Checkpoints signed since start.
+    pub signed: u64,
+    /// Checkpoints that could not be signed or recorded since start.
+    pub failed: u64,
+    /// Witness writes that failed since start.
+    pub witness_failures: u64,
+    /// When the newest checkpoint was signed, Unix seconds (0: none since start).
+    pub last_signed: u64,
 }
 
 /// A per-client CA gauge: its name, its help text, and its value.
@@ -256,6 +271,32 @@ impl Metrics {
                 "hsmca_issuer_expiring{{issuer=\"{}\"}} {}",
                 escape(issuer),
                 u8::from(gauges.issuer_expiring.contains(issuer))
+            );
+        }
+        let checkpoints = &gauges.checkpoints;
+        out.push_str("# HELP hsmca_audit_checkpoints_total Audit checkpoints by result: signed (and recorded), or failed (an audit.checkpoint_failed gap).\n# TYPE hsmca_audit_checkpoints_total counter\n");
+        let _ = writeln!(
+            out,
+            "hsmca_audit_checkpoints_total{{result=\"signed\"}} {}\nhsmca_audit_checkpoints_total{{result=\"failed\"}} {}",
+            checkpoints.signed, checkpoints.failed
+        );
+        for (name, kind, help, value) in [
+            (
+                "hsmca_audit_witness_failures_total",
+                "counter",
+                "Audit checkpoints a witness (file or syslog) did not take.",
+                checkpoints.witness_failures,
+            ),
+            (
+                "hsmca_audit_checkpoint_last_signed_seconds",
+                "gauge",
+                "When the newest audit checkpoint was signed, Unix time (0: none since start).",
+                checkpoints.last_signed,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
         if let Some(cas) = &gauges.client_cas {

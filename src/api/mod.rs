@@ -8,6 +8,7 @@
 
 mod body;
 mod bundle;
+mod checkpoints;
 pub mod client;
 mod cpu;
 mod crl;

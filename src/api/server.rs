@@ -47,6 +47,24 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
             }),
         )
         .await;
+    let checkpoint_schedule = service.checkpoints.as_ref().map(|_| {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let Some(checkpoints) = &service.checkpoints else {
+                return;
+            };
+            // The first covers what the previous run left (its stop may have been a crash).
+            let mut last = checkpoints
+                .checkpoint(&service.pool, &service.recorder)
+                .await;
+            loop {
+                tokio::time::sleep(checkpoints.wait_after(&last)).await;
+                last = checkpoints
+                    .checkpoint(&service.pool, &service.recorder)
+                    .await;
+            }
+        })
+    });
     refresh_crls(&service).await;
     service.warn_expiring_issuers();
     let crl_schedule = {
@@ -141,6 +159,13 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
     service
         .audit_service_event("service.stopped", json!({ "drained": finished }))
         .await;
+    if let (Some(schedule), Some(checkpoints)) = (checkpoint_schedule, &service.checkpoints) {
+        schedule.abort();
+        // The last checkpoint covers the stop record: nothing of this run is left unwitnessed.
+        checkpoints
+            .checkpoint(&service.pool, &service.recorder)
+            .await;
+    }
     // Writes what is queued, then stops the writer: the audit log is complete on exit.
     service.recorder.shutdown();
     Ok(())

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use super::checkpoints::Checkpointer;
 use super::cpu::CpuPool;
 use super::crl::Crls;
 use super::error::{ApiError, StartError};
-use super::metrics::{ClientCas, Gauges, Metrics};
+use super::metrics::{CheckpointGauges, ClientCas, Gauges, Metrics};
 use super::serials::SerialSource;
 use super::settings::{FixedSections, Settings};
 use super::vault::VaultState;
@@ -58,6 +59,8 @@ pub struct Service {
     pub crls: Crls,
     /// The incomplete last audit record cut off at start (a crash interrupted its write).
     pub discarded_audit_tail: Option<DiscardedTail>,
+    /// Signed checkpoints of the audit chain, when `[audit]` asks for them.
+    pub checkpoints: Option<Checkpointer>,
     /// The HSM, for finding the issuers' keys again on reload.
     pub(super) hsm: Arc<Hsm>,
     /// The configuration file, read again on reload.
@@ -163,6 +166,12 @@ impl Service {
             .map_err(StartError::Config)?
             .resolved(|p| config.resolve(p));
         let hsm = Hsm::open(&config.hsm)?;
+        let store_files: Vec<&Path> = match &backend {
+            StorageBackend::Sqlite { ledger, audit_log } => vec![ledger, audit_log],
+            StorageBackend::Postgres(_) => Vec::new(),
+        };
+        let checkpoints =
+            Checkpointer::open(&config.audit, &hsm, |p| config.resolve(p), &store_files)?;
         let opened = open_storage(backend)?;
         let settings = Settings::load(config, &hsm, &opened.store)?;
         let vault = config
@@ -198,6 +207,7 @@ impl Service {
             ledger: ledger_admin,
             crls: Crls::new(config.crl.clone()),
             discarded_audit_tail,
+            checkpoints,
             hsm,
             config_path: config_path.to_owned(),
             fixed: FixedSections::of(config),
@@ -387,6 +397,24 @@ impl Service {
             record_groups: stats.groups.load(std::sync::atomic::Ordering::Relaxed),
             record_entries: stats.entries.load(std::sync::atomic::Ordering::Relaxed),
             client_cas: None,
+            // Exported with checkpoints off too (all zero), so the alert rules always
+            // find them.
+            checkpoints: self
+                .checkpoints
+                .as_ref()
+                .map(|checkpoints| {
+                    let counts = checkpoints.counts();
+                    let load = |counter: &std::sync::atomic::AtomicU64| {
+                        counter.load(std::sync::atomic::Ordering::Relaxed)
+                    };
+                    CheckpointGauges {
+                        signed: load(&counts.signed),
+                        failed: load(&counts.failed),
+                        witness_failures: load(&counts.witness_failures),
+                        last_signed: load(&counts.last_signed),
+                    }
+                })
+                .unwrap_or_default(),
             issuer_expiring: self
                 .expiring_issuers()
                 .into_iter()

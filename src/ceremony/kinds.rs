@@ -16,7 +16,8 @@ use crate::digest::sha256_hex;
 use crate::hsm::{Hsm, HsmKey, KeyType, PublicKey, SignatureAlgorithm};
 use crate::pki::{
     CaCertificate, CaTemplate, CrlTemplate, CsrTemplate, HsmSigner, Issued, Issuer, PkiError,
-    RevokedEntry, Signer, SoftwareKey, key_identifier, read_pem_or_der, to_pem, verify_signed,
+    RevokedEntry, Signer, SoftwareKey, key_identifier, read_pem_or_der, read_public_key, to_pem,
+    verify_signed,
 };
 
 /// `hsmca ceremony root`: a root key pair in the HSM and its self-signed certificate.
@@ -384,12 +385,6 @@ fn read_issuer(ctx: &mut Context, issuer: &IssuerRef) -> Result<CaCertificate, C
         .certificates
         .push(CertificateRecord::new("issuer", &certificate));
     Ok(certificate)
-}
-
-fn read_public_key(path: &Path) -> Result<PublicKey, CeremonyError> {
-    let what = format!("public key {}", path.display());
-    let der = read_pem_or_der(path, &["PUBLIC KEY"], &what)?;
-    Ok(PublicKey::from_spki_der(&der).map_err(|e| PkiError::input(&what, e))?)
 }
 
 /// Finds the key by label, requires the expected public key, and proves the pair with a

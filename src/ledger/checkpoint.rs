@@ -26,6 +26,8 @@ pub const CHECKPOINT_EVENT: &str = "audit.checkpoint";
 /// The event of a checkpoint that could not be signed (the HSM was unavailable): a gap in the
 /// checkpoints that `hsmca audit verify` reports.
 pub const CHECKPOINT_FAILED_EVENT: &str = "audit.checkpoint_failed";
+/// The event of a checkpoint a witness did not take (its file or socket failed).
+pub const WITNESS_FAILED_EVENT: &str = "audit.witness_failed";
 
 /// A signed statement that the audit chain's record `seq` has hash `hash`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,7 +295,28 @@ impl CheckpointReport {
         self.findings.is_empty()
     }
 
-    /// The report's lines, for `hsmca audit verify` and `hsmca report`.
+    /// One line: what holds, or the first thing wrong (for the top of `hsmca report`).
+    pub fn summary(&self) -> String {
+        match self.findings.first() {
+            Some(first) => format!(
+                "BROKEN: {first}{}",
+                match self.findings.len() {
+                    1 => String::new(),
+                    n => format!(" (and {} more findings: run hsmca audit verify)", n - 1),
+                }
+            ),
+            None => format!(
+                "{} in the chain and {} witnessed hold; newest checkpointed record {}; {} gaps (checkpoints not signed)",
+                self.chain_checkpoints,
+                self.witnessed,
+                self.newest_covered
+                    .map_or_else(|| "none".to_owned(), |seq| seq.to_string()),
+                self.failed.len()
+            ),
+        }
+    }
+
+    /// The report's lines, for `hsmca audit verify`.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(

@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::checkpoint::{CHECKPOINT_EVENT, CHECKPOINT_FAILED_EVENT, WITNESS_FAILED_EVENT};
+
 /// The counts of one period.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -32,6 +34,12 @@ pub struct Report {
     pub vault_logins: BTreeMap<String, u64>,
     /// Ceremony records per event (`ceremony.root`, `ceremony.intermediate.failed`, …).
     pub ceremonies: BTreeMap<String, u64>,
+    /// Checkpoint records per event (`audit.checkpoint`, `audit.checkpoint_failed`,
+    /// `audit.witness_failed`).
+    pub checkpoints: BTreeMap<String, u64>,
+    /// What the check of the whole chain's checkpoints found, when the checkpoint key was
+    /// given.
+    pub checkpoint_check: Option<String>,
 }
 
 /// The output formats of `hsmca report`.
@@ -106,6 +114,9 @@ impl Report {
                 _ if event.starts_with("ceremony.") => {
                     count(&mut report.ceremonies, event.to_owned())
                 }
+                CHECKPOINT_EVENT | CHECKPOINT_FAILED_EVENT | WITNESS_FAILED_EVENT => {
+                    count(&mut report.checkpoints, event.to_owned())
+                }
                 _ if event.ends_with(".refused")
                     || event.ends_with(".failed")
                     || event.ends_with(".unrecorded") =>
@@ -119,7 +130,7 @@ impl Report {
     }
 
     /// The tables of the report: a title and its counts each.
-    fn tables(&self) -> [(&'static str, &BTreeMap<String, u64>); 6] {
+    fn tables(&self) -> [(&'static str, &BTreeMap<String, u64>); 7] {
         [
             ("issued (client / profile / issuer)", &self.issued),
             ("refused or failed (event / code)", &self.refused),
@@ -127,6 +138,7 @@ impl Report {
             ("CRLs published (issuer)", &self.crls),
             ("Vault logins (client)", &self.vault_logins),
             ("ceremonies (event)", &self.ceremonies),
+            ("audit checkpoints (event)", &self.checkpoints),
         ]
     }
 
@@ -149,6 +161,9 @@ impl Report {
                     self.chain.replace('"', "\"\""),
                     self.records
                 );
+                if let Some(check) = &self.checkpoint_check {
+                    let _ = writeln!(out, "checkpoints,\"{}\",", check.replace('"', "\"\""));
+                }
                 for (title, counts) in self.tables() {
                     for (key, count) in counts {
                         let _ =
@@ -159,6 +174,13 @@ impl Report {
             Format::Md => {
                 let _ = writeln!(out, "# hsmca report, {} to {}\n", self.since, self.until);
                 let _ = writeln!(out, "Audit chain: {}\n", self.chain);
+                let _ = writeln!(
+                    out,
+                    "Checkpoints: {}\n",
+                    self.checkpoint_check
+                        .as_deref()
+                        .unwrap_or("not checked (give --checkpoint-key and --witness)")
+                );
                 let _ = writeln!(out, "Records in the period: {}\n", self.records);
                 for (title, counts) in self.tables() {
                     let _ = writeln!(out, "## {title}\n");
@@ -215,6 +237,8 @@ mod tests {
                 event("crl.published", serde_json::json!({"issuer": "p256"})),
                 event("vault.login", serde_json::json!({"client": "cert-manager"})),
                 event("ceremony.root", serde_json::json!({})),
+                event("audit.checkpoint", serde_json::json!({})),
+                event("audit.checkpoint_failed", serde_json::json!({})),
                 event("service.started", serde_json::json!({})),
             ],
             &first.next,
@@ -223,7 +247,9 @@ mod tests {
         let since = period_bound("2026-12-01").unwrap();
         let until = period_bound("2026-12-02").unwrap();
         let report = Report::build(lines.lines(), &since, &until, "intact".into());
-        assert_eq!(report.records, 8, "the day before is left out");
+        assert_eq!(report.records, 10, "the day before is left out");
+        assert_eq!(report.checkpoints["audit.checkpoint"], 1);
+        assert_eq!(report.checkpoints["audit.checkpoint_failed"], 1);
         assert_eq!(report.issued["spire / issuing-ca / p256"], 2);
         assert_eq!(report.refused["sign.refused / policy_denied"], 1);
         assert_eq!(report.revocations["superseded"], 1);

@@ -33,7 +33,7 @@ pub use issuer::{Issuer, key_identifier};
 pub use leaf::LeafTemplate;
 pub use lint::{check_ca_certificate, check_crl, check_leaf_certificate};
 pub use name::{SubjectSpec, directory_string, rebuild_requested_name};
-pub use pem::{pem_or_der, read_pem_or_der, to_pem};
+pub use pem::{pem_or_der, read_pem_or_der, read_public_key, to_pem};
 pub use profile::{
     Profile, ProfileKind, ProfileRefusal, RequestedNames, Template, URI_NAME_CONSTRAINTS_WARNING,
 };

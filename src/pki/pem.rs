@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::PkiError;
+use crate::hsm::PublicKey;
 
 /// PEM text for DER bytes under `label`.
 pub fn to_pem(label: &str, der: &[u8]) -> String {
@@ -31,4 +32,12 @@ pub fn pem_or_der(bytes: &[u8], labels: &[&str]) -> Result<Vec<u8>, String> {
 pub fn read_pem_or_der(path: &Path, labels: &[&str], what: &str) -> Result<Vec<u8>, PkiError> {
     let bytes = std::fs::read(path).map_err(|e| PkiError::input(what, e))?;
     pem_or_der(&bytes, labels).map_err(|e| PkiError::input(what, e))
+}
+
+/// Reads a public key (PEM `PUBLIC KEY` or DER SubjectPublicKeyInfo), as key ceremonies write
+/// them.
+pub fn read_public_key(path: &Path) -> Result<PublicKey, PkiError> {
+    let what = format!("public key {}", path.display());
+    let der = read_pem_or_der(path, &["PUBLIC KEY"], &what)?;
+    PublicKey::from_spki_der(&der).map_err(|e| PkiError::input(&what, e))
 }
