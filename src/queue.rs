@@ -63,22 +63,27 @@ impl<T> WorkQueue<T> {
         Ok(())
     }
 
-    /// Waits for at least one job and moves up to `max` of them, oldest first, into `into`.
-    /// Returns false, with nothing moved, once the queue is closed and empty: the worker ends.
-    pub fn take(&self, max: usize, into: &mut Vec<T>) -> bool {
+    /// Waits for a job and takes the oldest. Returns `None` once the queue is closed and
+    /// empty: the worker ends.
+    pub fn take(&self) -> Option<T> {
         let mut state = self
             .ready
             .wait_while(self.lock(), |s| s.jobs.is_empty() && !s.closed)
             .unwrap_or_else(|e| e.into_inner());
-        let count = state.jobs.len().min(max.max(1));
-        into.extend(state.jobs.drain(..count));
+        let job = state.jobs.pop_front();
         let more = !state.jobs.is_empty();
         drop(state);
         if more {
             // Jobs are left: another idle worker may take them.
             self.ready.notify_one();
         }
-        count > 0
+        job
+    }
+
+    /// The oldest waiting job, if there is one, without waiting: for a worker that has just
+    /// finished a job and goes on without sleeping.
+    pub fn try_take(&self) -> Option<T> {
+        self.lock().jobs.pop_front()
     }
 
     /// Closes the queue: jobs already queued are still taken, new ones refused, and every
@@ -95,21 +100,20 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn jobs_are_taken_in_order_up_to_the_batch_and_refused_when_full_or_closed() {
+    fn jobs_are_taken_in_order_and_refused_when_full_or_closed() {
         let queue = WorkQueue::new(3);
         for job in 1..=3 {
             queue.push(job).unwrap();
         }
         assert_eq!(queue.push(4), Err(Refused::Full(4)));
-        let mut taken = Vec::new();
-        assert!(queue.take(2, &mut taken));
-        assert_eq!(taken, [1, 2]);
+        assert_eq!(queue.take(), Some(1));
+        assert_eq!(queue.try_take(), Some(2));
         queue.close();
         assert_eq!(queue.push(5), Err(Refused::Closed(5)));
         // What was queued before the close is still taken, then the workers end.
-        assert!(queue.take(2, &mut taken));
-        assert_eq!(taken, [1, 2, 3]);
-        assert!(!queue.take(2, &mut taken));
+        assert_eq!(queue.take(), Some(3));
+        assert_eq!(queue.try_take(), None);
+        assert_eq!(queue.take(), None);
     }
 
     #[test]
@@ -120,9 +124,8 @@ mod tests {
                 let queue = queue.clone();
                 std::thread::spawn(move || {
                     let mut done = Vec::new();
-                    let mut batch = Vec::new();
-                    while queue.take(4, &mut batch) {
-                        done.append(&mut batch);
+                    while let Some(job) = queue.take() {
+                        done.push(job);
                     }
                     done
                 })

@@ -319,3 +319,76 @@ fn past_max_in_flight_a_signing_request_is_refused_at_once_with_503_and_audited(
     assert_eq!(failed[0]["details"]["code"], "overloaded");
     assert_books_balance(&mut appliance, &outcomes);
 }
+
+#[test]
+fn a_hung_signature_holds_only_its_own_request_while_the_other_session_signs_the_rest() {
+    let mut appliance = Appliance::prepare();
+    let control = appliance
+        .use_fault_module(|text| text.replace("[hsm.pool]\n", "[hsm.pool]\nsessions = 2\n"));
+    appliance.start();
+    let rt = runtime();
+    let client = appliance.client("istiod");
+    let csrs = distinct_csrs(8);
+    // Both sessions busy for a second with the first two requests, so the next six queue up
+    // behind them; then one signature hangs. Only its own request may wait for it: the other
+    // session signs every queued one well within the 2 s operation timeout.
+    set_faults(
+        &control,
+        1,
+        "C_Sign delay=1000ms times=2\nC_Sign hang times=1\n",
+    );
+    let answers: Vec<_> = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for (index, csr) in csrs.iter().enumerate() {
+            let (client, csr) = (client.clone(), csr.clone());
+            tasks.push(tokio::spawn(async move {
+                client.sign(&csr, "issuing-ca", None).await.unwrap()
+            }));
+            if index == 1 {
+                // The first two are inside the HSM before the rest arrive.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.unwrap());
+        }
+        answers
+    });
+    let mut outcomes = Vec::new();
+    for response in answers {
+        let body = response.json().unwrap();
+        outcomes.push(if response.status == 200 {
+            Outcome::Issued(body)
+        } else {
+            assert_eq!(
+                (response.status, body["error"]["code"].as_str()),
+                (503, Some("hsm_timeout")),
+                "{body}"
+            );
+            Outcome::Refused(response.status, body)
+        });
+    }
+    assert_eq!(
+        injected(&control)
+            .iter()
+            .filter(|line| *line == "C_Sign hang")
+            .count(),
+        1
+    );
+    assert_eq!(
+        issued(&outcomes).len(),
+        7,
+        "one request waits for the hung signature, the other session signs the other seven: {:?}",
+        outcomes
+            .iter()
+            .map(|outcome| match outcome {
+                Outcome::Issued(_) => 200,
+                Outcome::Refused(status, _) => *status,
+                Outcome::Lost(_) => 0,
+            })
+            .collect::<Vec<_>>()
+    );
+    set_faults(&control, 2, "");
+    assert_books_balance(&mut appliance, &outcomes);
+}

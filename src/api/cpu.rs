@@ -54,12 +54,9 @@ impl CpuPool {
             std::thread::Builder::new()
                 .name(format!("verify-{index}"))
                 .spawn(move || {
-                    let mut jobs = Vec::with_capacity(1);
-                    while queue.take(1, &mut jobs) {
-                        for job in jobs.drain(..) {
-                            // A panicking job loses its answer, not the thread.
-                            let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
-                        }
+                    while let Some(job) = queue.take() {
+                        // A panicking job loses its answer, not the thread.
+                        let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
                     }
                 })?;
         }

@@ -172,10 +172,10 @@ impl Drop for SignerPool {
     }
 }
 
-/// Most jobs a worker takes from the queue at once. Waking the caller of a finished job costs
-/// the worker a system call and a thread switch, about a third of a SoftHSM2 P-256 signature
-/// on a small VM; replying to a batch at once shares that cost (docs/performance.md).
-const MAX_BATCH: usize = 4;
+/// Most signatures a worker makes in a row, taking each next job from the queue without
+/// sleeping, before it goes back to the queue's wait (where it lets another idle worker have
+/// what is left).
+const MAX_RUN: usize = 4;
 
 /// About how long a finished signature may wait for the rest of its batch. Keeps the latency
 /// batching adds to a fraction of a millisecond; on slow (network) HSMs, where one signature
@@ -210,29 +210,41 @@ impl Worker {
         }
     }
 
+    /// Takes one job at a time, so a job never waits behind this worker's signature while
+    /// another session is free (a hung `C_Sign` holds only its own job). Replies are still
+    /// answered together: waking the caller of a finished job costs the worker a system call
+    /// and a thread switch, about a third of a SoftHSM2 P-256 signature on a small VM
+    /// (docs/performance.md), so a reply waits for the next signature while that is
+    /// expected to end within [`REPLY_FLUSH_AFTER`].
     fn run(mut self, queue: &WorkQueue<Job>, load: &PoolLoad) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut replies = Vec::with_capacity(MAX_BATCH);
-        while queue.take(MAX_BATCH, &mut batch) {
-            load.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        let mut replies = Vec::with_capacity(MAX_RUN);
+        while let Some(first) = queue.take() {
             load.busy.fetch_add(1, Ordering::Relaxed);
+            let mut next = Some(first);
             let mut oldest_reply: Option<Instant> = None;
-            for job in batch.drain(..) {
+            let mut run = 0;
+            while let Some(job) = next {
+                load.queued.fetch_sub(1, Ordering::Relaxed);
+                run += 1;
                 // Skip work nobody waits for any more: the caller timed out or went away.
                 let started = Instant::now();
-                if job.reply.is_closed() || started >= job.deadline {
-                    continue;
+                if !job.reply.is_closed() && started < job.deadline {
+                    let result = self.sign(&job);
+                    let took = started.elapsed();
+                    replies.push((job.reply, result));
+                    let oldest = *oldest_reply.get_or_insert_with(Instant::now);
+                    // Send now if one more signature like this one would hold the oldest reply
+                    // past the bound: on a slow HSM that is after every signature.
+                    if oldest.elapsed() + took >= REPLY_FLUSH_AFTER {
+                        send_replies(&mut replies);
+                        oldest_reply = None;
+                    }
                 }
-                let result = self.sign(&job);
-                let took = started.elapsed();
-                replies.push((job.reply, result));
-                let oldest = *oldest_reply.get_or_insert_with(Instant::now);
-                // Send now if one more signature like this one would hold the oldest reply past
-                // the bound: on a slow HSM that is after every signature.
-                if oldest.elapsed() + took >= REPLY_FLUSH_AFTER {
-                    send_replies(&mut replies);
-                    oldest_reply = None;
-                }
+                next = if run < MAX_RUN {
+                    queue.try_take()
+                } else {
+                    None
+                };
             }
             send_replies(&mut replies);
             load.busy.fetch_sub(1, Ordering::Relaxed);
