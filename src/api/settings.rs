@@ -226,6 +226,8 @@ fn load_issuer(
             key.key_type()
         )));
     }
+    hsm.require_algorithm(algorithm, key.key_type())
+        .map_err(|e| fail(format!("{e}: set signature_algorithm to one of those")))?;
     let validity = certificate.validity();
     let (from, until) = (
         validity.not_before.to_unix_duration(),

@@ -261,6 +261,11 @@ impl SignatureAlgorithm {
         }
     }
 
+    /// The PKCS#11 mechanism the token must offer for this algorithm.
+    pub(crate) fn mechanism_type(self) -> MechanismType {
+        self.mechanism_and_input(&[]).0.mechanism_type()
+    }
+
     /// Turns the module's raw output into the X.509 encoding of the signature.
     pub(crate) fn encode_signature(self, raw: Vec<u8>) -> Result<Vec<u8>, AlgorithmError> {
         use SignatureAlgorithm as A;

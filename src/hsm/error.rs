@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cryptoki::error::{Error as CkError, RvError};
 
-use super::algorithm::AlgorithmError;
+use super::algorithm::{AlgorithmError, KeyType, SignatureAlgorithm};
 use super::selector::TokenSelector;
 
 /// Everything that can go wrong between hsmca and the HSM.
@@ -128,6 +128,36 @@ pub enum HsmError {
         mechanism: String,
         /// The token label.
         token: String,
+    },
+
+    /// The token cannot make a signature algorithm: it lacks the mechanism.
+    #[error(
+        "token \"{token}\" does not support {mechanism}, which {algorithm} needs; for {key_type} keys it offers: {}",
+        if offered.is_empty() { "none".to_owned() } else { offered.join(", ") }
+    )]
+    AlgorithmUnsupported {
+        /// The algorithm asked for.
+        algorithm: SignatureAlgorithm,
+        /// The key type.
+        key_type: KeyType,
+        /// The PKCS#11 mechanism it needs.
+        mechanism: String,
+        /// The token label.
+        token: String,
+        /// The algorithms for this key type the token does support.
+        offered: Vec<String>,
+    },
+
+    /// A generated private key came out with other attributes than asked for (the module
+    /// ignored part of the template); it was destroyed.
+    #[error(
+        "the module made key \"{label}\" with unsafe attributes ({reason}); it was destroyed: this module cannot hold hsmca's keys safely"
+    )]
+    UnsafeKey {
+        /// The label.
+        label: String,
+        /// Which attributes are wrong.
+        reason: String,
     },
 
     /// Key generation refused: the label is taken.

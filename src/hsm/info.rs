@@ -69,14 +69,7 @@ pub(crate) fn inventory(
     let library = pkcs11.get_library_info()?;
     let mut tokens = Vec::new();
     for slot in pkcs11.get_slots_with_initialized_token()? {
-        let info = pkcs11.get_token_info(slot)?;
-        tokens.push(TokenDescription {
-            label: info.label().to_owned(),
-            serial: info.serial_number().to_owned(),
-            model: info.model().to_owned(),
-            manufacturer: info.manufacturer_id().to_owned(),
-            slot_id: slot.id(),
-        });
+        tokens.push(super::token::describe_token(&module_path, slot)?);
     }
     let mut mechanisms: Vec<String> = pkcs11
         .get_mechanism_list(module.slot)?

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use cryptoki::error::RvError;
 use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
@@ -72,12 +73,10 @@ pub(crate) fn generate(
         template.extend(extra);
         template
     };
-    let mut public_template = common(vec![
-        Attribute::Private(false),
-        Attribute::Verify(true),
-        Attribute::Encrypt(false),
-        Attribute::Wrap(false),
-    ]);
+    // CKA_VERIFY and CKA_ENCRYPT are asked for on the public key where the module lets us;
+    // some derive them from the private key's usage instead and refuse any other value
+    // (below).
+    let mut public_template = common(vec![Attribute::Private(false), Attribute::Wrap(false)]);
     let mut private_template = common(vec![
         Attribute::Private(true),
         Attribute::Sensitive(true),
@@ -96,17 +95,79 @@ pub(crate) fn generate(
         // Keep RSA private keys out of CKM_RSA_PKCS decryption oracles.
         private_template.push(Attribute::SignRecover(false));
     }
-    let (public, _private) = session.generate_key_pair(
-        &key_type.generation_mechanism(),
-        &public_template,
+    let mechanism = key_type.generation_mechanism();
+    let mut with_usage = public_template.clone();
+    with_usage.extend([Attribute::Verify(true), Attribute::Encrypt(false)]);
+    let (public, private) = match session.generate_key_pair(
+        &mechanism,
+        &with_usage,
         &private_template,
-    )?;
+    ) {
+        Ok(pair) => pair,
+        // tpm2-pkcs11 maps usage onto the TPM key's sign and decrypt bits and derives the
+        // public key's CKA_VERIFY and CKA_ENCRYPT from them, failing a template that states
+        // them otherwise (CKR_GENERAL_ERROR, "attr mismatch" in its log). The private key's
+        // template, which makes the key sign-only, stays as it is.
+        Err(cryptoki::error::Error::Pkcs11(
+            RvError::GeneralError | RvError::TemplateInconsistent | RvError::AttributeValueInvalid,
+            _,
+        )) => {
+            tracing::info!(%label, "the module refused CKA_VERIFY/CKA_ENCRYPT on the public key; generating without them (the module sets the public key's usage)");
+            session.generate_key_pair(&mechanism, &public_template, &private_template)?
+        }
+        Err(other) => return Err(other.into()),
+    };
+    check_private_key(session, private, label)?;
     let public_key = read_public_key(session, public, label)?;
     Ok(HsmKey(Arc::new(KeyData {
         label: label.into(),
         id,
         public_key,
     })))
+}
+
+/// Reads back what the module made of the private key's template: sensitive, never
+/// extractable, able to sign and nothing else. A module that silently dropped one of these is
+/// refused, and the key destroyed, rather than used.
+fn check_private_key(
+    session: &Session,
+    private: ObjectHandle,
+    label: &str,
+) -> Result<(), HsmError> {
+    let wanted = [
+        (AttributeType::Sensitive, true),
+        (AttributeType::Extractable, false),
+        (AttributeType::Sign, true),
+        (AttributeType::Decrypt, false),
+        (AttributeType::Unwrap, false),
+        (AttributeType::Derive, false),
+    ];
+    let types: Vec<AttributeType> = wanted.iter().map(|(kind, _)| *kind).collect();
+    let found = session.get_attributes(private, &types)?;
+    let value = |kind: AttributeType| {
+        found.iter().find_map(|attribute| match (kind, attribute) {
+            (AttributeType::Sensitive, Attribute::Sensitive(v))
+            | (AttributeType::Extractable, Attribute::Extractable(v))
+            | (AttributeType::Sign, Attribute::Sign(v))
+            | (AttributeType::Decrypt, Attribute::Decrypt(v))
+            | (AttributeType::Unwrap, Attribute::Unwrap(v))
+            | (AttributeType::Derive, Attribute::Derive(v)) => Some(*v),
+            _ => None,
+        })
+    };
+    let wrong: Vec<String> = wanted
+        .iter()
+        .filter(|(kind, expected)| value(*kind) != Some(*expected))
+        .map(|(kind, expected)| format!("{kind} is not {expected}"))
+        .collect();
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    let _ = session.destroy_object(private);
+    Err(HsmError::UnsafeKey {
+        label: label.into(),
+        reason: wrong.join(", "),
+    })
 }
 
 /// Finds the key pair labelled `label`. When `expected` is given, the token's public key must
@@ -150,10 +211,13 @@ pub(crate) fn find(
 }
 
 /// Proves that the private key signs for the public key: a random challenge is signed in the
-/// HSM and verified on the host.
-pub(crate) fn self_test(session: &Session, key: &HsmKey) -> Result<(), HsmError> {
+/// HSM with `algorithm` and verified on the host.
+pub(crate) fn self_test(
+    session: &Session,
+    key: &HsmKey,
+    algorithm: SignatureAlgorithm,
+) -> Result<(), HsmError> {
     let challenge = session.generate_random_vec(32)?;
-    let algorithm = key.key_type().default_algorithm();
     let handle = private_handle(session, key)?;
     let signature = sign(session, handle, algorithm, &challenge)?;
     if key.public_key().verify(algorithm, &challenge, &signature) {

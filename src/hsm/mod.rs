@@ -20,11 +20,10 @@ mod pool;
 mod public_key;
 mod selector;
 mod token;
+mod token_info;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-
-use cryptoki::slot::Limit;
 
 pub use algorithm::{AlgorithmError, KeyType, SignatureAlgorithm};
 pub use config::{HsmConfig, PinSource, PoolConfig};
@@ -71,10 +70,12 @@ impl Hsm {
     }
 
     /// Generates a key pair labelled `label`; refuses a label already on the token.
+    /// The token must be able to generate the key type and to sign with at least one algorithm
+    /// for it (not necessarily hsmca's usual one: opencryptoki's soft token signs RSA with
+    /// PSS only, for one).
     pub fn generate_key(&self, label: &str, key_type: KeyType) -> Result<HsmKey, HsmError> {
         self.require_mechanism(key_type.generation_mechanism().mechanism_type())?;
-        let (signing, _) = key_type.default_algorithm().mechanism_and_input(&[]);
-        self.require_mechanism(signing.mechanism_type())?;
+        self.self_test_algorithm(key_type)?;
         let key = self.with_control(|session| keys::generate(session, label, key_type))?;
         tracing::info!(label, key_type = %key_type, id = %hex::encode(key.id()), "key pair generated");
         Ok(key)
@@ -83,11 +84,57 @@ impl Hsm {
     /// Finds the key pair labelled `label`, checks that it holds `expected` when given, and
     /// proves with a test signature that the private key matches the public key.
     pub fn find_key(&self, label: &str, expected: Option<&PublicKey>) -> Result<HsmKey, HsmError> {
-        self.with_control(|session| {
-            let key = keys::find(session, label, expected)?;
-            keys::self_test(session, &key)?;
-            Ok(key)
+        let key = self.with_control(|session| keys::find(session, label, expected))?;
+        let algorithm = self.self_test_algorithm(key.key_type())?;
+        self.with_control(|session| keys::self_test(session, &key, algorithm))?;
+        Ok(key)
+    }
+
+    /// The signature algorithms for `key_type` keys whose mechanisms the token offers,
+    /// hsmca's usual one first.
+    pub fn signing_algorithms(
+        &self,
+        key_type: KeyType,
+    ) -> Result<Vec<SignatureAlgorithm>, HsmError> {
+        let supported = self.mechanisms()?;
+        let mut algorithms: Vec<SignatureAlgorithm> = SignatureAlgorithm::ALL
+            .iter()
+            .copied()
+            .filter(|a| a.works_with(key_type) && supported.contains(&a.mechanism_type()))
+            .collect();
+        algorithms.sort_by_key(|a| *a != key_type.default_algorithm());
+        Ok(algorithms)
+    }
+
+    /// Refuses `algorithm` for a `key_type` key when the token lacks its mechanism, naming the
+    /// mechanism and what the token offers instead.
+    pub fn require_algorithm(
+        &self,
+        algorithm: SignatureAlgorithm,
+        key_type: KeyType,
+    ) -> Result<(), HsmError> {
+        let offered = self.signing_algorithms(key_type)?;
+        if offered.contains(&algorithm) {
+            return Ok(());
+        }
+        Err(HsmError::AlgorithmUnsupported {
+            algorithm,
+            key_type,
+            mechanism: algorithm.mechanism_type().to_string(),
+            token: self.context.description.label.clone(),
+            offered: offered.iter().map(ToString::to_string).collect(),
         })
+    }
+
+    /// The algorithm a key's self-test signs with: hsmca's usual one for the key type, or the
+    /// first the token offers.
+    fn self_test_algorithm(&self, key_type: KeyType) -> Result<SignatureAlgorithm, HsmError> {
+        match self.signing_algorithms(key_type)?.first() {
+            Some(algorithm) => Ok(*algorithm),
+            None => self
+                .require_algorithm(key_type.default_algorithm(), key_type)
+                .map(|()| key_type.default_algorithm()),
+        }
     }
 
     /// `len` random bytes from the token's RNG.
@@ -106,6 +153,8 @@ impl Hsm {
         message: &[u8],
     ) -> Result<Vec<u8>, HsmError> {
         algorithm.check_key(key.key_type())?;
+        // Rare enough to ask the token each time, and a missing mechanism is then named.
+        self.require_algorithm(algorithm, key.key_type())?;
         self.with_control(|session| {
             let handle = keys::private_handle(session, key)?;
             keys::sign(session, handle, algorithm, message)
@@ -152,14 +201,11 @@ impl Hsm {
     /// token's own limit wins when lower (one session is kept for control).
     fn default_pool_size(&self) -> Result<usize, HsmError> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let info = self
-            .context
-            .with_module(|module| module.pkcs11.get_token_info(module.slot))?;
-        let token_limit = match info.max_session_count() {
-            Limit::Max(max) => usize::try_from(max.saturating_sub(1))
+        let token_limit = match self.context.description.max_sessions {
+            Some(max) => usize::try_from(max.saturating_sub(1))
                 .unwrap_or(usize::MAX)
                 .max(1),
-            Limit::Unavailable | Limit::Infinite => usize::MAX,
+            None => usize::MAX,
         };
         Ok(cores.min(token_limit))
     }
@@ -168,10 +214,7 @@ impl Hsm {
         &self,
         mechanism: cryptoki::mechanism::MechanismType,
     ) -> Result<(), HsmError> {
-        let supported = self
-            .context
-            .with_module(|module| module.pkcs11.get_mechanism_list(module.slot))?;
-        if supported.contains(&mechanism) {
+        if self.mechanisms()?.contains(&mechanism) {
             Ok(())
         } else {
             Err(HsmError::MechanismUnsupported {
@@ -179,6 +222,12 @@ impl Hsm {
                 token: self.context.description.label.clone(),
             })
         }
+    }
+
+    fn mechanisms(&self) -> Result<Vec<cryptoki::mechanism::MechanismType>, HsmError> {
+        Ok(self
+            .context
+            .with_module(|module| module.pkcs11.get_mechanism_list(module.slot))?)
     }
 
     fn with_control<T>(

@@ -15,6 +15,7 @@ use super::error::HsmError;
 use super::health::HealthMonitor;
 use super::pin::Pin;
 use super::selector::TokenSelector;
+use super::token_info;
 
 /// Identity of the token in use, for logs, transcripts and `hsm info`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +30,9 @@ pub struct TokenDescription {
     pub manufacturer: String,
     /// The PKCS#11 slot ID holding the token (it can change between runs).
     pub slot_id: u64,
+    /// The most sessions the token allows (`ulMaxSessionCount`); `None` when it sets no limit
+    /// or does not say.
+    pub max_sessions: Option<u64>,
 }
 
 /// The initialised module and the logged-in token. One per process: PKCS#11 initialisation
@@ -71,7 +75,7 @@ impl TokenContext {
         let selector = config.token()?;
         let pin = Pin::load(&config.pin_source()?)?;
         let pkcs11 = load_module(&config.module)?;
-        let (slot, description) = find_token(&pkcs11, &selector)?;
+        let (slot, description) = find_token(&pkcs11, &config.module, &selector)?;
         tracing::debug!(token = %description.label, serial = %description.serial, slot = description.slot_id, "token found");
         Ok(TokenContext {
             module: RwLock::new(Module {
@@ -123,7 +127,7 @@ impl TokenContext {
             reason: err.to_string(),
         })?;
         pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
-        let (slot, _) = find_token(&pkcs11, &self.selector)?;
+        let (slot, _) = find_token(&pkcs11, &self.module_path, &self.selector)?;
         *module = Module {
             pkcs11,
             slot,
@@ -192,21 +196,28 @@ fn load_module(path: &Path) -> Result<Pkcs11, HsmError> {
     }
 }
 
+/// The token in `slot` of the module loaded from `module_path`.
+pub(crate) fn describe_token(module_path: &Path, slot: Slot) -> Result<TokenDescription, HsmError> {
+    let fields = token_info::read(module_path, slot)?;
+    Ok(TokenDescription {
+        label: fields.label,
+        serial: fields.serial,
+        model: fields.model,
+        manufacturer: fields.manufacturer,
+        slot_id: slot.id(),
+        max_sessions: fields.max_sessions,
+    })
+}
+
 fn find_token(
     pkcs11: &Pkcs11,
+    module_path: &Path,
     selector: &TokenSelector,
 ) -> Result<(Slot, TokenDescription), HsmError> {
     let mut available = Vec::new();
     let mut matches = Vec::new();
     for slot in pkcs11.get_slots_with_initialized_token()? {
-        let info = pkcs11.get_token_info(slot)?;
-        let description = TokenDescription {
-            label: info.label().to_owned(),
-            serial: info.serial_number().to_owned(),
-            model: info.model().to_owned(),
-            manufacturer: info.manufacturer_id().to_owned(),
-            slot_id: slot.id(),
-        };
+        let description = describe_token(module_path, slot)?;
         available.push(format!(
             "\"{}\" (serial {})",
             description.label, description.serial
