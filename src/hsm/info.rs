@@ -67,10 +67,10 @@ pub(crate) fn inventory(
 ) -> Result<Inventory, HsmError> {
     let pkcs11 = &module.pkcs11;
     let library = pkcs11.get_library_info()?;
-    let mut tokens = Vec::new();
-    for slot in pkcs11.get_slots_with_initialized_token()? {
-        tokens.push(super::token::describe_token(&module_path, slot)?);
-    }
+    let tokens = super::token::initialized_tokens(pkcs11, &module_path)?
+        .into_iter()
+        .map(|(_, description)| description)
+        .collect();
     let mut mechanisms: Vec<String> = pkcs11
         .get_mechanism_list(module.slot)?
         .iter()

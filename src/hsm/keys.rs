@@ -50,10 +50,15 @@ impl HsmKey {
 
 /// Generates a key pair. The private key is a token object that is private, sensitive,
 /// never extractable and can only sign; the public key can only verify.
+///
+/// `state_public_usage`: ask for CKA_VERIFY and CKA_ENCRYPT on the public key. Modules that
+/// derive them from the private key's usage (tpm2-pkcs11) refuse that, and get a template
+/// without them; another module that refuses them is asked again without.
 pub(crate) fn generate(
     session: &Session,
     label: &str,
     key_type: KeyType,
+    state_public_usage: bool,
 ) -> Result<HsmKey, HsmError> {
     if !session
         .find_objects(&[Attribute::Label(label.into())])?
@@ -98,11 +103,12 @@ pub(crate) fn generate(
     let mechanism = key_type.generation_mechanism();
     let mut with_usage = public_template.clone();
     with_usage.extend([Attribute::Verify(true), Attribute::Encrypt(false)]);
-    let (public, private) = match session.generate_key_pair(
-        &mechanism,
-        &with_usage,
-        &private_template,
-    ) {
+    let first = if state_public_usage {
+        session.generate_key_pair(&mechanism, &with_usage, &private_template)
+    } else {
+        session.generate_key_pair(&mechanism, &public_template, &private_template)
+    };
+    let (public, private) = match first {
         Ok(pair) => pair,
         // tpm2-pkcs11 maps usage onto the TPM key's sign and decrypt bits and derives the
         // public key's CKA_VERIFY and CKA_ENCRYPT from them, failing a template that states
@@ -111,7 +117,7 @@ pub(crate) fn generate(
         Err(cryptoki::error::Error::Pkcs11(
             RvError::GeneralError | RvError::TemplateInconsistent | RvError::AttributeValueInvalid,
             _,
-        )) => {
+        )) if state_public_usage => {
             tracing::info!(%label, "the module refused CKA_VERIFY/CKA_ENCRYPT on the public key; generating without them (the module sets the public key's usage)");
             session.generate_key_pair(&mechanism, &public_template, &private_template)?
         }

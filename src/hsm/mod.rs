@@ -76,7 +76,9 @@ impl Hsm {
     pub fn generate_key(&self, label: &str, key_type: KeyType) -> Result<HsmKey, HsmError> {
         self.require_mechanism(key_type.generation_mechanism().mechanism_type())?;
         self.self_test_algorithm(key_type)?;
-        let key = self.with_control(|session| keys::generate(session, label, key_type))?;
+        let state_public_usage = !self.derives_public_usage()?;
+        let key = self
+            .with_control(|session| keys::generate(session, label, key_type, state_public_usage))?;
         tracing::info!(label, key_type = %key_type, id = %hex::encode(key.id()), "key pair generated");
         Ok(key)
     }
@@ -222,6 +224,16 @@ impl Hsm {
                 token: self.context.description.label.clone(),
             })
         }
+    }
+
+    /// Whether the module sets a public key's CKA_VERIFY and CKA_ENCRYPT itself and fails a
+    /// template that states them: tpm2-pkcs11 does, and a first, failed attempt would leave a
+    /// transient object in the TPM, whose three slots the second attempt then lacks.
+    fn derives_public_usage(&self) -> Result<bool, HsmError> {
+        let library = self
+            .context
+            .with_module(|module| module.pkcs11.get_library_info())?;
+        Ok(library.manufacturer_id().starts_with("tpm2-software"))
     }
 
     fn mechanisms(&self) -> Result<Vec<cryptoki::mechanism::MechanismType>, HsmError> {

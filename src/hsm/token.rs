@@ -196,17 +196,30 @@ fn load_module(path: &Path) -> Result<Pkcs11, HsmError> {
     }
 }
 
-/// The token in `slot` of the module loaded from `module_path`.
-pub(crate) fn describe_token(module_path: &Path, slot: Slot) -> Result<TokenDescription, HsmError> {
-    let fields = token_info::read(module_path, slot)?;
-    Ok(TokenDescription {
-        label: fields.label,
-        serial: fields.serial,
-        model: fields.model,
-        manufacturer: fields.manufacturer,
-        slot_id: slot.id(),
-        max_sessions: fields.max_sessions,
-    })
+/// The initialised tokens of the module loaded from `module_path`, with their slots. (Not
+/// cryptoki's `get_slots_with_initialized_token`, which fails on a malformed token info.)
+pub(crate) fn initialized_tokens(
+    pkcs11: &Pkcs11,
+    module_path: &Path,
+) -> Result<Vec<(Slot, TokenDescription)>, HsmError> {
+    let mut tokens = Vec::new();
+    for slot in pkcs11.get_slots_with_token()? {
+        let fields = token_info::read(module_path, slot)?;
+        if fields.initialized {
+            tokens.push((
+                slot,
+                TokenDescription {
+                    label: fields.label,
+                    serial: fields.serial,
+                    model: fields.model,
+                    manufacturer: fields.manufacturer,
+                    slot_id: slot.id(),
+                    max_sessions: fields.max_sessions,
+                },
+            ));
+        }
+    }
+    Ok(tokens)
 }
 
 fn find_token(
@@ -216,8 +229,7 @@ fn find_token(
 ) -> Result<(Slot, TokenDescription), HsmError> {
     let mut available = Vec::new();
     let mut matches = Vec::new();
-    for slot in pkcs11.get_slots_with_initialized_token()? {
-        let description = describe_token(module_path, slot)?;
+    for (slot, description) in initialized_tokens(pkcs11, module_path)? {
         available.push(format!(
             "\"{}\" (serial {})",
             description.label, description.serial

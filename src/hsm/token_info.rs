@@ -18,7 +18,7 @@ use cryptoki::error::Rv;
 use cryptoki::slot::Slot;
 use cryptoki_sys::{
     CK_C_GetFunctionList, CK_EFFECTIVELY_INFINITE, CK_FUNCTION_LIST, CK_RV, CK_TOKEN_INFO,
-    CK_UNAVAILABLE_INFORMATION,
+    CK_UNAVAILABLE_INFORMATION, CKF_TOKEN_INITIALIZED,
 };
 
 use super::error::HsmError;
@@ -36,6 +36,8 @@ pub(crate) struct TokenFields {
     pub manufacturer: String,
     /// `ulMaxSessionCount`: `None` when unlimited or not said.
     pub max_sessions: Option<u64>,
+    /// `CKF_TOKEN_INITIALIZED` is set.
+    pub initialized: bool,
 }
 
 /// Reads `slot`'s token info from the module at `module_path`, which cryptoki has loaded and
@@ -83,6 +85,7 @@ pub(crate) fn read(module_path: &Path, slot: Slot) -> Result<TokenFields, HsmErr
             CK_UNAVAILABLE_INFORMATION | CK_EFFECTIVELY_INFINITE => None,
             max => Some(max),
         },
+        initialized: info.flags & CKF_TOKEN_INITIALIZED != 0,
     })
 }
 
