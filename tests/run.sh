@@ -9,8 +9,11 @@ cd "$(dirname "$0")/.."
 
 # golang-go: Go's crypto/x509, the verifier of SPIRE and istiod (tests/go/svid_verify.go);
 # postgresql: the server tests/common/postgres.rs starts per test, as the postgres user;
-# haproxy: the load balancer tests/replicas.rs puts in front of the replicas.
-softhsm/install-deps.sh golang-go postgresql haproxy
+# haproxy: the load balancer tests/replicas.rs puts in front of the replicas;
+# opencryptoki, swtpm, tpm2-pkcs11 and p11-kit: the other PKCS#11 modules tests/modules.rs and
+# tests/p11kit_remote.rs run hsmca on (softhsm/*-token.sh, softhsm/p11kit-remote.sh set them up).
+softhsm/install-deps.sh golang-go postgresql haproxy opencryptoki swtpm swtpm-tools \
+    libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-tools p11-kit p11-kit-modules
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "==> installing cargo-nextest" >&2
     cargo install cargo-nextest --locked --quiet
