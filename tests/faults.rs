@@ -392,3 +392,42 @@ fn a_hung_signature_holds_only_its_own_request_while_the_other_session_signs_the
     set_faults(&control, 2, "");
     assert_books_balance(&mut appliance, &outcomes);
 }
+
+#[test]
+fn a_token_with_few_sessions_gets_a_pool_of_its_size_and_says_so() {
+    let mut appliance = Appliance::prepare();
+    // Three sessions on the token, eight asked for: one is the control session's, so the pool
+    // gets two, and the start says so instead of failing.
+    appliance.use_fault_module(|text| text.replace("[hsm.pool]\n", "[hsm.pool]\nsessions = 8\n"));
+    appliance
+        .env
+        .push(("HSMCA_FAULT_MAX_SESSIONS".into(), "3".into()));
+    appliance.start();
+    let (_, metrics) = appliance.ops_get("/metrics");
+    assert!(
+        metrics.contains("\nhsmca_hsm_pool_sessions 2\n"),
+        "{metrics}"
+    );
+    let rt = runtime();
+    let load = Load::start(
+        &rt,
+        &appliance.client("istiod"),
+        4,
+        &distinct_csrs(8),
+        "issuing-ca",
+    );
+    wait_for_readiness(&appliance, 200);
+    let outcomes = load.finish(&rt);
+    assert!(
+        !outcomes.is_empty() && outcomes.iter().all(|o| matches!(o, Outcome::Issued(_))),
+        "{outcomes:?}"
+    );
+    let log = appliance.server_log();
+    assert!(
+        log.contains("hsm.pool.sessions is more than the token allows beside the control session")
+            && log.contains("token_allows=3")
+            && log.contains("pool_sessions=2"),
+        "{log}"
+    );
+    assert_books_balance(&mut appliance, &outcomes);
+}

@@ -255,6 +255,18 @@ fn list_or_none(items: &[String]) -> String {
 }
 
 impl HsmError {
+    /// True when the token refused a session because it has as many open as it allows
+    /// (`CKR_SESSION_COUNT`).
+    pub fn is_session_limit(&self) -> bool {
+        matches!(
+            self,
+            HsmError::Pkcs11 {
+                rv: Some(RvError::SessionCount),
+                ..
+            }
+        )
+    }
+
     /// True when the error means the session (or the login behind it) is gone and a fresh
     /// session may succeed: the cases the pool recovers from by reopening and retrying once.
     pub fn is_session_fault(&self) -> bool {

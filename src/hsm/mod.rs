@@ -171,7 +171,20 @@ impl Hsm {
                     "`hsm.pool.sessions` must be at least 1".into(),
                 ));
             }
-            Some(n) => n,
+            Some(n) => match self.context.description.max_sessions {
+                // One session of the token's allowance is the control session's.
+                Some(max) if n as u64 >= max => {
+                    let allowed = usize::try_from(max.saturating_sub(1)).unwrap_or(n).max(1);
+                    tracing::warn!(
+                        configured = n,
+                        token_allows = max,
+                        pool_sessions = allowed,
+                        "hsm.pool.sessions is more than the token allows beside the control session: the pool runs with fewer"
+                    );
+                    allowed
+                }
+                _ => n,
+            },
             None => self.default_pool_size()?,
         };
         if config.queue_depth() == 0 {

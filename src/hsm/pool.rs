@@ -58,13 +58,27 @@ impl SignerPool {
         queue_depth: usize,
         op_timeout: Duration,
     ) -> Result<Self, HsmError> {
-        // Open every session before starting any worker, so a bad token fails start-up.
+        // Open every session before starting any worker, so a bad token fails start-up. A
+        // token that refuses more sessions than it said (others share it: replicas, tools)
+        // leaves the pool with those it could open.
         let mut slots = Vec::with_capacity(sessions);
         for _ in 0..sessions {
             let mut slot = SessionSlot::new(context.clone(), false);
-            slot.connect()?;
-            slots.push(slot);
+            match slot.connect() {
+                Ok(()) => slots.push(slot),
+                Err(error) if error.is_session_limit() && !slots.is_empty() => {
+                    tracing::warn!(
+                        asked = sessions,
+                        opened = slots.len(),
+                        %error,
+                        "the token refused more sessions: the HSM pool runs with the sessions it could open"
+                    );
+                    break;
+                }
+                Err(error) => return Err(error),
+            }
         }
+        let sessions = slots.len();
         let queue = Arc::new(WorkQueue::new(queue_depth));
         let load = Arc::new(PoolLoad::default());
         let workers = slots

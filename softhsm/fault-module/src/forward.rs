@@ -51,9 +51,9 @@ fn load() -> Option<Lists> {
     let mut ours = real;
     ours.C_GetFunctionList = Some(C_GetFunctionList);
     ours.C_GetSlotList = Some(hooks::C_GetSlotList);
-    ours.C_GetTokenInfo = Some(hooks::C_GetTokenInfo);
-    ours.C_OpenSession = Some(hooks::C_OpenSession);
-    ours.C_CloseSession = Some(hooks::C_CloseSession);
+    ours.C_GetTokenInfo = Some(limit::C_GetTokenInfo);
+    ours.C_OpenSession = Some(limit::C_OpenSession);
+    ours.C_CloseSession = Some(limit::C_CloseSession);
     ours.C_Login = Some(hooks::C_Login);
     ours.C_GetAttributeValue = Some(hooks::C_GetAttributeValue);
     ours.C_FindObjectsInit = Some(hooks::C_FindObjectsInit);
@@ -149,4 +149,72 @@ hooks! {
         signature_len: CK_ULONG_PTR,
     );
     C_GenerateRandom(session: CK_SESSION_HANDLE, out: CK_BYTE_PTR, len: CK_ULONG);
+}
+
+/// `HSMCA_FAULT_MAX_SESSIONS=N`: a token that allows N sessions, as small HSMs and TPMs do. The
+/// token info says so (`ulMaxSessionCount`), and `C_OpenSession` answers `CKR_SESSION_COUNT`
+/// while N are open. Unset: no limit beyond the real module's.
+#[allow(non_snake_case)]
+mod limit {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use cryptoki_sys::CKR_SESSION_COUNT;
+
+    fn max_sessions() -> Option<u64> {
+        static MAX: OnceLock<Option<u64>> = OnceLock::new();
+        *MAX.get_or_init(|| {
+            std::env::var("HSMCA_FAULT_MAX_SESSIONS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+        })
+    }
+
+    /// Sessions open through this module.
+    static OPEN: AtomicU64 = AtomicU64::new(0);
+
+    pub(super) unsafe extern "C" fn C_GetTokenInfo(
+        slot: CK_SLOT_ID,
+        info: CK_TOKEN_INFO_PTR,
+    ) -> CK_RV {
+        // SAFETY: the arguments come unchanged from the caller.
+        let rv = unsafe { hooks::C_GetTokenInfo(slot, info) };
+        if let (CKR_OK, Some(max)) = (rv, max_sessions())
+            && !info.is_null()
+        {
+            // SAFETY: the real module just filled the caller's CK_TOKEN_INFO.
+            unsafe { (*info).ulMaxSessionCount = max };
+        }
+        rv
+    }
+
+    pub(super) unsafe extern "C" fn C_OpenSession(
+        slot: CK_SLOT_ID,
+        flags: CK_FLAGS,
+        application: CK_VOID_PTR,
+        notify: CK_NOTIFY,
+        session: CK_SESSION_HANDLE_PTR,
+    ) -> CK_RV {
+        let reserved = OPEN.fetch_add(1, Ordering::SeqCst);
+        if max_sessions().is_some_and(|max| reserved >= max) {
+            OPEN.fetch_sub(1, Ordering::SeqCst);
+            return CKR_SESSION_COUNT;
+        }
+        // SAFETY: the arguments come unchanged from the caller.
+        let rv = unsafe { hooks::C_OpenSession(slot, flags, application, notify, session) };
+        if rv != CKR_OK {
+            OPEN.fetch_sub(1, Ordering::SeqCst);
+        }
+        rv
+    }
+
+    pub(super) unsafe extern "C" fn C_CloseSession(session: CK_SESSION_HANDLE) -> CK_RV {
+        // SAFETY: the argument comes unchanged from the caller.
+        let rv = unsafe { hooks::C_CloseSession(session) };
+        if rv == CKR_OK {
+            OPEN.fetch_sub(1, Ordering::SeqCst);
+        }
+        rv
+    }
 }

@@ -5,6 +5,8 @@
 //!
 //! Environment:
 //! - `HSMCA_FAULT_REAL_MODULE`: the module to forward to (default: SoftHSM2's).
+//! - `HSMCA_FAULT_MAX_SESSIONS`: a session limit (`ulMaxSessionCount`, then
+//!   `CKR_SESSION_COUNT`), as small HSMs and TPMs have.
 //! - `HSMCA_FAULTS`: the control file. Read before every intercepted call, so a test changes
 //!   faults by rewriting it; absent or empty means no faults. Every injected fault is appended
 //!   to `HSMCA_FAULTS.log` as `FUNCTION ACTION`, so a test can tell that its faults happened.
