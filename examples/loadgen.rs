@@ -6,8 +6,8 @@
 //! ```text
 //! loadgen http --target hsmca|vault|cfssl --url URL --connections N --seconds S
 //!              [--profile P] [--cert C --key K --ca CA] [--token T] [--csrs 512] [--json F]
-//! loadgen raw  --token-label L --key-label K --mechanism ecdsa|rsa --pin-file F
-//!              --threads N --seconds S [--json F]
+//! loadgen raw  --token-label L --key-label K --mechanism ecdsa|rsa|rsa-pss --pin-file F
+//!              --threads N --seconds S [--module M] [--slot ID] [--json F]
 //! loadgen ready --url http://HOST:PORT/PATH [--seconds 30]
 //! ```
 //!
@@ -400,18 +400,22 @@ fn raw(args: &[String]) -> Value {
             .trim()
             .to_owned(),
     );
-    let pkcs11 = Pkcs11::new("/usr/lib/softhsm/libsofthsm2.so").unwrap();
+    let module = arg(args, "--module").unwrap_or_else(|| "/usr/lib/softhsm/libsofthsm2.so".into());
+    let pkcs11 = Pkcs11::new(&module).unwrap();
     pkcs11
         .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .unwrap();
+    // By slot ID when given: some modules' token info does not parse (opencryptoki's clock).
+    let wanted_slot: Option<u64> = arg(args, "--slot").map(|id| id.parse().unwrap());
     let slot = pkcs11
-        .get_slots_with_initialized_token()
+        .get_slots_with_token()
         .unwrap()
         .into_iter()
-        .find(|&slot| {
-            pkcs11
+        .find(|&slot| match wanted_slot {
+            Some(id) => slot.id() == id,
+            None => pkcs11
                 .get_token_info(slot)
-                .is_ok_and(|i| i.label() == token_label)
+                .is_ok_and(|i| i.label() == token_label),
         })
         .expect("the token");
     let sessions: Vec<_> = (0..threads)
@@ -434,6 +438,14 @@ fn raw(args: &[String]) -> Value {
                         .unwrap()[0];
                     let (mechanism, message): (Mechanism, Vec<u8>) = match mechanism_name.as_str() {
                         "ecdsa" => (Mechanism::Ecdsa, vec![0x5a; 32]),
+                        "rsa-pss" => (
+                            Mechanism::Sha256RsaPkcsPss(cryptoki::mechanism::rsa::PkcsPssParams {
+                                hash_alg: cryptoki::mechanism::MechanismType::SHA256,
+                                mgf: cryptoki::mechanism::rsa::PkcsMgfType::MGF1_SHA256,
+                                s_len: 32.into(),
+                            }),
+                            vec![0x5a; 512],
+                        ),
                         _ => (Mechanism::Sha256RsaPkcs, vec![0x5a; 512]),
                     };
                     barrier.wait();
@@ -450,7 +462,7 @@ fn raw(args: &[String]) -> Value {
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     });
     json!({
-        "target": "softhsm-raw",
+        "target": "raw",
         "scenario": format!("C_Sign {mechanism_name}"),
         "connections": threads,
         "throughput": signed as f64 / seconds,

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::appliance::{Appliance, runtime};
 use common::load::{Load, Outcome, distinct_csrs, issued};
-use hsmca::ledger::certificates::{CertificateStore, Ledger};
 
 /// Replaces the fault module's rules; `generation` makes each write differ, since the module
 /// resets its `times=` counters only when the file changes.
@@ -40,47 +39,6 @@ fn wait_for_injections(control: &Path, count: usize) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// Polls `/readyz` on the operations listener until it answers `status` (up to 20 s).
-fn wait_for_readiness(appliance: &Appliance, status: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (now, body) = appliance.ops_get("/readyz");
-        if now == status {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz still answers {now} ({body}), expected {status}\n{}",
-            appliance.server_log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Stops the appliance and checks the books: every certificate handed out is in the ledger
-/// byte for byte and audited, the ledger holds exactly those, and every refusal is audited.
-fn assert_books_balance(appliance: &mut Appliance, outcomes: &[Outcome]) {
-    assert!(appliance.stop().success(), "{}", appliance.server_log());
-    let answers = issued(outcomes);
-    appliance.assert_recorded(&answers);
-    let ledger = Ledger::open(&appliance.path("ledger.sqlite")).unwrap();
-    assert_eq!(
-        ledger.count().unwrap(),
-        answers.len() as u64,
-        "the ledger holds a certificate nobody received"
-    );
-    let refused = outcomes
-        .iter()
-        .filter(|o| matches!(o, Outcome::Refused(..)))
-        .count();
-    let audited_refusals = appliance
-        .audit_records()
-        .iter()
-        .filter(|r| r["event"] == "sign.failed" || r["event"] == "sign.refused")
-        .count();
-    assert_eq!(audited_refusals, refused, "one audit record per refusal");
 }
 
 #[test]
@@ -120,7 +78,7 @@ fn transient_hsm_errors_under_load_fail_at_most_one_request_each_and_heal_withou
     set_faults(&control, 99, "");
     let before_heal = load.finish(&rt);
     // Healed without a restart: ready, and the next requests all succeed.
-    wait_for_readiness(&appliance, 200);
+    appliance.wait_for_readiness(200, Duration::from_secs(20));
     let client = appliance.client("istiod");
     let after: Vec<Outcome> = distinct_csrs(8)
         .iter()
@@ -158,7 +116,7 @@ fn transient_hsm_errors_under_load_fail_at_most_one_request_each_and_heal_withou
     );
     let mut outcomes = before_heal;
     outcomes.extend(after);
-    assert_books_balance(&mut appliance, &outcomes);
+    appliance.stop_and_assert_books_balance(&outcomes);
 }
 
 #[test]
@@ -211,13 +169,13 @@ fn a_hung_hsm_answers_503_within_the_timeout_fails_readiness_and_recovers_when_i
     }
     assert!(injected(&control).iter().any(|line| line == "C_Sign hang"));
     // Readiness signs through the same sessions: it fails too.
-    wait_for_readiness(&appliance, 503);
+    appliance.wait_for_readiness(503, Duration::from_secs(20));
 
     // The HSM answers again: ready, and signing, without a restart.
     set_faults(&control, 2, "");
-    wait_for_readiness(&appliance, 200);
+    appliance.wait_for_readiness(200, Duration::from_secs(20));
     outcomes.push(sign(&csrs[11]));
-    assert_books_balance(&mut appliance, &outcomes);
+    appliance.stop_and_assert_books_balance(&outcomes);
 }
 
 #[test]
@@ -244,12 +202,12 @@ fn a_vanished_device_fails_readiness_and_signing_until_it_returns() {
     // Every call the appliance makes fails, re-initialising the module included.
     set_faults(&control, 1, "* CKR_DEVICE_REMOVED");
     sign(503);
-    wait_for_readiness(&appliance, 503);
+    appliance.wait_for_readiness(503, Duration::from_secs(20));
     sign(503);
     set_faults(&control, 2, "");
-    wait_for_readiness(&appliance, 200);
+    appliance.wait_for_readiness(200, Duration::from_secs(20));
     sign(200);
-    assert_books_balance(&mut appliance, &outcomes);
+    appliance.stop_and_assert_books_balance(&outcomes);
 }
 
 #[test]
@@ -317,7 +275,7 @@ fn past_max_in_flight_a_signing_request_is_refused_at_once_with_503_and_audited(
         .collect();
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["details"]["code"], "overloaded");
-    assert_books_balance(&mut appliance, &outcomes);
+    appliance.stop_and_assert_books_balance(&outcomes);
 }
 
 #[test]
@@ -390,7 +348,7 @@ fn a_hung_signature_holds_only_its_own_request_while_the_other_session_signs_the
             .collect::<Vec<_>>()
     );
     set_faults(&control, 2, "");
-    assert_books_balance(&mut appliance, &outcomes);
+    appliance.stop_and_assert_books_balance(&outcomes);
 }
 
 #[test]
@@ -416,7 +374,7 @@ fn a_token_with_few_sessions_gets_a_pool_of_its_size_and_says_so() {
         &distinct_csrs(8),
         "issuing-ca",
     );
-    wait_for_readiness(&appliance, 200);
+    appliance.wait_for_readiness(200, Duration::from_secs(20));
     let outcomes = load.finish(&rt);
     assert!(
         !outcomes.is_empty() && outcomes.iter().all(|o| matches!(o, Outcome::Issued(_))),
@@ -429,5 +387,5 @@ fn a_token_with_few_sessions_gets_a_pool_of_its_size_and_says_so() {
             && log.contains("pool_sessions=2"),
         "{log}"
     );
-    assert_books_balance(&mut appliance, &outcomes);
+    appliance.stop_and_assert_books_balance(&outcomes);
 }

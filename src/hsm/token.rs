@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, UserType};
-use cryptoki::slot::Slot;
+use cryptoki::slot::{Limit, Slot};
 
 use super::config::HsmConfig;
 use super::error::HsmError;
 use super::health::HealthMonitor;
 use super::pin::Pin;
 use super::selector::TokenSelector;
-use super::token_info;
+use super::token_info::{self, TokenFields};
 
 /// Identity of the token in use, for logs, transcripts and `hsm info`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,7 +127,17 @@ impl TokenContext {
             reason: err.to_string(),
         })?;
         pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
-        let (slot, _) = find_token(&pkcs11, &self.module_path, &self.selector)?;
+        let (slot, _) = match find_token(&pkcs11, &self.module_path, &self.selector) {
+            Ok(found) => found,
+            Err(error) => {
+                // Not installed, so finalised here: the old instance stays current (and is
+                // finalised already), and the next attempt starts afresh.
+                if let Err(err) = pkcs11.finalize() {
+                    tracing::debug!(error = %HsmError::from(err), "C_Finalize of the instance that did not find the token failed");
+                }
+                return Err(error);
+            }
+        };
         *module = Module {
             pkcs11,
             slot,
@@ -197,14 +207,31 @@ fn load_module(path: &Path) -> Result<Pkcs11, HsmError> {
 }
 
 /// The initialised tokens of the module loaded from `module_path`, with their slots. (Not
-/// cryptoki's `get_slots_with_initialized_token`, which fails on a malformed token info.)
+/// cryptoki's `get_slots_with_initialized_token`, which fails on a token info it cannot
+/// parse.)
 pub(crate) fn initialized_tokens(
     pkcs11: &Pkcs11,
     module_path: &Path,
 ) -> Result<Vec<(Slot, TokenDescription)>, HsmError> {
     let mut tokens = Vec::new();
     for slot in pkcs11.get_slots_with_token()? {
-        let fields = token_info::read(module_path, slot)?;
+        let fields = match pkcs11.get_token_info(slot) {
+            Ok(info) => TokenFields {
+                label: info.label().to_owned(),
+                serial: info.serial_number().to_owned(),
+                model: info.model().to_owned(),
+                manufacturer: info.manufacturer_id().to_owned(),
+                max_sessions: match info.max_session_count() {
+                    Limit::Max(max) => Some(max),
+                    Limit::Unavailable | Limit::Infinite => None,
+                },
+                initialized: info.token_initialized(),
+            },
+            Err(error @ CkError::Pkcs11(..)) => return Err(error.into()),
+            // The module answered, but cryptoki could not parse a field of the answer
+            // (opencryptoki's clock): read the fields hsmca uses without it.
+            Err(_) => token_info::read(module_path, slot)?,
+        };
         if fields.initialized {
             tokens.push((
                 slot,

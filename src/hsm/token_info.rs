@@ -1,13 +1,16 @@
-//! The token's `CK_TOKEN_INFO`, read field by field so that one malformed field does not hide
-//! the token.
+//! The token's `CK_TOKEN_INFO`, read field by field, for the token whose info cryptoki cannot
+//! parse.
 //!
 //! cryptoki parses every field of `C_GetTokenInfo`'s answer and fails the whole call on one it
 //! cannot read: opencryptoki's soft token, for one, reports its clock as `08:29:11` instead of
 //! `YYYYMMDDhhmmss00`, and hsmca could then neither find the token by its label nor size its
-//! pool. hsmca reads only the fields it uses (label, serial, model, manufacturer, the session
-//! limit) and never the clock, by calling `C_GetTokenInfo` itself through the module's function
-//! list. This is the one place outside cryptoki where hsmca calls into a PKCS#11 module, so it
-//! is the one place `unsafe` is allowed.
+//! pool. For such a token hsmca reads only the fields it uses (label, serial, model,
+//! manufacturer, the session limit, whether it is initialised) and never the clock, by calling
+//! `C_GetTokenInfo` itself through the module's function list. That relies on the module
+//! handing out the instance cryptoki initialised, which opencryptoki and SoftHSM2 do and
+//! p11-kit's client does not (a new instance per `C_GetFunctionList`): so this is a fallback,
+//! used only when cryptoki fails to parse. This is the one place outside cryptoki where hsmca
+//! calls into a PKCS#11 module, so it is the one place `unsafe` is allowed.
 
 #![allow(unsafe_code)]
 
@@ -41,7 +44,8 @@ pub(crate) struct TokenFields {
 }
 
 /// Reads `slot`'s token info from the module at `module_path`, which cryptoki has loaded and
-/// initialised already in this process (loading it again yields the same instance).
+/// initialised already in this process (for a module whose `C_GetFunctionList` hands out that
+/// same instance).
 pub(crate) fn read(module_path: &Path, slot: Slot) -> Result<TokenFields, HsmError> {
     let failed = |reason: String| HsmError::ModuleLoad {
         path: module_path.to_owned(),

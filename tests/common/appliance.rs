@@ -9,7 +9,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use hsmca::api::client::Client;
+use hsmca::ledger::certificates::{CertificateStore, Ledger};
 
+use super::load::{Outcome, issued};
 use super::{TestToken, repo_path};
 
 /// The trust domain the test clients may request.
@@ -308,8 +310,7 @@ key_label = "online-rsa2048-2026"
     /// Checks that every certificate in `answers` (native `/v1/sign` answers) has its ledger
     /// row, byte for byte, and its `sign.issued` audit record, and that the audit log verifies.
     pub fn assert_recorded(&self, answers: &[&serde_json::Value]) {
-        let ledger =
-            hsmca::ledger::certificates::Ledger::open(&self.path("ledger.sqlite")).unwrap();
+        let ledger = Ledger::open(&self.path("ledger.sqlite")).unwrap();
         assert_recorded_in(&ledger, &self.path("audit.log"), answers);
     }
 
@@ -513,6 +514,49 @@ key_label = "online-rsa2048-2026"
                     .send("GET", path, None, vec![]),
             )
             .unwrap()
+    }
+
+    /// Polls `/readyz` on the operations listener until it answers `status`, for up to
+    /// `within`.
+    pub fn wait_for_readiness(&self, status: u16, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let (now, body) = self.ops_get("/readyz");
+            if now == status {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz still answers {now} ({body}) after {within:?}, expected {status}\n{}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the appliance and checks the books against what clients saw: every certificate
+    /// handed out is in the ledger byte for byte and audited, the ledger holds exactly those,
+    /// and every refusal is audited.
+    pub fn stop_and_assert_books_balance(&mut self, outcomes: &[Outcome]) {
+        assert!(self.stop().success(), "{}", self.server_log());
+        let answers = issued(outcomes);
+        self.assert_recorded(&answers);
+        let ledger = Ledger::open(&self.path("ledger.sqlite")).unwrap();
+        assert_eq!(
+            ledger.count().unwrap(),
+            answers.len() as u64,
+            "the ledger holds a certificate nobody received"
+        );
+        let refused = outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Refused(..)))
+            .count();
+        let audited_refusals = self
+            .audit_records()
+            .iter()
+            .filter(|r| r["event"] == "sign.failed" || r["event"] == "sign.refused")
+            .count();
+        assert_eq!(audited_refusals, refused, "one audit record per refusal");
     }
 
     /// The audit log's records as JSON.
