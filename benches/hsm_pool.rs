@@ -32,7 +32,7 @@ const TOKEN_LABEL: &str = "hsmca-bench";
 const KEY_LABEL: &str = "bench-p256";
 const WORKER_COUNTS: [usize; 4] = [1, 2, 4, 8];
 /// Concurrent callers per pool session: a loaded service has many more requests in flight
-/// than sessions, enough to keep each worker's batch (up to 4 jobs) full.
+/// than sessions, enough that a worker finds the next job waiting when it finishes one.
 const CALLERS_PER_SESSION: usize = 16;
 const WARM_UP: Duration = Duration::from_secs(1);
 /// Alternating raw/pool measurements per worker count.
