@@ -328,8 +328,8 @@ impl CheckpointReport {
             Some(seq) => {
                 let _ = writeln!(
                     out,
-                    "newest checkpointed record: {seq}; {} records after it are not checkpointed yet",
-                    self.records.saturating_sub(seq)
+                    "newest checkpointed record: {seq} of {} (later ones, the newest checkpoint's own record among them, are covered by the next checkpoint)",
+                    self.records
                 );
             }
             None => {
