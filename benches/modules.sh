@@ -19,58 +19,13 @@ source benches/bench-env.sh
 softhsm_module=/usr/lib/softhsm/libsofthsm2.so
 root_pin=$work/token/user.pin
 
-# The online intermediate KEY_LABEL (KEY_TYPE) on the module of HSM_LINES, certified by the
-# dev root on the bench token; ENV (NAME=VALUE ...) is what the module's process needs.
-online_intermediate() { # key_label key_type "hsm lines" env...
-    local label=$1 type=$2 hsm_lines=$3
-    shift 3
-    cat >"$work/ceremony/key-$label.toml" <<TOML
-[ceremony]
-officers = ["Benchmark"]
-audit_log = "out/audit.log"
-transcript = "out/key-$label"
-
-[hsm]
-$hsm_lines
-
-[key]
-label = "$label"
-type = "$type"
-
-[outputs]
-public_key = "out/$label.pub.pem"
-TOML
-    cat >"$work/ceremony/intermediate-$label.toml" <<TOML
-[ceremony]
-officers = ["Benchmark"]
-audit_log = "out/audit.log"
-transcript = "out/intermediate-$label"
-
-[hsm]
-module = "$softhsm_module"
-token_label = "hsmca-bench"
-pin_file = "$root_pin"
-
-[issuer]
-certificate = "out/root-2026.pem"
-key_label = "mesh-root-2026"
-
-[subject]
-public_key = "out/$label.pub.pem"
-
-[certificate]
-subject = { country = "US", organization = "Example Corp", common_name = "Bench $label" }
-not_before = 2026-11-01T00:00:00Z
-not_after = 2031-11-01T00:00:00Z
-signature_algorithm = "ecdsa-p256-sha256"
-key_usage = ["key-cert-sign", "crl-sign"]
-path_length = 1
-
-[outputs]
-certificate = "out/$label.pem"
-TOML
-    env "$@" "$hsmca" ceremony key --config "$work/ceremony/key-$label.toml" >/dev/null
-    "$hsmca" ceremony intermediate --config "$work/ceremony/intermediate-$label.toml" >/dev/null
+# The online intermediate LABEL (KEY_TYPE) on the module MODULE's token TOKEN, certified by
+# the dev root on the bench token; ENV (NAME=VALUE ...) is what the module's process needs.
+online_intermediate() { # label key_type module token pin_file env...
+    local label=$1 type=$2 module=$3 token=$4 pin_file=$5
+    shift 5
+    env "$@" HSMCA="$hsmca" softhsm/online-intermediate.sh "$work/ceremony" "$label" "$type" \
+        "$module" "$token" "$pin_file" hsmca-bench "$root_pin"
 }
 
 # $work/hsmca-NAME.toml: the bench config with [hsm] and the online-p256 issuer replaced.
@@ -122,7 +77,8 @@ eval "$(bash softhsm/opencryptoki-token.sh "$work/ock" hsmca-ock)"
 ock_lines="module = \"$HSMCA_OCK_MODULE\"
 token_label = \"$HSMCA_OCK_LABEL\"
 pin_file = \"$HSMCA_OCK_PIN_FILE\""
-online_intermediate bench-ock-rsa rsa-2048 "$ock_lines"
+online_intermediate bench-ock-rsa rsa-2048 "$HSMCA_OCK_MODULE" "$HSMCA_OCK_LABEL" \
+    "$HSMCA_OCK_PIN_FILE"
 module_config opencryptoki "$ock_lines" ceremony/out/bench-ock-rsa.pem bench-ock-rsa \
     'signature_algorithm = "rsa-pss-sha256"'
 measure opencryptoki "$work/hsmca-opencryptoki.toml" \
@@ -138,7 +94,8 @@ tpm_env=(TPM2_PKCS11_TCTI="$TPM2_PKCS11_TCTI" TPM2_PKCS11_STORE="$TPM2_PKCS11_ST
 tpm_lines="module = \"$HSMCA_TPM_MODULE\"
 token_label = \"$HSMCA_TPM_LABEL\"
 pin_file = \"$HSMCA_TPM_PIN_FILE\""
-online_intermediate bench-tpm-p256 ecdsa-p256 "$tpm_lines" "${tpm_env[@]}"
+online_intermediate bench-tpm-p256 ecdsa-p256 "$HSMCA_TPM_MODULE" "$HSMCA_TPM_LABEL" \
+    "$HSMCA_TPM_PIN_FILE" "${tpm_env[@]}"
 module_config tpm "$tpm_lines" ceremony/out/bench-tpm-p256.pem bench-tpm-p256 ""
 measure tpm "$work/hsmca-tpm.toml" \
     "--module $HSMCA_TPM_MODULE --token-label $HSMCA_TPM_LABEL --key-label bench-tpm-p256 --mechanism ecdsa --pin-file $HSMCA_TPM_PIN_FILE" \

@@ -173,75 +173,33 @@ impl Drop for ModuleToken {
     }
 }
 
-/// Makes the online intermediate `label` the ceremony way: a key ceremony on the module's
-/// token, then the development root (on the appliance's SoftHSM2 token) certifies its
-/// public key. Returns the certificate's path, relative to the appliance's directory.
+/// Makes the online intermediate `label` the ceremony way (softhsm/online-intermediate.sh): a
+/// key ceremony on the module's token, then the development root (on the appliance's SoftHSM2
+/// token) certifies its public key. Returns the certificate's path, relative to the
+/// appliance's directory.
 fn online_intermediate(
     appliance: &Appliance,
     token: &ModuleToken,
     label: &str,
     key_type: &str,
 ) -> String {
-    let dir = appliance.path("ceremony");
-    let header = |transcript: &str| {
-        format!(
-            "[ceremony]\nofficers = [\"Test officer\", \"Test witness\"]\naudit_log = \"out/audit.log\"\ntranscript = \"out/{transcript}\"\n"
-        )
-    };
-    let key_config = dir.join(format!("key-{label}.toml"));
-    std::fs::write(
-        &key_config,
-        format!(
-            "{}\n[hsm]\n{}\n[key]\nlabel = \"{label}\"\ntype = \"{key_type}\"\n\n[outputs]\npublic_key = \"out/{label}.pub.pem\"\n",
-            header(&format!("key-{label}")),
-            token.hsm_lines()
-        ),
-    )
-    .unwrap();
-    let ran = token.hsmca(&["ceremony", "key", "--config", key_config.to_str().unwrap()]);
-    assert_success(&ran, &format!("key ceremony on {}", token.name));
-
-    let intermediate_config = dir.join(format!("intermediate-{label}.toml"));
-    std::fs::write(
-        &intermediate_config,
-        format!(
-            r#"{}
-[hsm]
-module = "{}"
-token_label = "hsmca-dev"
-pin_file = "{}"
-
-[issuer]
-certificate = "out/root-2026.pem"
-key_label = "mesh-root-2026"
-
-[subject]
-public_key = "out/{label}.pub.pem"
-
-[certificate]
-subject = {{ country = "US", organization = "Example Corp", common_name = "Example Mesh Online CA {label}" }}
-not_before = 2026-11-01T00:00:00Z
-not_after = 2031-11-01T00:00:00Z
-signature_algorithm = "ecdsa-p256-sha256"
-key_usage = ["key-cert-sign", "crl-sign"]
-path_length = 1
-
-[outputs]
-certificate = "out/{label}.pem"
-"#,
-            header(&format!("intermediate-{label}")),
-            common::SOFTHSM_MODULE,
-            appliance.token.pin_file().display()
-        ),
-    )
-    .unwrap();
-    let ran = appliance.token.hsmca(&[
-        "ceremony",
-        "intermediate",
-        "--config",
-        intermediate_config.to_str().unwrap(),
-    ]);
-    assert_success(&ran, "intermediate ceremony on the root token");
+    let ran = Command::new(repo_path("softhsm/online-intermediate.sh"))
+        .arg(appliance.path("ceremony"))
+        .args([label, key_type])
+        .arg(&token.module)
+        .arg(&token.label)
+        .arg(&token.pin_file)
+        .arg("hsmca-dev")
+        .arg(appliance.token.pin_file())
+        .env("HSMCA", env!("CARGO_BIN_EXE_hsmca"))
+        .env("SOFTHSM2_CONF", appliance.token.softhsm_conf())
+        .envs(token.env.iter().cloned())
+        .output()
+        .unwrap();
+    assert_success(
+        &ran,
+        &format!("ceremonies for {label} with its key on {}", token.name),
+    );
     format!("ceremony/out/{label}.pem")
 }
 
