@@ -11,6 +11,7 @@ mod crl;
 mod csr;
 mod error;
 mod issuer;
+pub mod jwt;
 mod leaf;
 mod lint;
 mod name;

@@ -11,7 +11,7 @@ use serde::Deserialize;
 pub use rate::RateLimiter;
 
 use crate::duration::Seconds;
-use crate::pki::RequestedNames;
+use crate::pki::{RequestedNames, SpiffeId};
 
 /// One `[[clients]]` entry.
 #[derive(Clone, Debug, Deserialize)]
@@ -44,6 +44,13 @@ pub struct ClientPolicy {
     /// Requests allowed in a burst above the sustained rate (default 100).
     #[serde(default = "ClientPolicy::default_burst")]
     pub burst: u32,
+    /// The audiences it may get JWT-SVIDs for (`POST /v1/jwt`), for SPIFFE IDs in its
+    /// `trust_domains` under its `spiffe_path_prefixes`. Empty (the default): no JWT-SVIDs.
+    #[serde(default)]
+    pub jwt_audiences: Vec<String>,
+    /// The longest lifetime of a JWT-SVID it may ask for (default 5 min).
+    #[serde(default = "ClientPolicy::default_jwt_max_ttl")]
+    pub jwt_max_ttl: Seconds,
 }
 
 impl ClientPolicy {
@@ -53,6 +60,10 @@ impl ClientPolicy {
 
     fn default_burst() -> u32 {
         100
+    }
+
+    fn default_jwt_max_ttl() -> Seconds {
+        Seconds(300)
     }
 }
 
@@ -125,6 +136,12 @@ impl Policy {
                         client.name
                     ));
                 }
+            }
+            if client.jwt_audiences.iter().any(|a| a.is_empty()) {
+                return Err(format!(
+                    "client {}: jwt_audiences has an empty entry",
+                    client.name
+                ));
             }
             if client.requests_per_minute == 0 {
                 return Err(format!(
@@ -220,36 +237,7 @@ impl ClientPolicy {
             ));
         }
         if let Some(id) = &names.spiffe_id {
-            if !self.trust_domains.iter().any(|td| td == id.trust_domain()) {
-                return Err(deny(
-                    "client.trust_domains",
-                    format!(
-                        "client {} may not request trust domain {:?}; it may request {}",
-                        self.name,
-                        id.trust_domain(),
-                        list(&self.trust_domains)
-                    ),
-                ));
-            }
-            let path = id.path();
-            if !path.is_empty()
-                && !self.spiffe_path_prefixes.is_empty()
-                && !self.spiffe_path_prefixes.iter().any(|prefix| {
-                    path == prefix
-                        || path
-                            .strip_prefix(prefix.as_str())
-                            .is_some_and(|rest| rest.starts_with('/'))
-                })
-            {
-                return Err(deny(
-                    "client.spiffe_path_prefixes",
-                    format!(
-                        "client {} may not request the path {path:?}; it may request paths under {}",
-                        self.name,
-                        list(&self.spiffe_path_prefixes)
-                    ),
-                ));
-            }
+            self.allow_spiffe_id(id)?;
         }
         for name in &names.dns_names {
             let allowed = self.dns_suffixes.iter().any(|suffix| {
@@ -273,6 +261,84 @@ impl ClientPolicy {
     }
 }
 
+impl ClientPolicy {
+    /// May this client have `id`: its trust domain listed, and (when the ID has a path and
+    /// the client lists prefixes) its path under one of the prefixes, by whole segments.
+    pub fn allow_spiffe_id(&self, id: &SpiffeId) -> Result<(), Denial> {
+        if !self.trust_domains.iter().any(|td| td == id.trust_domain()) {
+            return Err(deny(
+                "client.trust_domains",
+                format!(
+                    "client {} may not request trust domain {:?}; it may request {}",
+                    self.name,
+                    id.trust_domain(),
+                    list(&self.trust_domains)
+                ),
+            ));
+        }
+        let path = id.path();
+        if !path.is_empty()
+            && !self.spiffe_path_prefixes.is_empty()
+            && !self.spiffe_path_prefixes.iter().any(|prefix| {
+                path == prefix
+                    || path
+                        .strip_prefix(prefix.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+        {
+            return Err(deny(
+                "client.spiffe_path_prefixes",
+                format!(
+                    "client {} may not request the path {path:?}; it may request paths under {}",
+                    self.name,
+                    list(&self.spiffe_path_prefixes)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// May this client get a JWT-SVID for `id`, for every one of `audiences`, living `ttl`?
+    /// The rules, in order: `client.jwt_audiences` (none listed: no JWT-SVIDs at all),
+    /// `client.jwt_max_ttl`, then the SPIFFE ID's as for certificates.
+    pub fn allow_jwt(
+        &self,
+        id: &SpiffeId,
+        audiences: &[String],
+        ttl: Seconds,
+    ) -> Result<(), Denial> {
+        if self.jwt_audiences.is_empty() {
+            return Err(deny(
+                "client.jwt_audiences",
+                format!(
+                    "client {} may not get JWT-SVIDs (it lists no jwt_audiences)",
+                    self.name
+                ),
+            ));
+        }
+        if let Some(audience) = audiences.iter().find(|a| !self.jwt_audiences.contains(a)) {
+            return Err(deny(
+                "client.jwt_audiences",
+                format!(
+                    "client {} may not get JWT-SVIDs for audience {audience:?}; it may for {}",
+                    self.name,
+                    list(&self.jwt_audiences)
+                ),
+            ));
+        }
+        if ttl > self.jwt_max_ttl {
+            return Err(deny(
+                "client.jwt_max_ttl",
+                format!(
+                    "the ttl {ttl} is over client {}'s jwt_max_ttl {}",
+                    self.name, self.jwt_max_ttl
+                ),
+            ));
+        }
+        self.allow_spiffe_id(id)
+    }
+}
+
 fn list(items: &[String]) -> String {
     if items.is_empty() {
         "none".into()
@@ -284,7 +350,6 @@ fn list(items: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::SpiffeId;
 
     fn client() -> ClientPolicy {
         toml::from_str(
@@ -347,6 +412,38 @@ mod tests {
                 day
             )),
             "client.dns_suffixes"
+        );
+    }
+
+    #[test]
+    fn jwt_rules_refuse_by_name() {
+        let mut c = client();
+        let id = SpiffeId::parse("spiffe://prod.example/ns/prod/sa/web").unwrap();
+        let five_minutes = Seconds(300);
+        let payments = vec!["payments".to_string()];
+        assert_eq!(
+            rule(c.allow_jwt(&id, &payments, five_minutes)),
+            "client.jwt_audiences"
+        );
+        c.jwt_audiences = payments.clone();
+        c.allow_jwt(&id, &payments, five_minutes).unwrap();
+        assert_eq!(
+            rule(c.allow_jwt(&id, &["billing".to_string()], five_minutes)),
+            "client.jwt_audiences"
+        );
+        assert_eq!(
+            rule(c.allow_jwt(&id, &payments, Seconds(301))),
+            "client.jwt_max_ttl"
+        );
+        let outside = SpiffeId::parse("spiffe://prod.example/ns/production/sa/web").unwrap();
+        assert_eq!(
+            rule(c.allow_jwt(&outside, &payments, five_minutes)),
+            "client.spiffe_path_prefixes"
+        );
+        let other = SpiffeId::parse("spiffe://other.example/ns/prod").unwrap();
+        assert_eq!(
+            rule(c.allow_jwt(&other, &payments, five_minutes)),
+            "client.trust_domains"
         );
     }
 
