@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use self::serve::{
-    AuditConfig, CrlConfig, IdentitySource, IssuerConfig, ServerConfig, StaticToken, TrustConfig,
-    VaultConfig,
+    AuditConfig, CrlConfig, IdentitySource, IssuerConfig, JwtConfig, JwtKeyConfig, PublicConfig,
+    ServerConfig, StaticToken, TrustConfig, VaultConfig,
 };
 use crate::hsm::HsmConfig;
 use crate::ledger::StorageConfig;
@@ -57,6 +57,10 @@ pub struct Config {
     /// `[audit]`: signed checkpoints of the audit chain and their witnesses.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// `[jwt]`: JWT-SVIDs signed in the HSM; none when absent.
+    pub jwt: Option<JwtConfig>,
+    /// `[public]`: the read-only listener for relying parties; none when absent.
+    pub public: Option<PublicConfig>,
     /// The directory relative paths are resolved against (the file's own).
     #[serde(skip)]
     pub base_dir: PathBuf,

@@ -87,6 +87,7 @@ pub struct Metrics {
     /// Time to make the ledger row and audit record durable.
     pub record_latency: Histogram,
     tls_refusals: AtomicU64,
+    jwt_requests: Mutex<BTreeMap<Outcome, u64>>,
 }
 
 /// Gauges read from the other layers when scraped.
@@ -148,6 +149,12 @@ impl Metrics {
         *requests.entry((profile.to_owned(), outcome)).or_default() += 1;
     }
 
+    /// Counts a JWT-SVID request that ended with `outcome`.
+    pub fn count_jwt(&self, outcome: Outcome) {
+        let mut requests = self.jwt_requests.lock().unwrap_or_else(|e| e.into_inner());
+        *requests.entry(outcome).or_default() += 1;
+    }
+
     /// Counts a TLS handshake refused for its client certificate.
     pub fn count_tls_refusal(&self) {
         self.tls_refusals.fetch_add(1, Ordering::Relaxed);
@@ -179,6 +186,19 @@ impl Metrics {
                     escape(profile)
                 );
             }
+        }
+        out.push_str("# HELP hsmca_jwt_requests_total JWT-SVID requests by outcome.\n# TYPE hsmca_jwt_requests_total counter\n");
+        let jwt_requests = self
+            .jwt_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (outcome, count) in &jwt_requests {
+            let _ = writeln!(
+                out,
+                "hsmca_jwt_requests_total{{outcome=\"{}\"}} {count}",
+                outcome.label()
+            );
         }
         for (name, help, histogram) in [
             (

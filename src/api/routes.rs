@@ -1,4 +1,4 @@
-//! The native API: `POST /v1/sign`, the bundles, issuer chains, health and metrics.
+//! The native API: `POST /v1/sign`, `POST /v1/jwt`, the bundles, issuer chains, health and metrics.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ pub fn router(service: Arc<Service>) -> Router {
     };
     Router::new()
         .route("/v1/sign", post(sign))
+        .route("/v1/jwt", post(super::jwt::issue))
         .route("/v1/bundle", get(bundle_pem))
         .route("/v1/bundle/spiffe", get(bundle_spiffe))
         .route("/v1/chain/{issuer}", get(chain))

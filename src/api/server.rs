@@ -14,6 +14,7 @@ use tower::ServiceExt;
 
 use super::crl::refresh_crls;
 use super::identity::{ClientIdentity, Unidentified};
+use super::public::public_router;
 use super::reload::reload;
 use super::routes::{ops_router, router};
 use super::service::Service;
@@ -95,6 +96,20 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
         }
         None => None,
     };
+    let public = match &service.fixed.public {
+        Some(config) => {
+            let public_listener = TcpListener::bind(config.listen).await?;
+            // The line operators and tests read, as for the API listener.
+            println!("hsmca: public on http://{}", public_listener.local_addr()?);
+            let app = public_router(service.clone(), config);
+            Some(tokio::spawn(async move {
+                if let Err(error) = axum::serve(public_listener, app).await {
+                    tracing::error!(%error, "the public listener failed");
+                }
+            }))
+        }
+        None => None,
+    };
     // Every handler is installed before the "serving" line, for the same reason as StopSignals.
     let mut stop_signals = StopSignals::install()?;
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
@@ -145,6 +160,9 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
     reload_on_sighup.abort();
     if let Some(ops) = ops {
         ops.abort();
+    }
+    if let Some(public) = public {
+        public.abort();
     }
     let grace = service.server.shutdown_grace.duration();
     let finished = tokio::time::timeout(grace, graceful.shutdown())

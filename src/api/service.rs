@@ -12,6 +12,7 @@ use super::checkpoints::Checkpointer;
 use super::cpu::CpuPool;
 use super::crl::Crls;
 use super::error::{ApiError, StartError};
+use super::jwt_keys::{DISCOVERY_PATH, JWKS_PATH};
 use super::metrics::{CheckpointGauges, ClientCas, Gauges, Metrics};
 use super::serials::SerialSource;
 use super::settings::{FixedSections, Settings};
@@ -160,6 +161,11 @@ impl Service {
                 "crl.refresh_before {} must be shorter than crl.validity {}",
                 config.crl.refresh_before, config.crl.validity
             )));
+        }
+        if let Some(public) = &config.public {
+            public
+                .check(&[DISCOVERY_PATH, JWKS_PATH])
+                .map_err(StartError::Config)?;
         }
         let backend = storage
             .backend()

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use super::bundle;
 use super::error::StartError;
+use super::jwt_keys::JwtIssuer;
 use crate::config::{
-    AuditConfig, Config, CrlConfig, IssuerConfig, ServerConfig, TrustConfig, VaultConfig,
+    AuditConfig, Config, CrlConfig, IssuerConfig, PublicConfig, ServerConfig, TrustConfig,
+    VaultConfig,
 };
 use crate::hsm::{Hsm, HsmConfig, HsmKey, SignatureAlgorithm};
 use crate::ledger::{StorageConfig, Store};
@@ -65,6 +67,8 @@ pub struct Settings {
     pub bundle: Bundle,
     /// How close to expiry an issuer is reported.
     pub expiry_warning: crate::duration::Seconds,
+    /// The JWT-SVID keys and rules of `[jwt]`, when configured.
+    pub jwt: Option<JwtIssuer>,
 }
 
 /// The sections a reload cannot change: they hold the listener, the HSM session pool, the
@@ -77,6 +81,8 @@ pub(super) struct FixedSections {
     crl: CrlConfig,
     vault: Option<VaultConfig>,
     audit: AuditConfig,
+    /// `[public]`, the read-only listener.
+    pub(super) public: Option<PublicConfig>,
 }
 
 impl FixedSections {
@@ -89,6 +95,7 @@ impl FixedSections {
             crl: config.crl.clone(),
             vault: config.vault.clone(),
             audit: config.audit.clone(),
+            public: config.public.clone(),
         }
     }
 
@@ -112,6 +119,9 @@ impl FixedSections {
         }
         if self.audit != other.audit {
             changed.push("[audit]");
+        }
+        if self.public != other.public {
+            changed.push("[public]");
         }
         changed
     }
@@ -141,16 +151,34 @@ impl Settings {
             let state = load_issuer(config, hsm, name, issuer, &roots, &intermediates, now)?;
             issuers.insert(name.clone(), state);
         }
+        let jwt = config
+            .jwt
+            .as_ref()
+            .map(|jwt| JwtIssuer::load(jwt, hsm))
+            .transpose()?;
         let pem = bundle::pem_bundle(&roots);
-        let sha256 = crate::digest::sha256_hex(pem.as_bytes());
+        // The sequence grows when the published keys change: the roots, and the JWT keys
+        // when there are any (without them the hash is the roots' alone, as before).
+        let published = match &jwt {
+            Some(jwt) => format!("{pem}\njwt-svid:{}", jwt.published_kids()),
+            None => pem.clone(),
+        };
+        let sha256 = crate::digest::sha256_hex(published.as_bytes());
         let sequence = ledger.blocking(|store| store.bundle_sequence(&sha256))?;
-        let spiffe = bundle::spiffe_bundle(&roots, sequence, trust.spiffe_refresh_hint.0);
+        let jwt_entries = jwt.as_ref().map(JwtIssuer::spiffe_entries);
+        let spiffe = bundle::spiffe_bundle(
+            &roots,
+            jwt_entries.unwrap_or_default(),
+            sequence,
+            trust.spiffe_refresh_hint.0,
+        );
         Ok(Settings {
             issuers,
             profiles: config.profiles.clone(),
             policy,
             bundle: Bundle { roots, pem, spiffe },
             expiry_warning: trust.issuer_expiry_warning,
+            jwt,
         })
     }
 }

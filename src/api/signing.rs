@@ -139,6 +139,18 @@ fn authorize<'s>(
     client
         .allow_profile(request.profile)
         .map_err(policy_denied)?;
+    let slot = admit(service, identity, client)?;
+    Ok((profile, slot))
+}
+
+/// A slot among `server.max_in_flight`, then the client's rate: both refusals answered before
+/// any expensive work. Shared by every request that signs in the HSM (certificates and
+/// JWT-SVIDs); the slot is held until the result is recorded.
+pub(crate) fn admit<'s>(
+    service: &'s Service,
+    identity: &str,
+    client: &ClientPolicy,
+) -> Result<SemaphorePermit<'s>, ApiError> {
     let slot = service.in_flight.try_acquire().map_err(|_| {
         ApiError::unavailable(
             "overloaded",
@@ -165,7 +177,7 @@ fn authorize<'s>(
             )
         });
     }
-    Ok((profile, slot))
+    Ok(slot)
 }
 
 /// Step 2: the CSR is verified, the dialect's names replace its own, and the names and
@@ -424,7 +436,8 @@ pub(crate) fn policy_denied(denial: crate::policy::Denial) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "policy_denied", denial.to_string())
 }
 
-fn hsm_unavailable(error: HsmError) -> ApiError {
+/// An HSM failure as the 503 a client can retry.
+pub(crate) fn hsm_unavailable(error: HsmError) -> ApiError {
     match error {
         HsmError::Busy { .. } => ApiError::unavailable(
             "hsm_busy",
@@ -442,7 +455,8 @@ fn hsm_unavailable(error: HsmError) -> ApiError {
     }
 }
 
-fn internal(error: impl std::fmt::Display) -> ApiError {
+/// A failure inside hsmca (never the client's doing) as a 500, logged.
+pub(crate) fn internal(error: impl std::fmt::Display) -> ApiError {
     tracing::error!(%error, "signing failed inside hsmca");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,5 +1,5 @@
 //! The sections only the signing service (`hsmca serve`, [`crate::api`]) reads: `[server]`,
-//! `[trust]`, `[issuers.<name>]`, `[crl]` and `[vault]`. They are defined here rather than in
+//! `[trust]`, `[issuers.<name>]`, `[crl]`, `[vault]`, `[jwt]` and `[public]`. They are defined here rather than in
 //! `api` because the service reads the whole file, at start and on reload: `api` depends on
 //! `config`, never the other way round.
 
@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::duration::Seconds;
 use crate::hsm::SignatureAlgorithm;
+use crate::pki::jwt::JwtAlgorithm;
 
 /// Which part of a client certificate is the client's identity in `[[clients]]`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -248,5 +249,83 @@ impl Default for AuditConfig {
 impl AuditConfig {
     fn default_interval() -> Seconds {
         Seconds(300)
+    }
+}
+
+/// `[jwt]`: JWT-SVIDs signed in the HSM (`POST /v1/jwt`) and the keys published for them.
+/// Absent: no JWT-SVIDs.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The `iss` claim and the OIDC discovery document's `issuer`: `https://host[:port]` (or
+    /// `http://` behind an ingress), no path. Absent: tokens carry no `iss` and the public
+    /// listener serves no discovery document.
+    pub issuer_url: Option<String>,
+    /// Lifetime of a token when the request names none (default 5 min), shortened to the
+    /// client's `jwt_max_ttl`.
+    #[serde(default = "JwtConfig::default_ttl")]
+    pub default_ttl: Seconds,
+    /// The longest lifetime any client may ask for (default 1 h).
+    #[serde(default = "JwtConfig::default_max_ttl")]
+    pub max_ttl: Seconds,
+    /// The label of the key that signs; the others are only published.
+    pub active: String,
+    /// The signing keys, each generated in the HSM by a key ceremony.
+    pub keys: Vec<JwtKeyConfig>,
+}
+
+impl JwtConfig {
+    fn default_ttl() -> Seconds {
+        Seconds(300)
+    }
+    fn default_max_ttl() -> Seconds {
+        Seconds(3600)
+    }
+}
+
+/// A `[[jwt.keys]]` entry.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeyConfig {
+    /// The key's label in the HSM.
+    pub label: String,
+    /// `es256` (an ecdsa-p256 key), `rs256` or `ps256` (an RSA key of 2048 bits or more).
+    pub algorithm: JwtAlgorithm,
+}
+
+/// `[public]`: a read-only listener without client certificates, for relying parties: the
+/// SPIFFE bundle, and with `[jwt] issuer_url` the OIDC discovery document and its JWKS.
+/// Plain HTTP: put it behind an ingress that terminates TLS. Absent: none.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicConfig {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// The path the SPIFFE bundle is served at (default `/bundle.spiffe.json`).
+    #[serde(default = "PublicConfig::default_bundle_path")]
+    pub spiffe_bundle_path: String,
+}
+
+impl PublicConfig {
+    fn default_bundle_path() -> String {
+        "/bundle.spiffe.json".into()
+    }
+
+    /// Refuses a bundle path that is not a plain absolute path, or that is one of the
+    /// `reserved` paths the listener serves for something else.
+    pub fn check(&self, reserved: &[&str]) -> Result<(), String> {
+        let path = &self.spiffe_bundle_path;
+        let plain = path.starts_with('/')
+            && path.len() > 1
+            && path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '-' | '_'));
+        if !plain || reserved.contains(&path.as_str()) {
+            return Err(format!(
+                "public.spiffe_bundle_path {path:?} must be an absolute path of letters, digits, '/', '.', '-' and '_', other than {}",
+                reserved.join(", ")
+            ));
+        }
+        Ok(())
     }
 }
