@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The development key ceremony: the hierarchy shipped in deploy/ceremonies/ (root, two
-# online intermediate keys and their certificates, the root CRL, the audit checkpoint key)
+# online intermediate keys and their certificates, the root CRL, the audit checkpoint key,
+# the JWT-SVID signing keys)
 # run on ONE development token, with outputs, transcripts and the ceremony audit log in
 # OUT_DIR/out/.
 #
@@ -19,7 +20,7 @@ hsmca=${HSMCA:-$repo/target/release/hsmca}
 pin_file=$(cd "$(dirname "$pin_file")" && pwd)/$(basename "$pin_file")
 
 mkdir -p "$out"
-for file in "$repo"/deploy/ceremonies/0[1-8]-*.toml "$repo"/deploy/ceremonies/10-*.toml; do
+for file in "$repo"/deploy/ceremonies/0[1-8]-*.toml "$repo"/deploy/ceremonies/1[0-2]-*.toml; do
     target=$out/$(basename "$file")
     if [ ! -f "$target" ]; then
         sed -e "s/^token_label = .*/token_label = \"$label\"/" \
@@ -45,6 +46,8 @@ run_ceremony crl 06-root-crl.toml out/root-2026-crl-1.pem
 run_ceremony root 07-root-2027.toml out/root-2027.pem
 run_ceremony cross-sign 08-cross-sign-2027.toml out/root-2027-cross-signed-by-2026.pem
 run_ceremony key 10-key-audit-checkpoint.toml out/audit-checkpoint-2026.pub.pem
+run_ceremony key 11-key-jwt-es256.toml out/jwt-es256-2026.pub.pem
+run_ceremony key 12-key-jwt-rs256.toml out/jwt-rs256-2026.pub.pem
 openssl verify -CAfile "$out/out/root-2026.pem" \
     "$out/out/online-p256-2026.pem" "$out/out/online-rsa2048-2026.pem" >&2
 "$hsmca" audit verify "$out/out/audit.log" >&2

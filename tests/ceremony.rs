@@ -118,6 +118,8 @@ fn the_shipped_hierarchy_runs_and_outside_tools_accept_it() {
     c.run_ok("cross-sign", "08-cross-sign-2027.toml");
     c.run_ok("csr", "09-csr-root-2026.toml");
     c.run_ok("key", "10-key-audit-checkpoint.toml");
+    c.run_ok("key", "11-key-jwt-es256.toml");
+    c.run_ok("key", "12-key-jwt-rs256.toml");
 
     let root = c.path("out/root-2026.pem");
     let p256 = c.path("out/online-p256-2026.pem");
