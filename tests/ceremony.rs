@@ -253,7 +253,7 @@ fn the_shipped_hierarchy_runs_and_outside_tools_accept_it() {
     let log = c.path("out/audit.log");
     let verified = audit_verify(&log);
     assert!(
-        stdout(&verified).contains("11 records, chain intact"),
+        stdout(&verified).contains("13 records, chain intact"),
         "{}{}",
         stdout(&verified),
         stderr(&verified)
