@@ -21,7 +21,7 @@ use super::identity::ClientIdentity;
 use super::metrics::Outcome;
 use super::service::Service;
 use super::settings::Settings;
-use super::signing::{self, admit, hsm_unavailable, internal, policy_denied};
+use super::signing::{self, admit, audit_refused, hsm_unavailable, internal, policy_denied};
 use crate::duration::Seconds;
 use crate::pki::jwt::{self as jose, JwtSvidClaims, SigningInput};
 use crate::pki::{self, SpiffeId};
@@ -229,28 +229,10 @@ async fn audit_refusal(
     context: &JwtContext,
     error: ApiError,
 ) -> ApiError {
-    tracing::info!(
-        client = %actor,
-        status = error.status.as_u16(),
-        code = error.code,
-        message = %error.message,
-        "JWT-SVID request refused"
-    );
-    let event = if error.is_refusal() {
-        "jwt.refused"
-    } else {
-        "jwt.failed"
-    };
-    let details = json!({
+    let request = json!({
         "client": context.client,
         "spiffe_id": context.spiffe_id,
         "audience": context.audience,
-        "status": error.status.as_u16(),
-        "code": error.code,
-        "message": error.message,
     });
-    match service.audit(event, actor, details).await {
-        Ok(()) => error,
-        Err(audit_error) => audit_error,
-    }
+    audit_refused(service, actor, "jwt", request, error).await
 }

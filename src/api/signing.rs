@@ -405,27 +405,45 @@ pub(crate) async fn conclude(
 
 /// Audits a refusal or failure; returns the error to answer with.
 async fn audit_refusal(service: &Service, context: &RequestContext, error: ApiError) -> ApiError {
+    let request = json!({
+        "profile": context.profile,
+        "csr_sha256": context.csr_sha256,
+    });
+    audit_refused(service, &context.identity, "sign", request, error).await
+}
+
+/// Logs and audits a refused or failed request of `action` (`sign`, `jwt`) as
+/// `<action>.refused` (the client's doing) or `<action>.failed`, with the particulars of the
+/// `request` (a JSON object) and the answer's status, code and message; returns the error to
+/// answer with, or the 503 of an audit log that cannot be written.
+pub(crate) async fn audit_refused(
+    service: &Service,
+    actor: &str,
+    action: &str,
+    request: serde_json::Value,
+    error: ApiError,
+) -> ApiError {
     tracing::info!(
-        client = %context.identity,
-        profile = %context.profile,
+        client = %actor,
+        action,
         status = error.status.as_u16(),
         code = error.code,
         message = %error.message,
-        "signing request refused"
+        "request refused"
     );
-    let event = if error.is_refusal() {
-        "sign.refused"
+    let outcome = if error.is_refusal() {
+        "refused"
     } else {
-        "sign.failed"
+        "failed"
     };
-    let details = json!({
-        "profile": context.profile,
-        "status": error.status.as_u16(),
-        "code": error.code,
-        "message": error.message,
-        "csr_sha256": context.csr_sha256,
-    });
-    match service.audit(event, &context.identity, details).await {
+    let mut details = request;
+    details["status"] = json!(error.status.as_u16());
+    details["code"] = json!(error.code);
+    details["message"] = json!(error.message);
+    match service
+        .audit(&format!("{action}.{outcome}"), actor, details)
+        .await
+    {
         Ok(()) => error,
         Err(audit_error) => audit_error,
     }
