@@ -1,6 +1,7 @@
 //! JWT-SVIDs (`POST /v1/jwt`) signed in SoftHSM2 with the development ceremony's JWT keys,
-//! checked by a relying party nobody here wrote (PyJWT's `PyJWKClient`, through OIDC
-//! discovery on the public listener), for ES256, RS256 and PS256; the refusals, each naming
+//! checked by relying parties nobody here wrote (PyJWT's `PyJWKClient`, through OIDC
+//! discovery on the public listener, for ES256, RS256 and PS256; py-spiffe, through the
+//! public SPIFFE bundle as the trust domain's JWT and X.509 bundles); the refusals, each naming
 //! its rule and audited; and the public listener serving nothing but what it publishes.
 
 mod common;
@@ -155,6 +156,39 @@ fn jwt_svids_verify_with_pyjwt_through_oidc_discovery_for_es256_rs256_and_ps256(
     assert_eq!(
         serde_json::from_str::<Value>(&public_bundle).unwrap(),
         bundle
+    );
+
+    // py-spiffe reads the public bundle as the trust domain's JWT and X.509 bundles and
+    // validates the token with it, as a workload of another trust domain would.
+    let bundle_url = format!("{public}/mesh.example/bundle.json");
+    let args = [
+        bundle_url.as_str(),
+        "mesh.example",
+        es256_token.as_str(),
+        "payments",
+    ];
+    let output = python_script("spiffe_bundle_check.py", &args.map(std::path::Path::new));
+    assert!(
+        output.status.success(),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    let spiffe: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(spiffe["spiffe_id"], id);
+    assert_eq!(spiffe["audience"], json!(["payments"]));
+    let mut kids: Vec<&str> = jwt_keys
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    kids.sort();
+    assert_eq!(spiffe["jwt_kids"], json!(kids));
+    let root_der = keys.iter().find(|k| k["use"] == "x509-svid").unwrap()["x5c"][0].clone();
+    assert_eq!(spiffe["x509_authorities"], json!([root_der]));
+    assert!(
+        spiffe["refused"]["other_audience"].is_string()
+            && spiffe["refused"]["tampered"].is_string(),
+        "{spiffe}"
     );
 
     // Audited with the token's digest, never the token; counted.
