@@ -7,6 +7,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::appliance::{Appliance, ops_get, runtime};
 use common::{python_script, stderr, stdout};
@@ -438,4 +439,58 @@ fn post(base: &str, path: &str) -> u16 {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or(0)
+}
+
+#[test]
+fn the_public_listener_limits_its_rate_and_drops_connections_that_send_nothing() {
+    let mut appliance = Appliance::prepare();
+    let port = free_port();
+    appliance.write_config_with(|text| {
+        let text = text.replace("[server]\n", "[server]\nheader_read_timeout = \"1s\"\n");
+        format!(
+            "{text}{}",
+            jwt_sections(port, "jwt-es256-2026", "rs256").replace(
+                "[public]\n",
+                "[public]\nrequests_per_minute = 60\nburst = 5\n"
+            )
+        )
+    });
+    appliance.start();
+    let public = format!("http://127.0.0.1:{port}");
+
+    // A silent connection is closed once the header-read timeout (1 s here) has passed.
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let opened = Instant::now();
+    let read = std::io::Read::read(&mut silent, &mut [0u8; 64]);
+    let after = opened.elapsed();
+    assert!(
+        matches!(&read, Ok(0))
+            || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{read:?} after {after:?}"
+    );
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(5)).contains(&after),
+        "closed after {after:?}"
+    );
+
+    // Five at once, then 429 (one more a second after that).
+    let answers: Vec<(u16, String)> = (0..8)
+        .map(|_| ops_get(&public, "/.well-known/openid-configuration"))
+        .collect();
+    let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    assert_eq!(&statuses[..5], [200; 5], "{statuses:?}");
+    let limited: Vec<&String> = answers
+        .iter()
+        .filter(|(status, _)| *status == 429)
+        .map(|(_, body)| body)
+        .collect();
+    assert!(!limited.is_empty(), "{statuses:?}");
+    assert!(
+        limited.iter().all(|body| body.contains("\"rate_limited\"")),
+        "{limited:?}"
+    );
+    assert!(appliance.stop().success(), "{}", appliance.server_log());
 }

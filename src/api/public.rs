@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -16,8 +17,10 @@ use super::jwt_keys::{DISCOVERY_PATH, JWKS_PATH};
 use super::service::Service;
 use crate::config::PublicConfig;
 
-/// The public routes, over the shared service state (so a reload's keys are served at once).
+/// The public routes, over the shared service state (so a reload's keys are served at once),
+/// every request counted against `[public] requests_per_minute`.
 pub fn public_router(service: Arc<Service>, config: &PublicConfig) -> Router {
+    let (per_minute, burst) = (config.requests_per_minute, config.burst);
     Router::new()
         .route(&config.spiffe_bundle_path, get(spiffe_bundle))
         .route(DISCOVERY_PATH, get(discovery))
@@ -29,8 +32,31 @@ pub fn public_router(service: Arc<Service>, config: &PublicConfig) -> Router {
                 "the public listener serves the SPIFFE bundle and OIDC discovery only",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            move |State(service): State<Arc<Service>>, request, next: Next| async move {
+                match service.limiter.take(PUBLIC_BUCKET, per_minute, burst) {
+                    Ok(()) => next.run(request).await,
+                    Err(wait) => ApiError {
+                        retry_after: Some(wait),
+                        ..ApiError::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limited",
+                            format!(
+                                "the public listener answers {per_minute} requests a minute (burst {burst}); retry later"
+                            ),
+                        )
+                    }
+                    .into_response(),
+                }
+            },
+        ))
         .with_state(service)
 }
+
+/// The one rate bucket of the public listener (client buckets are named by identities,
+/// which never look like this).
+const PUBLIC_BUCKET: &str = "public listener";
 
 /// A JSON document that relying parties may cache for a while.
 fn json_document(value: &serde_json::Value) -> Response {

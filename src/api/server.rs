@@ -88,11 +88,13 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
             // The line operators and tests read, as for the API listener.
             println!("hsmca: operations on http://{}", ops_listener.local_addr()?);
             let app = ops_router(service.clone());
-            Some(tokio::spawn(async move {
-                if let Err(error) = axum::serve(ops_listener, app).await {
-                    tracing::error!(%error, "the operations listener failed");
-                }
-            }))
+            let header_timeout = service.server.header_read_timeout.duration();
+            Some(tokio::spawn(serve_plain(
+                ops_listener,
+                app,
+                header_timeout,
+                "operations",
+            )))
         }
         None => None,
     };
@@ -102,11 +104,13 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
             // The line operators and tests read, as for the API listener.
             println!("hsmca: public on http://{}", public_listener.local_addr()?);
             let app = public_router(service.clone(), config);
-            Some(tokio::spawn(async move {
-                if let Err(error) = axum::serve(public_listener, app).await {
-                    tracing::error!(%error, "the public listener failed");
-                }
-            }))
+            let header_timeout = service.server.header_read_timeout.duration();
+            Some(tokio::spawn(serve_plain(
+                public_listener,
+                app,
+                header_timeout,
+                "public",
+            )))
         }
         None => None,
     };
@@ -235,6 +239,45 @@ async fn handle(
     let connection = builder.serve_connection(TokioIo::new(tls), service_fn);
     if let Err(error) = watcher.watch(connection).await {
         tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+/// Serves `app` over plain HTTP/1.1 on `listener` (the operations and public listeners), with
+/// the API's header-read timeout, so a client that opens connections and sends nothing holds
+/// none of them for long. Runs until aborted.
+async fn serve_plain(
+    listener: TcpListener,
+    app: axum::Router,
+    header_timeout: std::time::Duration,
+    name: &'static str,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::warn!(%error, listener = name, "accept failed");
+                continue;
+            }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service_fn = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    app.clone().oneshot(request.map(axum::body::Body::new))
+                },
+            );
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true);
+            if let Err(error) = builder
+                .serve_connection(TokioIo::new(stream), service_fn)
+                .await
+            {
+                tracing::debug!(%peer, %error, listener = name, "connection ended with an error");
+            }
+        });
     }
 }
 

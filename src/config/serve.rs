@@ -304,11 +304,26 @@ pub struct PublicConfig {
     /// The path the SPIFFE bundle is served at (default `/bundle.spiffe.json`).
     #[serde(default = "PublicConfig::default_bundle_path")]
     pub spiffe_bundle_path: String,
+    /// Requests per minute the listener answers, from everyone together (default 6000);
+    /// more get 429 with `Retry-After`. One bucket for all: the documents are small and
+    /// cached, and relying parties refresh every few minutes; a CDN or ingress in front
+    /// shields the appliance from a flood better than a per-address count would.
+    #[serde(default = "PublicConfig::default_rate")]
+    pub requests_per_minute: u32,
+    /// Requests allowed in a burst above that rate (default 600).
+    #[serde(default = "PublicConfig::default_burst")]
+    pub burst: u32,
 }
 
 impl PublicConfig {
     fn default_bundle_path() -> String {
         "/bundle.spiffe.json".into()
+    }
+    fn default_rate() -> u32 {
+        6000
+    }
+    fn default_burst() -> u32 {
+        600
     }
 
     /// Refuses a bundle path that is not a plain absolute path, or that is one of the
