@@ -7,6 +7,8 @@
 mod common;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::appliance::{Appliance, ops_get, runtime};
@@ -24,6 +26,8 @@ spiffe_path_prefixes = ["/ns/prod"]
 max_ttl = "1h"
 jwt_audiences = ["payments", "billing"]
 jwt_max_ttl = "10m"
+requests_per_minute = 100000
+burst = 10000
 "#;
 
 /// A free port for the public listener: the issuer URL must name it before the start.
@@ -491,6 +495,151 @@ fn the_public_listener_limits_its_rate_and_drops_connections_that_send_nothing()
     assert!(
         limited.iter().all(|body| body.contains("\"rate_limited\"")),
         "{limited:?}"
+    );
+    assert!(appliance.stop().success(), "{}", appliance.server_log());
+}
+
+/// PyJWT's verdicts on every token of `tokens`, through discovery at `issuer`.
+fn pyjwt_many(issuer: &str, tokens: &[String], audience: &str) -> Value {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), tokens.join("\n") + "\n").unwrap();
+    let args = [Path::new(issuer), Path::new(audience), file.path()];
+    let output = python_script("jwt_verify_many.py", &args);
+    assert!(
+        output.status.success(),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    serde_json::from_str(stdout(&output).trim()).unwrap()
+}
+
+/// The `alg` of a token's header.
+fn alg_of(token: &str) -> String {
+    use base64ct::Encoding;
+    let header = token.split('.').next().unwrap();
+    let header: Value =
+        serde_json::from_slice(&base64ct::Base64UrlUnpadded::decode_vec(header).unwrap()).unwrap();
+    header["alg"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn rotation_under_load_keeps_every_token_verifiable_until_the_old_key_is_retired() {
+    let port = free_port();
+    let mut appliance = Appliance::prepare();
+    appliance.write_config(&jwt_sections(port, "jwt-es256-2026", "rs256"));
+    appliance.start();
+    let public = format!("http://127.0.0.1:{port}");
+    let rt = runtime();
+    let client = appliance.client("limited");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tokens = Arc::new(Mutex::new(Vec::<String>::new()));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let body =
+        json!({ "spiffe_id": "spiffe://mesh.example/ns/prod/sa/web", "audience": ["payments"] })
+            .to_string()
+            .into_bytes();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, stop, tokens, failures, body) = (
+                client.clone(),
+                stop.clone(),
+                tokens.clone(),
+                failures.clone(),
+                body.clone(),
+            );
+            rt.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = client
+                        .send("POST", "/v1/jwt", Some("application/json"), body.clone())
+                        .await;
+                    match answer {
+                        Ok(response) if response.status == 200 => {
+                            let token = response.json().unwrap()["token"]
+                                .as_str()
+                                .unwrap()
+                                .to_owned();
+                            tokens.lock().unwrap().push(token);
+                        }
+                        other => failures.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    let count_of = |alg: &str| {
+        tokens
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|token| alg_of(token) == alg)
+            .count()
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Both keys are published; ES256 signs. Switch to RS256 by reload, under load.
+    wait_for("ES256 tokens", &|| count_of("ES256") >= 100);
+    appliance.write_config(&jwt_sections(port, "jwt-rs256-2026", "rs256"));
+    hsmca_reload(&appliance);
+    wait_for("RS256 tokens", &|| count_of("RS256") >= 100);
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    assert!(
+        failures.lock().unwrap().is_empty(),
+        "{:?}",
+        failures.lock().unwrap()
+    );
+    let tokens = tokens.lock().unwrap().clone();
+    // For the team's notes, not asserted: what 4 connections got across the reload.
+    eprintln!(
+        "{} JWT-SVIDs in {:?} from 4 connections, across a reload",
+        tokens.len(),
+        started.elapsed()
+    );
+
+    // Until the old key is retired, every token verifies against the published JWKS.
+    let verdict = pyjwt_many(&public, &tokens, "payments");
+    assert_eq!(verdict["refused"], json!([]), "{verdict}");
+    let verified = &verdict["verified"];
+    assert_eq!(
+        verified["ES256"].as_u64().unwrap() + verified["RS256"].as_u64().unwrap(),
+        tokens.len() as u64,
+        "{verdict}"
+    );
+
+    // Retired (its key removed from [[jwt.keys]], reloaded): the old tokens no longer verify,
+    // the new ones still do.
+    let retired = jwt_sections(port, "jwt-rs256-2026", "rs256").replace(
+        "[[jwt.keys]]\nlabel = \"jwt-es256-2026\"\nalgorithm = \"es256\"\n\n",
+        "",
+    );
+    assert!(!retired.contains("jwt-es256-2026"), "{retired}");
+    appliance.write_config(&retired);
+    hsmca_reload(&appliance);
+    let verdict = pyjwt_many(&public, &tokens, "payments");
+    let refused = verdict["refused"].as_array().unwrap();
+    assert_eq!(
+        refused.len(),
+        tokens
+            .iter()
+            .filter(|token| alg_of(token) == "ES256")
+            .count(),
+        "{verdict}"
+    );
+    assert!(refused.iter().all(|r| r["alg"] == "ES256"), "{verdict}");
+    assert_eq!(
+        verdict["verified"]["RS256"].as_u64().unwrap() as usize,
+        tokens.len() - refused.len()
     );
     assert!(appliance.stop().success(), "{}", appliance.server_log());
 }
