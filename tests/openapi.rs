@@ -47,7 +47,7 @@ fn the_running_appliance_conforms_to_its_openapi_document() {
     let output = schemathesis(&appliance, "istiod", &[]);
     assert_success(&output, "schemathesis");
     assert!(
-        stdout(&output).contains("Tested: 10"),
+        stdout(&output).contains("Tested: 11"),
         "{}",
         stdout(&output)
     );
