@@ -607,6 +607,24 @@ fn rotation_under_load_keeps_every_token_verifiable_until_the_old_key_is_retired
         started.elapsed()
     );
 
+    // The books: one jwt.issued record per token handed out, by its SHA-256, and no other.
+    let mut audited: Vec<String> = appliance
+        .audit_records()
+        .iter()
+        .filter(|r| r["event"] == "jwt.issued")
+        .map(|r| r["details"]["sha256"].as_str().unwrap().to_owned())
+        .collect();
+    let mut handed_out: Vec<String> = tokens
+        .iter()
+        .map(|token| hsmca::digest::sha256_hex(token.as_bytes()))
+        .collect();
+    audited.sort();
+    handed_out.sort();
+    assert_eq!(
+        audited, handed_out,
+        "every token handed out is audited, and only those"
+    );
+
     // Until the old key is retired, every token verifies against the published JWKS.
     let verdict = pyjwt_many(&public, &tokens, "payments");
     assert_eq!(verdict["refused"], json!([]), "{verdict}");
