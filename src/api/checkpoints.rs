@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::error::StartError;
+use super::metrics::CheckpointGauges;
 use crate::config::AuditConfig;
 use crate::hsm::{Hsm, HsmKey, SignatureAlgorithm, SignerPool};
 use crate::ledger::chain::{AuditEvent, record_time};
@@ -40,17 +41,17 @@ pub struct Checkpointer {
     counts: CheckpointCounts,
 }
 
-/// The checkpoint counters the metrics read.
+/// The checkpoint counters, read by [`Checkpointer::gauges`].
 #[derive(Debug, Default)]
-pub struct CheckpointCounts {
+struct CheckpointCounts {
     /// Checkpoints signed.
-    pub signed: AtomicU64,
+    signed: AtomicU64,
     /// Checkpoints that could not be signed.
-    pub failed: AtomicU64,
+    failed: AtomicU64,
     /// Witness writes that failed.
-    pub witness_failures: AtomicU64,
+    witness_failures: AtomicU64,
     /// When the newest checkpoint was signed, Unix seconds (0: none yet).
-    pub last_signed: AtomicU64,
+    last_signed: AtomicU64,
 }
 
 /// What one attempt did.
@@ -126,16 +127,31 @@ impl Checkpointer {
         }))
     }
 
-    /// The counters, for the metrics.
-    pub fn counts(&self) -> &CheckpointCounts {
-        &self.counts
+    /// The counters now, for the metrics.
+    pub fn gauges(&self) -> CheckpointGauges {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        CheckpointGauges {
+            signed: load(&self.counts.signed),
+            failed: load(&self.counts.failed),
+            witness_failures: load(&self.counts.witness_failures),
+            last_signed: load(&self.counts.last_signed),
+        }
     }
 
     /// How long to wait before the next attempt after `last`.
-    pub fn wait_after(&self, last: &Attempt) -> Duration {
+    fn wait_after(&self, last: &Attempt) -> Duration {
         match last {
             Attempt::Failed => self.interval.min(RETRY_AFTER),
             Attempt::NothingNew | Attempt::Signed => self.interval,
+        }
+    }
+
+    /// Checkpoints now, to cover what the previous run left (its stop may have been a crash),
+    /// then every interval (sooner after a failure); runs until aborted.
+    pub async fn run(&self, pool: &SignerPool, recorder: &Recorder) {
+        loop {
+            let last = self.checkpoint(pool, recorder).await;
+            tokio::time::sleep(self.wait_after(&last)).await;
         }
     }
 

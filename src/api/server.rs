@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -51,18 +52,8 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
     let checkpoint_schedule = service.checkpoints.as_ref().map(|_| {
         let service = service.clone();
         tokio::spawn(async move {
-            let Some(checkpoints) = &service.checkpoints else {
-                return;
-            };
-            // The first covers what the previous run left (its stop may have been a crash).
-            let mut last = checkpoints
-                .checkpoint(&service.pool, &service.recorder)
-                .await;
-            loop {
-                tokio::time::sleep(checkpoints.wait_after(&last)).await;
-                last = checkpoints
-                    .checkpoint(&service.pool, &service.recorder)
-                    .await;
+            if let Some(checkpoints) = &service.checkpoints {
+                checkpoints.run(&service.pool, &service.recorder).await;
             }
         })
     });
@@ -82,36 +73,29 @@ pub async fn serve(service: Service, tls_config: rustls::ServerConfig) -> std::i
             }
         })
     };
+    let header_timeout = service.server.header_read_timeout.duration();
     let ops = match service.server.ops_listen {
-        Some(address) => {
-            let ops_listener = TcpListener::bind(address).await?;
-            // The line operators and tests read, as for the API listener.
-            println!("hsmca: operations on http://{}", ops_listener.local_addr()?);
-            let app = ops_router(service.clone());
-            let header_timeout = service.server.header_read_timeout.duration();
-            Some(tokio::spawn(serve_plain(
-                ops_listener,
-                app,
+        Some(address) => Some(
+            start_plain(
+                address,
+                ops_router(service.clone()),
                 header_timeout,
                 "operations",
-            )))
-        }
+            )
+            .await?,
+        ),
         None => None,
     };
     let public = match &service.fixed.public {
-        Some(config) => {
-            let public_listener = TcpListener::bind(config.listen).await?;
-            // The line operators and tests read, as for the API listener.
-            println!("hsmca: public on http://{}", public_listener.local_addr()?);
-            let app = public_router(service.clone(), config);
-            let header_timeout = service.server.header_read_timeout.duration();
-            Some(tokio::spawn(serve_plain(
-                public_listener,
-                app,
+        Some(config) => Some(
+            start_plain(
+                config.listen,
+                public_router(service.clone(), config),
                 header_timeout,
                 "public",
-            )))
-        }
+            )
+            .await?,
+        ),
         None => None,
     };
     // Every handler is installed before the "serving" line, for the same reason as StopSignals.
@@ -231,24 +215,38 @@ async fn handle(
             request.extensions_mut().insert(identity.clone());
             app.clone().oneshot(request.map(axum::body::Body::new))
         });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(service.server.header_read_timeout.duration())
-        .keep_alive(true);
-    let connection = builder.serve_connection(TokioIo::new(tls), service_fn);
+    let connection = http1(service.server.header_read_timeout.duration())
+        .serve_connection(TokioIo::new(tls), service_fn);
     if let Err(error) = watcher.watch(connection).await {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
 }
 
-/// Serves `app` over plain HTTP/1.1 on `listener` (the operations and public listeners), with
-/// the API's header-read timeout, so a client that opens connections and sends nothing holds
-/// none of them for long. Runs until aborted.
+/// Binds a plain-HTTP listener (operations, public) to `address`, says where it listens on
+/// the line operators and tests read, as the API listener does, and serves `app` on it until
+/// the returned task is aborted.
+async fn start_plain(
+    address: SocketAddr,
+    app: axum::Router,
+    header_timeout: Duration,
+    name: &'static str,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(address).await?;
+    println!("hsmca: {name} on http://{}", listener.local_addr()?);
+    Ok(tokio::spawn(serve_plain(
+        listener,
+        app,
+        header_timeout,
+        name,
+    )))
+}
+
+/// Serves `app` over plain HTTP/1.1 on `listener`, with the API's header-read timeout, so a
+/// client that opens connections and sends nothing holds none of them for long.
 async fn serve_plain(
     listener: TcpListener,
     app: axum::Router,
-    header_timeout: std::time::Duration,
+    header_timeout: Duration,
     name: &'static str,
 ) {
     loop {
@@ -266,12 +264,7 @@ async fn serve_plain(
                     app.clone().oneshot(request.map(axum::body::Body::new))
                 },
             );
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .keep_alive(true);
-            if let Err(error) = builder
+            if let Err(error) = http1(header_timeout)
                 .serve_connection(TokioIo::new(stream), service_fn)
                 .await
             {
@@ -279,6 +272,16 @@ async fn serve_plain(
             }
         });
     }
+}
+
+/// HTTP/1.1 with keep-alive and a deadline for each request's headers: every listener's.
+fn http1(header_timeout: Duration) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    builder
 }
 
 /// A handshake refused for the client's certificate is audited; other handshake failures

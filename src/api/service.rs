@@ -13,7 +13,7 @@ use super::cpu::CpuPool;
 use super::crl::Crls;
 use super::error::{ApiError, StartError};
 use super::jwt_keys::{DISCOVERY_PATH, JWKS_PATH};
-use super::metrics::{CheckpointGauges, ClientCas, Gauges, Metrics};
+use super::metrics::{ClientCas, Gauges, Metrics};
 use super::serials::SerialSource;
 use super::settings::{FixedSections, Settings};
 use super::vault::VaultState;
@@ -408,18 +408,7 @@ impl Service {
             checkpoints: self
                 .checkpoints
                 .as_ref()
-                .map(|checkpoints| {
-                    let counts = checkpoints.counts();
-                    let load = |counter: &std::sync::atomic::AtomicU64| {
-                        counter.load(std::sync::atomic::Ordering::Relaxed)
-                    };
-                    CheckpointGauges {
-                        signed: load(&counts.signed),
-                        failed: load(&counts.failed),
-                        witness_failures: load(&counts.witness_failures),
-                        last_signed: load(&counts.last_signed),
-                    }
-                })
+                .map(Checkpointer::gauges)
                 .unwrap_or_default(),
             issuer_expiring: self
                 .expiring_issuers()
