@@ -171,13 +171,11 @@ impl Hsm {
                     "`hsm.pool.sessions` must be at least 1".into(),
                 ));
             }
-            Some(n) => match self.context.description.max_sessions {
-                // One session of the token's allowance is the control session's.
-                Some(max) if n as u64 >= max => {
-                    let allowed = usize::try_from(max.saturating_sub(1)).unwrap_or(n).max(1);
+            Some(n) => match self.sessions_for_pool() {
+                Some(allowed) if n > allowed => {
                     tracing::warn!(
                         configured = n,
-                        token_allows = max,
+                        token_allows = self.context.description.max_sessions,
                         pool_sessions = allowed,
                         "hsm.pool.sessions is more than the token allows beside the control session: the pool runs with fewer"
                     );
@@ -185,7 +183,7 @@ impl Hsm {
                 }
                 _ => n,
             },
-            None => self.default_pool_size()?,
+            None => self.default_pool_size(),
         };
         if config.queue_depth() == 0 {
             return Err(HsmError::Config(
@@ -214,15 +212,20 @@ impl Hsm {
 
     /// One session per core keeps a local HSM busy without oversubscribing the host; the
     /// token's own limit wins when lower (one session is kept for control).
-    fn default_pool_size(&self) -> Result<usize, HsmError> {
+    fn default_pool_size(&self) -> usize {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let token_limit = match self.context.description.max_sessions {
-            Some(max) => usize::try_from(max.saturating_sub(1))
+        cores.min(self.sessions_for_pool().unwrap_or(usize::MAX))
+    }
+
+    /// How many sessions the token's limit leaves for the pool: all but the control
+    /// session's, at least one; `None` when the token sets no limit.
+    fn sessions_for_pool(&self) -> Option<usize> {
+        let max = self.context.description.max_sessions?;
+        Some(
+            usize::try_from(max.saturating_sub(1))
                 .unwrap_or(usize::MAX)
                 .max(1),
-            None => usize::MAX,
-        };
-        Ok(cores.min(token_limit))
+        )
     }
 
     fn require_mechanism(
