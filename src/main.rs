@@ -592,7 +592,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     (chain, exported_chain(&store)?)
                 }
             };
-            let checked = checkpoint_report(&checkpoints, records.iter().map(String::as_str))?;
+            let checked = checkpoint_report(&checkpoints, || Ok(records.iter()))?;
             let mut report =
                 Report::build(records.iter().map(String::as_str), &since, &until, chain);
             if let Some(checked) = checked {
@@ -652,14 +652,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
                             "note: the ledger holds {unwritten} more committed records, not in the file yet: hsmca serve writes them within a second while it runs, or when it next starts"
                         );
                     }
-                    let checked = if checkpoints.checkpoint_key.is_some() {
-                        let records =
-                            hsmca::ledger::sqlite_journal::chain_records(&ledger, &audit_log)
-                                .map_err(|e| CliError::Message(e.to_string()))?;
-                        checkpoint_report(&checkpoints, records.iter().map(String::as_str))?
-                    } else {
-                        None
-                    };
+                    let checked = checkpoint_report(&checkpoints, || {
+                        hsmca::ledger::sqlite_journal::chain_records(&ledger, &audit_log)
+                            .map_err(|e| CliError::Message(e.to_string()))
+                    })?;
                     verdict(report, Some(&reconciliation), checked)
                 }
                 (AuditCommand::Verify { checkpoints, .. }, StorageBackend::Postgres(postgres)) => {
@@ -671,12 +667,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     let reconciliation = store
                         .reconcile_audit()
                         .map_err(|e| CliError::Message(e.to_string()))?;
-                    let checked = if checkpoints.checkpoint_key.is_some() {
-                        let records = exported_chain(&store)?;
-                        checkpoint_report(&checkpoints, records.iter().map(String::as_str))?
-                    } else {
-                        None
-                    };
+                    let checked = checkpoint_report(&checkpoints, || exported_chain(&store))?;
                     verdict(
                         format!(
                             "audit chain in PostgreSQL {}: {records} records, chain intact\nhead: {head}\n",
@@ -884,14 +875,13 @@ fn unix_now() -> i64 {
 /// `hsmca audit verify FILE`.
 fn verify_audit_file(file: &Path, checkpoints: &CheckpointArgs) -> Result<(), CliError> {
     let report = audit_file_report(file, &audit::verify(file)?);
-    let checked = if checkpoints.checkpoint_key.is_some() {
-        let text = std::fs::read_to_string(file).map_err(|source| {
-            CliError::Message(format!("cannot read {}: {source}", file.display()))
-        })?;
-        checkpoint_report(checkpoints, text.lines())?
-    } else {
-        None
-    };
+    let checked = checkpoint_report(checkpoints, || {
+        std::fs::read_to_string(file)
+            .map(|text| text.lines().map(str::to_owned).collect::<Vec<_>>())
+            .map_err(|source| {
+                CliError::Message(format!("cannot read {}: {source}", file.display()))
+            })
+    })?;
     verdict(report, None, checked)
 }
 
@@ -930,11 +920,11 @@ fn verdict(
     }
 }
 
-/// What the checkpoints of `records` (a chain, oldest record first) say, checked with
-/// `--checkpoint-key` and against `--witness`; `None` without a key.
-fn checkpoint_report<'a>(
+/// What the checkpoints of the chain `records` reads (oldest record first) say, checked with
+/// `--checkpoint-key` and against `--witness`; `None`, and the chain not read, without a key.
+fn checkpoint_report<R: AsRef<str>, I: IntoIterator<Item = R>>(
     args: &CheckpointArgs,
-    records: impl IntoIterator<Item = &'a str>,
+    records: impl FnOnce() -> Result<I, CliError>,
 ) -> Result<Option<CheckpointReport>, CliError> {
     let Some(key_path) = &args.checkpoint_key else {
         return Ok(None);
@@ -953,8 +943,8 @@ fn checkpoint_report<'a>(
         })
         .transpose()?;
     let mut check = CheckpointCheck::new(&key);
-    for record in records {
-        check.record(record);
+    for record in records()? {
+        check.record(record.as_ref());
     }
     Ok(Some(check.finish(witness)))
 }
