@@ -52,6 +52,11 @@ pub struct JwtIssuer {
     pub default_ttl: Seconds,
     /// The longest lifetime any client may ask for.
     pub max_ttl: Seconds,
+    /// The JWKS the discovery document names, made once per load: the public listener
+    /// serves it to anyone.
+    jwks: Value,
+    /// The OIDC discovery document, when an issuer URL is configured; made once per load.
+    discovery: Option<Value>,
 }
 
 impl JwtIssuer {
@@ -108,12 +113,19 @@ impl JwtIssuer {
                     config.active
                 ))
             })?;
+        let jwks = json!({ "keys": keys.iter().map(|k| k.jwk("sig", true)).collect::<Vec<_>>() });
+        let discovery = config
+            .issuer_url
+            .as_deref()
+            .map(|issuer| discovery_document(issuer, &keys));
         Ok(JwtIssuer {
             keys,
             active,
             issuer_url: config.issuer_url.clone(),
             default_ttl: config.default_ttl,
             max_ttl: config.max_ttl,
+            jwks,
+            discovery,
         })
     }
 
@@ -137,24 +149,28 @@ impl JwtIssuer {
     }
 
     /// The JWKS the discovery document names: every key, `use: sig`, with its `alg`.
-    pub fn jwks(&self) -> Value {
-        json!({ "keys": self.keys.iter().map(|k| k.jwk("sig", true)).collect::<Vec<_>>() })
+    pub fn jwks(&self) -> &Value {
+        &self.jwks
     }
 
     /// The OIDC discovery document, when an issuer URL is configured.
-    pub fn discovery(&self) -> Option<Value> {
-        let issuer = self.issuer_url.as_ref()?;
-        let mut algorithms: Vec<&str> = self.keys.iter().map(|k| k.algorithm.jose_name()).collect();
-        algorithms.sort_unstable();
-        algorithms.dedup();
-        Some(json!({
-            "issuer": issuer,
-            "jwks_uri": format!("{issuer}{JWKS_PATH}"),
-            "response_types_supported": ["id_token"],
-            "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": algorithms,
-        }))
+    pub fn discovery(&self) -> Option<&Value> {
+        self.discovery.as_ref()
     }
+}
+
+/// The OIDC discovery document of `issuer` signing with `keys`.
+fn discovery_document(issuer: &str, keys: &[JwtKey]) -> Value {
+    let mut algorithms: Vec<&str> = keys.iter().map(|k| k.algorithm.jose_name()).collect();
+    algorithms.sort_unstable();
+    algorithms.dedup();
+    json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{issuer}{JWKS_PATH}"),
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": algorithms,
+    })
 }
 
 /// An issuer URL is `https://host[:port]` or `http://host[:port]`: no path (the discovery

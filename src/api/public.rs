@@ -90,7 +90,7 @@ async fn discovery(State(service): State<Arc<Service>>) -> Response {
         .as_ref()
         .and_then(|jwt| jwt.discovery())
     {
-        Some(document) => json_document(&document),
+        Some(document) => json_document(document),
         None => no_oidc(),
     }
 }
@@ -98,7 +98,7 @@ async fn discovery(State(service): State<Arc<Service>>) -> Response {
 async fn jwks(State(service): State<Arc<Service>>) -> Response {
     let settings = service.settings();
     match settings.jwt.as_ref().filter(|jwt| jwt.issuer_url.is_some()) {
-        Some(jwt) => json_document(&jwt.jwks()),
+        Some(jwt) => json_document(jwt.jwks()),
         None => no_oidc(),
     }
 }
