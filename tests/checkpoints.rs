@@ -68,15 +68,20 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// `hsmca audit verify` with `args`, the checkpoint key and the witness.
+/// `hsmca audit verify` with `args`, the checkpoint key and the witness file.
 fn verify_with_checkpoints(appliance: &Appliance, args: &[&str]) -> Output {
+    verify_against(appliance, args, &witness(appliance))
+}
+
+/// `hsmca audit verify` with `args`, the checkpoint key and the witness at `witness`.
+fn verify_against(appliance: &Appliance, args: &[&str], witness: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hsmca"))
         .args(["audit", "verify"])
         .args(args)
         .arg("--checkpoint-key")
         .arg(public_key(appliance))
         .arg("--witness")
-        .arg(witness(appliance))
+        .arg(witness)
         .env_remove("HSMCA_CONFIG")
         .output()
         .unwrap()
@@ -203,15 +208,7 @@ fn checkpoints_are_signed_witnessed_and_name_a_cut_or_rewritten_chain() {
     let config = appliance.config_path();
     let passed = verify_with_checkpoints(&appliance, &["--config", config.to_str().unwrap()]);
     assert_success(&passed, "audit verify --config with checkpoints");
-    let passed = Command::new(env!("CARGO_BIN_EXE_hsmca"))
-        .args(["audit", "verify"])
-        .arg(&log)
-        .arg("--checkpoint-key")
-        .arg(public_key(&appliance))
-        .arg("--witness")
-        .arg(&syslog_export)
-        .output()
-        .unwrap();
+    let passed = verify_against(&appliance, &[log.to_str().unwrap()], &syslog_export);
     assert_success(&passed, "audit verify against the syslog export");
     assert!(
         stdout(&passed).contains("2 witnessed hold"),

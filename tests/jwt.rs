@@ -85,17 +85,26 @@ fn request_jwt(appliance: &Appliance, client: &str, body: Value) -> (u16, Value)
     (response.status, response.json().unwrap_or(Value::Null))
 }
 
-/// PyJWT's verdict on `token` for `audience` with `alg`, through discovery at `issuer`.
-fn pyjwt(issuer: &str, token: &str, audience: &str, alg: &str) -> Value {
-    let args = [issuer, token, audience, alg].map(Path::new);
-    let output = python_script("jwt_verify.py", &args);
+/// The JSON object a check of tests/py prints; `failed` says what its failing exit means.
+fn python_verdict(script: &str, args: &[&Path], failed: &str) -> Value {
+    let output = python_script(script, args);
     assert!(
         output.status.success(),
-        "PyJWT refused a token or accepted a forgery:\n{}{}",
+        "{failed}:\n{}{}",
         stdout(&output),
         stderr(&output)
     );
     serde_json::from_str(stdout(&output).trim()).unwrap()
+}
+
+/// PyJWT's verdict on `token` for `audience` with `alg`, through discovery at `issuer`.
+fn pyjwt(issuer: &str, token: &str, audience: &str, alg: &str) -> Value {
+    let args = [issuer, token, audience, alg].map(Path::new);
+    python_verdict(
+        "jwt_verify.py",
+        &args,
+        "PyJWT refused a token or accepted a forgery",
+    )
 }
 
 fn hsmca_reload(appliance: &Appliance) {
@@ -172,14 +181,11 @@ fn jwt_svids_verify_with_pyjwt_through_oidc_discovery_for_es256_rs256_and_ps256(
         es256_token.as_str(),
         "payments",
     ];
-    let output = python_script("spiffe_bundle_check.py", &args.map(std::path::Path::new));
-    assert!(
-        output.status.success(),
-        "{}{}",
-        stdout(&output),
-        stderr(&output)
+    let spiffe = python_verdict(
+        "spiffe_bundle_check.py",
+        &args.map(Path::new),
+        "py-spiffe refused the bundle or the token, or accepted a forgery",
     );
-    let spiffe: Value = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(spiffe["spiffe_id"], id);
     assert_eq!(spiffe["audience"], json!(["payments"]));
     let mut kids: Vec<&str> = jwt_keys
@@ -504,14 +510,7 @@ fn pyjwt_many(issuer: &str, tokens: &[String], audience: &str) -> Value {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), tokens.join("\n") + "\n").unwrap();
     let args = [Path::new(issuer), Path::new(audience), file.path()];
-    let output = python_script("jwt_verify_many.py", &args);
-    assert!(
-        output.status.success(),
-        "{}{}",
-        stdout(&output),
-        stderr(&output)
-    );
-    serde_json::from_str(stdout(&output).trim()).unwrap()
+    python_verdict("jwt_verify_many.py", &args, "the PyJWT check failed")
 }
 
 /// The `alg` of a token's header.
