@@ -291,13 +291,15 @@ fn pss(hash_alg: MechanismType, mgf: PkcsMgfType, salt_len: u64) -> PkcsPssParam
 
 /// `Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` (RFC 3279).
 #[derive(der::Sequence)]
-struct EcdsaSigValue<'a> {
-    r: UintRef<'a>,
-    s: UintRef<'a>,
+pub(crate) struct EcdsaSigValue<'a> {
+    /// `r`.
+    pub(crate) r: UintRef<'a>,
+    /// `s`.
+    pub(crate) s: UintRef<'a>,
 }
 
-/// Converts PKCS#11's fixed-width `r‖s` into DER, as X.509 and TLS expect.
-fn ecdsa_raw_to_der(raw: &[u8], scalar_len: usize) -> Result<Vec<u8>, AlgorithmError> {
+/// Converts PKCS#11's (and JOSE's) fixed-width `r‖s` into DER, as X.509 and TLS expect.
+pub(crate) fn ecdsa_raw_to_der(raw: &[u8], scalar_len: usize) -> Result<Vec<u8>, AlgorithmError> {
     if raw.len() != 2 * scalar_len {
         return Err(AlgorithmError::MalformedSignature(format!(
             "ECDSA signature of {} bytes, expected {}",

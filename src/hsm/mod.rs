@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 pub use algorithm::{AlgorithmError, KeyType, SignatureAlgorithm};
+pub(crate) use algorithm::{EcdsaSigValue, ecdsa_raw_to_der};
 pub use config::{HsmConfig, PinSource, PoolConfig};
 pub use error::HsmError;
 pub use health::{HealthReport, HealthState};
@@ -34,7 +35,7 @@ pub use keys::HsmKey;
 pub use pin::Pin;
 pub use pool::SignerPool;
 pub use public_key::PublicKey;
-pub(crate) use public_key::ec_params;
+pub(crate) use public_key::{RsaPublicKey, ec_params};
 pub use selector::TokenSelector;
 pub use token::TokenDescription;
 

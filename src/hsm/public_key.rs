@@ -19,9 +19,11 @@ pub struct PublicKey {
 
 /// `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }` (RFC 8017).
 #[derive(der::Sequence)]
-struct RsaPublicKey<'a> {
-    modulus: UintRef<'a>,
-    public_exponent: UintRef<'a>,
+pub(crate) struct RsaPublicKey<'a> {
+    /// `n`.
+    pub(crate) modulus: UintRef<'a>,
+    /// `e`.
+    pub(crate) public_exponent: UintRef<'a>,
 }
 
 impl PublicKey {

@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 
 use base64ct::{Base64UrlUnpadded, Encoding};
 use der::Decode;
-use der::asn1::UintRef;
 use serde::{Deserialize, Serialize};
 
-use crate::hsm::{KeyType, PublicKey, SignatureAlgorithm};
+use crate::hsm::{
+    EcdsaSigValue, KeyType, PublicKey, RsaPublicKey, SignatureAlgorithm, ecdsa_raw_to_der,
+};
 
 /// The JOSE algorithms a JWT signing key may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
@@ -124,21 +125,6 @@ pub fn thumbprint(key: &PublicKey) -> String {
         serde_json::to_string(&public_jwk(key)).expect("a map of strings always serialises");
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
     Base64UrlUnpadded::encode_string(digest.as_ref())
-}
-
-/// PKCS#1 RSAPublicKey, to take the modulus and exponent apart for a JWK.
-#[derive(der::Sequence)]
-struct RsaPublicKey<'a> {
-    modulus: UintRef<'a>,
-    public_exponent: UintRef<'a>,
-}
-
-/// `Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` (RFC 3279), as the HSM pool
-/// returns ECDSA signatures.
-#[derive(der::Sequence)]
-struct EcdsaSigValue<'a> {
-    r: UintRef<'a>,
-    s: UintRef<'a>,
 }
 
 /// The claims of a JWT-SVID.
@@ -262,8 +248,8 @@ pub fn verify(
     }
     let signature = decode(signature)?;
     let x509_signature = match algorithm {
-        JwtAlgorithm::Es256 => fixed_to_ecdsa_der(&signature, 32)
-            .ok_or_else(|| malformed("an ES256 signature is 64 bytes"))?,
+        JwtAlgorithm::Es256 => ecdsa_raw_to_der(&signature, 32)
+            .map_err(|_| malformed("an ES256 signature is 64 bytes"))?,
         JwtAlgorithm::Rs256 | JwtAlgorithm::Ps256 => signature,
     };
     let signed = &token[..token.rfind('.').expect("three parts")];
@@ -277,21 +263,6 @@ pub fn verify(
         });
     }
     serde_json::from_slice(&decode(claims)?).map_err(|_| malformed("claims are not a JWT-SVID's"))
-}
-
-/// Fixed-width `r || s` back to DER, for the host verifier.
-fn fixed_to_ecdsa_der(raw: &[u8], scalar_len: usize) -> Option<Vec<u8>> {
-    use der::Encode;
-    if raw.len() != 2 * scalar_len {
-        return None;
-    }
-    let (r, s) = raw.split_at(scalar_len);
-    EcdsaSigValue {
-        r: UintRef::new(r).ok()?,
-        s: UintRef::new(s).ok()?,
-    }
-    .to_der()
-    .ok()
 }
 
 #[cfg(test)]
@@ -309,8 +280,8 @@ mod tests {
         let n = Base64UrlUnpadded::decode_vec(n).unwrap();
         let key = PublicKey::from_pkcs1_der(
             &der::Encode::to_der(&RsaPublicKey {
-                modulus: UintRef::new(&n).unwrap(),
-                public_exponent: UintRef::new(&[1, 0, 1]).unwrap(),
+                modulus: der::asn1::UintRef::new(&n).unwrap(),
+                public_exponent: der::asn1::UintRef::new(&[1, 0, 1]).unwrap(),
             })
             .unwrap(),
         )
@@ -408,7 +379,7 @@ mod tests {
         let mut raw = vec![0u8; 64];
         raw[31] = 1; // r = 1: one byte in DER
         raw[32] = 0x80; // s has its high bit set: a 0x00 pad in DER
-        let der = fixed_to_ecdsa_der(&raw, 32).unwrap();
+        let der = ecdsa_raw_to_der(&raw, 32).unwrap();
         assert_eq!(ecdsa_der_to_fixed(&der, 32).unwrap(), raw);
         assert!(ecdsa_der_to_fixed(&der, 16).is_err());
         assert!(ecdsa_der_to_fixed(b"not der", 32).is_err());
