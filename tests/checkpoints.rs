@@ -87,15 +87,6 @@ fn verify_against(appliance: &Appliance, args: &[&str], witness: &Path) -> Outpu
         .unwrap()
 }
 
-/// The value of the metric `series` (name and labels) on the operations listener.
-fn metric(appliance: &Appliance, series: &str) -> u64 {
-    let (_, metrics) = appliance.ops_get("/metrics");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
-}
-
 /// Issues `count` issuing-CA certificates as istiod.
 fn issue(appliance: &Appliance, count: usize) {
     let rt = runtime();
@@ -147,14 +138,11 @@ fn checkpoints_are_signed_witnessed_and_name_a_cut_or_rewritten_chain() {
         witness_lines(&appliance).len() == 1
     });
     assert_eq!(
-        metric(
-            &appliance,
-            "hsmca_audit_checkpoints_total{result=\"signed\"}"
-        ),
+        appliance.metric("hsmca_audit_checkpoints_total{result=\"signed\"}"),
         1
     );
     assert_ne!(
-        metric(&appliance, "hsmca_audit_checkpoint_last_signed_seconds"),
+        appliance.metric("hsmca_audit_checkpoint_last_signed_seconds"),
         0
     );
     issue(&appliance, 3);
@@ -325,12 +313,7 @@ fn a_checkpoint_the_hsm_cannot_sign_is_a_gap_that_verify_reports() {
             .iter()
             .any(|r| r["event"] == "audit.checkpoint_failed")
     });
-    assert!(
-        metric(
-            &appliance,
-            "hsmca_audit_checkpoints_total{result=\"failed\"}"
-        ) >= 1
-    );
+    assert!(appliance.metric("hsmca_audit_checkpoints_total{result=\"failed\"}") >= 1);
     assert_eq!(witness_lines(&appliance).len(), 1);
     // Back: the next try (within a second) covers the gap.
     std::fs::write(&control, "").unwrap();

@@ -279,7 +279,7 @@ fn past_max_in_flight_a_signing_request_is_refused_at_once_with_503_and_audited(
 }
 
 #[test]
-fn a_hung_signature_holds_only_its_own_request_while_the_other_session_signs_the_rest() {
+fn a_hung_signature_holds_only_its_own_request_and_its_session_is_replaced() {
     let mut appliance = Appliance::prepare();
     let control = appliance
         .use_fault_module(|text| text.replace("[hsm.pool]\n", "[hsm.pool]\nsessions = 2\n"));
@@ -347,7 +347,48 @@ fn a_hung_signature_holds_only_its_own_request_while_the_other_session_signs_the
             })
             .collect::<Vec<_>>()
     );
+
+    // Past twice the operation timeout the hung session is abandoned and replaced; the module
+    // (one instance per process) cannot be re-initialised under the hung call, and is not
+    // held up trying: the pool signs on at full size.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while appliance.metric("hsmca_hsm_pool_stuck_sessions") != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the hung session is abandoned within 10 s: {}",
+            appliance.server_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(appliance.metric("hsmca_hsm_pool_sessions"), 2);
+    for csr in distinct_csrs(4) {
+        let started = Instant::now();
+        let response = rt.block_on(client.sign(&csr, "issuing-ca", None)).unwrap();
+        let body = response.json().unwrap();
+        assert_eq!(response.status, 200, "beside the hung call: {body}");
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
+        outcomes.push(Outcome::Issued(body));
+    }
+    appliance.wait_for_readiness(200, Duration::from_secs(5));
+    let log = appliance.server_log();
+    assert!(
+        log.contains("abandoning the HSM session and starting another")
+            && log
+                .contains("cannot re-initialise the PKCS#11 module: 1 call(s) still running in it"),
+        "{log}"
+    );
+
+    // The hung call returns: its thread ends, and its signature goes nowhere.
     set_faults(&control, 2, "");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while appliance.metric("hsmca_hsm_pool_stuck_sessions") != 0 {
+        assert!(Instant::now() < deadline, "the abandoned call returned");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     appliance.stop_and_assert_books_balance(&outcomes);
 }
 

@@ -98,6 +98,8 @@ pub struct Gauges {
     pub queue_depth: usize,
     /// HSM sessions in the pool.
     pub pool_sessions: usize,
+    /// Abandoned HSM sessions whose PKCS#11 call has not returned.
+    pub pool_stuck: usize,
     /// Sessions reopened after HSM faults since start.
     pub session_resets: u64,
     /// 1 when the HSM is healthy.
@@ -239,6 +241,12 @@ impl Metrics {
                 "gauge",
                 "HSM sessions in the pool.",
                 gauges.pool_sessions as u64,
+            ),
+            (
+                "hsmca_hsm_pool_stuck_sessions",
+                "gauge",
+                "HSM sessions abandoned and replaced because a PKCS#11 call did not return, still waiting for it.",
+                gauges.pool_stuck as u64,
             ),
             (
                 "hsmca_hsm_queue_depth",

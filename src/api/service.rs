@@ -398,6 +398,7 @@ impl Service {
             pool_busy: self.pool.busy(),
             queue_depth: self.pool.queued(),
             pool_sessions: self.pool.sessions(),
+            pool_stuck: self.pool.stuck(),
             session_resets: health.session_resets,
             hsm_up: matches!(health.state, HealthState::Ok),
             record_groups: stats.groups.load(std::sync::atomic::Ordering::Relaxed),

@@ -234,6 +234,19 @@ pub enum HsmError {
     #[error("the HSM session pool is shut down")]
     ShutDown,
 
+    /// The module could not be re-initialised: it has one instance per process, and calls
+    /// were still running in it (`C_Finalize` must not run beside them).
+    #[error(
+        "cannot re-initialise the PKCS#11 module: {calls} call(s) still running in it after {} ms",
+        .waited.as_millis()
+    )]
+    ModuleBusy {
+        /// Calls still running when the wait ended.
+        calls: usize,
+        /// How long they were waited for.
+        waited: Duration,
+    },
+
     /// Any other PKCS#11 failure.
     #[error("PKCS#11 call {call} failed with {code}")]
     Pkcs11 {

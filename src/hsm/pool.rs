@@ -4,10 +4,17 @@
 //! the async reactor. Each worker owns one session (`cryptoki::Session` is `Send`, not
 //! `Sync`) and takes jobs from one bounded queue. Callers get a clear "busy" error when the
 //! queue is full and a timeout error when their job does not finish in time.
+//!
+//! A PKCS#11 call may never return: p11-kit's client waits for good when the link drops in
+//! the middle of another thread's reply, and a network HSM's client waits as long as TCP does
+//! when the link goes silent. A watchdog therefore abandons a worker whose call runs past
+//! twice the operation timeout: it marks the HSM degraded, starts a replacement on a new
+//! session (which first re-initialises the module the call hangs in, so a network module gets
+//! a new connection), and lets the old thread end whenever its call returns.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -34,7 +41,8 @@ struct Job {
 /// the sessions.
 pub struct SignerPool {
     queue: Arc<WorkQueue<Job>>,
-    workers: Vec<JoinHandle<()>>,
+    crew: Arc<Crew>,
+    watchdog: Option<JoinHandle<()>>,
     queue_depth: usize,
     op_timeout: Duration,
     context: Arc<TokenContext>,
@@ -48,7 +56,72 @@ struct PoolLoad {
     queued: AtomicUsize,
     /// Sessions working on jobs.
     busy: AtomicUsize,
+    /// Abandoned workers whose PKCS#11 call has not returned yet.
+    stuck: AtomicUsize,
 }
+
+/// The pool's workers, shared with the watchdog that replaces stuck ones.
+struct Crew {
+    workers: Mutex<Vec<WorkerThread>>,
+    /// Set when the pool is dropped; the watchdog waits on `stopping`.
+    stopped: Mutex<bool>,
+    stopping: Condvar,
+    /// Where the workers' [`Watch`] times count from.
+    origin: Instant,
+    /// A call running longer than this is taken for one that never returns.
+    stuck_after: Duration,
+}
+
+/// A worker thread and what it tells the watchdog.
+struct WorkerThread {
+    thread: JoinHandle<()>,
+    watch: Arc<Watch>,
+}
+
+/// What a worker tells the watchdog about its current job.
+#[derive(Debug, Default)]
+struct Watch {
+    /// When the current PKCS#11 work began, in microseconds since [`Crew::origin`], plus one;
+    /// zero while the worker waits for a job.
+    busy_since: AtomicU64,
+    /// The module epoch the work began under.
+    epoch: AtomicU64,
+    /// Set by the watchdog: the worker was replaced and ends once its call returns.
+    abandoned: AtomicBool,
+    /// Set by the watchdog when it could not replace the worker (said once).
+    left_stuck: AtomicBool,
+}
+
+impl Watch {
+    fn begin(&self, origin: Instant, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Relaxed);
+        let since = u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+        self.busy_since.store(since + 1, Ordering::Release);
+    }
+
+    fn end(&self) {
+        self.busy_since.store(0, Ordering::Release);
+    }
+
+    /// How long the current work has been running; `None` while idle.
+    fn busy_for(&self, origin: Instant) -> Option<Duration> {
+        match self.busy_since.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(
+                origin
+                    .elapsed()
+                    .saturating_sub(Duration::from_micros(since - 1)),
+            ),
+        }
+    }
+}
+
+/// Abandoned workers whose calls still hang, beyond which no more are replaced: each holds a
+/// thread and perhaps a session on the token, and only a restart frees one that never returns.
+const MAX_STUCK: usize = 16;
+
+/// How often the watchdog looks at the workers, as a fraction of [`Crew::stuck_after`].
+const WATCHES_PER_STUCK_AFTER: u32 = 8;
 
 impl SignerPool {
     /// Opens `sessions` sessions (logging in if needed) and starts one worker for each.
@@ -81,18 +154,25 @@ impl SignerPool {
         let sessions = slots.len();
         let queue = Arc::new(WorkQueue::new(queue_depth));
         let load = Arc::new(PoolLoad::default());
-        let workers = slots
-            .into_iter()
-            .enumerate()
-            .map(|(index, slot)| {
-                let queue = queue.clone();
-                let load = load.clone();
-                std::thread::Builder::new()
-                    .name(format!("hsm-session-{index}"))
-                    .spawn(move || Worker::new(slot).run(&queue, &load))
-                    .map_err(|e| HsmError::Config(format!("cannot start HSM worker thread: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
+        let crew = Arc::new(Crew {
+            workers: Mutex::new(Vec::with_capacity(sessions)),
+            stopped: Mutex::new(false),
+            stopping: Condvar::new(),
+            origin: Instant::now(),
+            stuck_after: op_timeout * 2,
+        });
+        for (index, slot) in slots.into_iter().enumerate() {
+            let worker = spawn_worker(index, slot, None, &queue, &load, &crew)?;
+            crew.workers().push(worker);
+        }
+        let watchdog = {
+            let (queue, load, crew, context) =
+                (queue.clone(), load.clone(), crew.clone(), context.clone());
+            std::thread::Builder::new()
+                .name("hsm-watchdog".into())
+                .spawn(move || watch_workers(&queue, &load, &crew, &context))
+                .map_err(|e| HsmError::Config(format!("cannot start HSM watchdog thread: {e}")))?
+        };
         tracing::info!(
             sessions,
             queue_depth,
@@ -101,7 +181,8 @@ impl SignerPool {
         );
         Ok(SignerPool {
             queue,
-            workers,
+            crew,
+            watchdog: Some(watchdog),
             queue_depth,
             op_timeout,
             context,
@@ -150,9 +231,14 @@ impl SignerPool {
         }
     }
 
-    /// Number of sessions (and worker threads).
+    /// Number of sessions (and worker threads), abandoned ones not counted.
     pub fn sessions(&self) -> usize {
-        self.workers.len()
+        self.crew.workers().len()
+    }
+
+    /// Workers abandoned by the watchdog whose PKCS#11 call has not returned yet.
+    pub fn stuck(&self) -> usize {
+        self.load.stuck.load(Ordering::Relaxed)
     }
 
     /// The HSM's health, for readiness checks.
@@ -178,10 +264,128 @@ impl SignerPool {
 
 impl Drop for SignerPool {
     fn drop(&mut self) {
-        // Closing the queue ends each worker once the jobs already queued are done.
+        *self.crew.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.crew.stopping.notify_all();
+        if let Some(watchdog) = self.watchdog.take() {
+            let _ = watchdog.join();
+        }
+        // Closing the queue ends each worker once the jobs already queued are done. A worker
+        // whose call hangs is left behind after `stuck_after`, so a stop never hangs on it.
         self.queue.close();
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
+        let deadline = Instant::now() + self.crew.stuck_after;
+        for worker in self.crew.workers().drain(..) {
+            while !worker.thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if worker.thread.is_finished() {
+                let _ = worker.thread.join();
+            } else {
+                tracing::warn!(
+                    "an HSM session's PKCS#11 call has not returned; stopping without it"
+                );
+            }
+        }
+    }
+}
+
+impl Crew {
+    fn workers(&self) -> std::sync::MutexGuard<'_, Vec<WorkerThread>> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Starts worker `index` on `slot`. A replacement first re-initialises the module the call
+/// it replaces hangs in (`recover_epoch`).
+fn spawn_worker(
+    index: usize,
+    slot: SessionSlot,
+    recover_epoch: Option<u64>,
+    queue: &Arc<WorkQueue<Job>>,
+    load: &Arc<PoolLoad>,
+    crew: &Arc<Crew>,
+) -> Result<WorkerThread, HsmError> {
+    let watch = Arc::new(Watch::default());
+    let thread = {
+        let (queue, load, crew, watch) = (queue.clone(), load.clone(), crew.clone(), watch.clone());
+        std::thread::Builder::new()
+            .name(format!("hsm-session-{index}"))
+            .spawn(move || {
+                let worker = Worker::new(slot);
+                if let Some(epoch) = recover_epoch {
+                    watch.begin(crew.origin, epoch);
+                    worker.slot.reinitialise_after_hang(epoch);
+                    watch.end();
+                    if watch.abandoned.load(Ordering::Acquire) {
+                        // The re-initialisation hung too, and this worker was replaced.
+                        load.stuck.fetch_sub(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+                worker.run(&queue, &load, &watch, crew.origin)
+            })
+            .map_err(|e| HsmError::Config(format!("cannot start HSM worker thread: {e}")))?
+    };
+    Ok(WorkerThread { thread, watch })
+}
+
+/// The watchdog: every `stuck_after / 8`, abandons and replaces each worker whose PKCS#11
+/// work has run longer than `stuck_after`, until the pool is dropped.
+fn watch_workers(
+    queue: &Arc<WorkQueue<Job>>,
+    load: &Arc<PoolLoad>,
+    crew: &Arc<Crew>,
+    context: &Arc<TokenContext>,
+) {
+    let every = crew.stuck_after / WATCHES_PER_STUCK_AFTER;
+    let mut stopped = crew.stopped.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        stopped = crew
+            .stopping
+            .wait_timeout_while(stopped, every, |stopped| !*stopped)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+        if *stopped {
+            return;
+        }
+        let mut workers = crew.workers();
+        for (index, worker) in workers.iter_mut().enumerate() {
+            let Some(busy_for) = worker.watch.busy_for(crew.origin) else {
+                continue;
+            };
+            if busy_for < crew.stuck_after {
+                continue;
+            }
+            let stuck = load.stuck.load(Ordering::Relaxed);
+            if stuck >= MAX_STUCK {
+                if worker.watch.left_stuck.swap(true, Ordering::Relaxed) {
+                    continue;
+                }
+                tracing::error!(
+                    session = index,
+                    stuck,
+                    "an HSM session's PKCS#11 call has not returned, and too many are stuck already to replace it: restart hsmca"
+                );
+                continue;
+            }
+            let epoch = worker.watch.epoch.load(Ordering::Relaxed);
+            let error = format!(
+                "a PKCS#11 call on HSM session {index} has not returned after {} ms",
+                busy_for.as_millis()
+            );
+            tracing::error!(session = index, %error, "abandoning the HSM session and starting another");
+            context.health.record_failure(&error);
+            let slot = SessionSlot::new(context.clone(), false);
+            match spawn_worker(index, slot, Some(epoch), queue, load, crew) {
+                Ok(replacement) => {
+                    load.stuck.fetch_add(1, Ordering::Relaxed);
+                    worker.watch.abandoned.store(true, Ordering::Release);
+                    // The old thread is detached: it ends by itself if its call returns.
+                    drop(std::mem::replace(worker, replacement));
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot start a replacement HSM worker");
+                }
+            }
         }
     }
 }
@@ -230,7 +434,8 @@ impl Worker {
     /// and a thread switch, about a third of a SoftHSM2 P-256 signature on a small VM
     /// (docs/performance.md), so a reply waits for the next signature while that is
     /// expected to end within [`REPLY_FLUSH_AFTER`].
-    fn run(mut self, queue: &WorkQueue<Job>, load: &PoolLoad) {
+    /// Ends when the queue closes, or after its call returns once the watchdog abandoned it.
+    fn run(mut self, queue: &WorkQueue<Job>, load: &PoolLoad, watch: &Watch, origin: Instant) {
         let mut replies = Vec::with_capacity(MAX_RUN);
         while let Some(first) = queue.take() {
             load.busy.fetch_add(1, Ordering::Relaxed);
@@ -243,9 +448,21 @@ impl Worker {
                 // Skip work nobody waits for any more: the caller timed out or went away.
                 let started = Instant::now();
                 if !job.reply.is_closed() && started < job.deadline {
+                    watch.begin(origin, self.slot.epoch());
                     let result = self.sign(&job);
+                    watch.end();
                     let took = started.elapsed();
                     replies.push((job.reply, result));
+                    if watch.abandoned.load(Ordering::Acquire) {
+                        send_replies(&mut replies);
+                        load.busy.fetch_sub(1, Ordering::Relaxed);
+                        load.stuck.fetch_sub(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            after_ms = took.as_millis() as u64,
+                            "the PKCS#11 call of an abandoned HSM session returned; its thread ends"
+                        );
+                        return;
+                    }
                     let oldest = *oldest_reply.get_or_insert_with(Instant::now);
                     // Send now if one more signature like this one would hold the oldest reply
                     // past the bound: on a slow HSM that is after every signature.

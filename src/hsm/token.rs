@@ -1,8 +1,8 @@
 //! The PKCS#11 module, the chosen token and the login that sessions share.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -38,12 +38,16 @@ pub struct TokenDescription {
 /// The initialised module and the logged-in token. One per process: PKCS#11 initialisation
 /// and login state are process-wide.
 pub(crate) struct TokenContext {
-    /// The loaded module and the token's slot. Replaced as a whole when the module is
-    /// re-initialised; PKCS#11 calls hold the read lock, so none runs during a replacement.
-    module: RwLock<Module>,
+    /// The current initialisation of the module and the token's slot in it. A PKCS#11 call
+    /// takes its own reference and holds no lock while it runs, so a call that never returns
+    /// (a network HSM's link dropped in the middle of a reply) holds up neither the other
+    /// calls nor a re-initialisation. The lock is held for writing only to swap in a new
+    /// initialisation, and while waiting for calls to leave one that must be finalised first.
+    module: RwLock<Arc<Module>>,
     /// What finds the token again after a re-initialisation.
     module_path: PathBuf,
     selector: TokenSelector,
+    /// When re-initialisation was last tried; locked by the one thread trying it.
     last_reinitialisation: Mutex<Option<Instant>>,
     /// The token as first found.
     pub(crate) description: TokenDescription,
@@ -63,11 +67,96 @@ pub(crate) struct Module {
     pub(crate) slot: Slot,
     /// Counts initialisations; sessions opened under an older one are stale.
     pub(crate) epoch: u64,
+    /// PKCS#11 calls running in this initialisation now.
+    calls: AtomicUsize,
+    /// Set once `C_Finalize` was called on it, so it is never called twice: on a module with
+    /// one instance per process, a second call would end the initialisation that replaced it.
+    finalised: AtomicBool,
+    /// Set when a fresh instance replaced it: the last call to leave finalises it.
+    retired: AtomicBool,
+}
+
+impl Module {
+    fn new(pkcs11: Pkcs11, slot: Slot, epoch: u64) -> Arc<Self> {
+        Arc::new(Module {
+            pkcs11,
+            slot,
+            epoch,
+            calls: AtomicUsize::new(0),
+            finalised: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+        })
+    }
+
+    /// Marks a replaced instance retired, and finalises it if no call runs in it; otherwise
+    /// the last call to leave does.
+    fn retire(self: &Arc<Self>) {
+        self.retired.store(true, Ordering::SeqCst);
+        if self.calls.load(Ordering::SeqCst) == 0 {
+            self.finalise_in_background();
+        } else {
+            tracing::warn!(
+                calls = self.calls.load(Ordering::SeqCst),
+                "calls are still running in the replaced PKCS#11 module instance; it is finalised when they return"
+            );
+        }
+    }
+
+    /// Finalises the instance on a thread of its own: over a dropped or silent link,
+    /// `C_Finalize` may wait as long as any call.
+    fn finalise_in_background(self: &Arc<Self>) {
+        let module = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("hsm-finalise".into())
+            .spawn(move || {
+                if let Err(err) = module.finalise() {
+                    tracing::debug!(error = %HsmError::from(err), "C_Finalize of a replaced instance failed");
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start a thread to finalise a replaced PKCS#11 module instance");
+        }
+    }
+
+    /// Calls `C_Finalize` unless that was done already.
+    fn finalise(&self) -> Result<(), CkError> {
+        if self.finalised.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.pkcs11.clone().finalize()
+    }
+}
+
+/// A PKCS#11 call running in a [`Module`]: counted from creation to drop.
+struct Call(Arc<Module>);
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if self.0.calls.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.retired.load(Ordering::SeqCst)
+        {
+            self.0.finalise_in_background();
+        }
+    }
 }
 
 /// The shortest time between two module re-initialisations, so a token that stays away does
 /// not turn every request into a C_Finalize/C_Initialize cycle.
 const REINITIALISE_AT_MOST_EVERY: Duration = Duration::from_secs(1);
+
+/// What a re-initialisation that must finalise the module first does about the calls running
+/// in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RunningCalls {
+    /// Wait up to [`FINALISE_WAITS_FOR_CALLS`] for them to end, new calls waiting meanwhile.
+    Wait,
+    /// One of them is known to hang: fail at once rather than hold up every other call.
+    OneHangs,
+}
+
+/// How long a re-initialisation that must finalise the module first waits for the calls
+/// running in it to end. Calls wait for the re-initialisation meanwhile; calls to a token
+/// that went away fail fast, so only a call that hangs is still running after this.
+const FINALISE_WAITS_FOR_CALLS: Duration = Duration::from_millis(500);
 
 impl TokenContext {
     /// Loads the module, initialises it, finds the token and loads the PIN.
@@ -78,11 +167,7 @@ impl TokenContext {
         let (slot, description) = find_token(&pkcs11, &config.module, &selector)?;
         tracing::debug!(token = %description.label, serial = %description.serial, slot = description.slot_id, "token found");
         Ok(TokenContext {
-            module: RwLock::new(Module {
-                pkcs11,
-                slot,
-                epoch: 1,
-            }),
+            module: RwLock::new(Module::new(pkcs11, slot, 1)),
             module_path: config.module.clone(),
             selector,
             last_reinitialisation: Mutex::new(None),
@@ -93,18 +178,44 @@ impl TokenContext {
         })
     }
 
-    /// Runs `op` with the current module; no re-initialisation happens meanwhile.
+    /// Runs `op` with the current module; that initialisation is not finalised meanwhile.
     pub(crate) fn with_module<T>(&self, op: impl FnOnce(&Module) -> T) -> T {
-        op(&self.module.read().unwrap_or_else(|e| e.into_inner()))
+        let call = {
+            let current = self.module.read().unwrap_or_else(|e| e.into_inner());
+            // Counted under the lock, so a re-initialisation that swapped the module out
+            // sees every call that will ever run in the old one.
+            current.calls.fetch_add(1, Ordering::SeqCst);
+            Call(Arc::clone(&current))
+        };
+        op(&call.0)
     }
 
-    /// Finalises and initialises the module again, then finds the token anew: what brings
-    /// back a token that was removed and returned, which reopening sessions cannot do with
-    /// modules that cache the token per process (SoftHSM2). Does nothing if another thread
-    /// already did it since `seen_epoch`, or if the last attempt was under a second ago.
-    /// Sessions of the old epoch become stale; their holders drop them without closing.
-    pub(crate) fn reinitialise(&self, seen_epoch: u64) -> Result<(), HsmError> {
+    /// The epoch of the current initialisation.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.module.read().unwrap_or_else(|e| e.into_inner()).epoch
+    }
+
+    /// Initialises the module again and finds the token anew: what brings back a token that
+    /// was removed and returned (which reopening sessions cannot do with modules that cache
+    /// the token per process, SoftHSM2) and a network HSM whose link dropped (p11-kit's
+    /// client connects once per initialisation). Does nothing if the current initialisation
+    /// is newer than `seen_epoch` or if the last attempt began under a second ago. Sessions of the old epoch become stale; their holders drop them
+    /// without closing.
+    ///
+    /// A module that hands out an instance per `C_GetFunctionList` (p11-kit's client) gets a
+    /// fresh instance beside the old one, which is finalised once no call runs in it (a call
+    /// that never returns keeps it, and its connection, open). A module
+    /// with one instance per process (SoftHSM2, most vendor modules) must be finalised first:
+    /// that waits for the calls in it as `running` says, and fails with
+    /// [`HsmError::ModuleBusy`] if one is still running.
+    pub(crate) fn reinitialise(
+        &self,
+        seen_epoch: u64,
+        running: RunningCalls,
+    ) -> Result<(), HsmError> {
         {
+            // Only the time is kept under the lock: an attempt may hang in the module (a
+            // network HSM that stopped answering), and must not hold up later attempts.
             let mut last = self
                 .last_reinitialisation
                 .lock()
@@ -114,37 +225,83 @@ impl TokenContext {
             }
             *last = Some(Instant::now());
         }
-        let mut module = self.module.write().unwrap_or_else(|e| e.into_inner());
-        if module.epoch != seen_epoch {
+        let old = Arc::clone(&self.module.read().unwrap_or_else(|e| e.into_inner()));
+        if old.epoch != seen_epoch {
             return Ok(());
         }
         tracing::warn!(token = %self.description.label, "re-initialising the PKCS#11 module to find the token again");
-        if let Err(err) = module.pkcs11.clone().finalize() {
-            tracing::debug!(error = %HsmError::from(err), "C_Finalize before re-initialising failed");
-        }
-        let pkcs11 = Pkcs11::new(&self.module_path).map_err(|err| HsmError::ModuleLoad {
+        let fresh = Pkcs11::new(&self.module_path).map_err(|err| HsmError::ModuleLoad {
             path: self.module_path.clone(),
             reason: err.to_string(),
         })?;
-        pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
-        let (slot, _) = match find_token(&pkcs11, &self.module_path, &self.selector) {
-            Ok(found) => found,
-            Err(error) => {
-                // Not installed, so finalised here: the old instance stays current (and is
-                // finalised already), and the next attempt starts afresh.
-                if let Err(err) = pkcs11.finalize() {
-                    tracing::debug!(error = %HsmError::from(err), "C_Finalize of the instance that did not find the token failed");
+        match fresh.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) => {
+                // A fresh instance (or the one instance, finalised by an earlier attempt).
+                let slot = self.find_token_in(&fresh)?;
+                {
+                    let mut current = self.module.write().unwrap_or_else(|e| e.into_inner());
+                    if current.epoch != seen_epoch {
+                        // An earlier attempt that was slower got there first.
+                        let _ = fresh.finalize();
+                        return Ok(());
+                    }
+                    *current = Module::new(fresh, slot, seen_epoch + 1);
                 }
-                return Err(error);
+                // No call can start in `old` any more.
+                old.retire();
             }
-        };
-        *module = Module {
-            pkcs11,
-            slot,
-            epoch: seen_epoch + 1,
-        };
+            Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                if running == RunningCalls::OneHangs {
+                    return Err(HsmError::ModuleBusy {
+                        calls: old.calls.load(Ordering::SeqCst),
+                        waited: Duration::ZERO,
+                    });
+                }
+                let mut current = self.module.write().unwrap_or_else(|e| e.into_inner());
+                if current.epoch != seen_epoch {
+                    return Ok(());
+                }
+                let waiting = Instant::now();
+                loop {
+                    let calls = old.calls.load(Ordering::SeqCst);
+                    if calls == 0 {
+                        break;
+                    }
+                    if waiting.elapsed() >= FINALISE_WAITS_FOR_CALLS {
+                        return Err(HsmError::ModuleBusy {
+                            calls,
+                            waited: waiting.elapsed(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                if let Err(err) = old.finalise() {
+                    tracing::debug!(error = %HsmError::from(err), "C_Finalize before re-initialising failed");
+                }
+                // From here `old` stays current, finalised, until a new one is installed: calls
+                // in it fail with CKR_CRYPTOKI_NOT_INITIALIZED and the next attempt starts afresh.
+                fresh.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
+                let slot = self.find_token_in(&fresh)?;
+                *current = Module::new(fresh, slot, seen_epoch + 1);
+            }
+            Err(err) => return Err(err.into()),
+        }
         tracing::info!(token = %self.description.label, "PKCS#11 module re-initialised; token found");
         Ok(())
+    }
+
+    /// The token's slot in a newly initialised `pkcs11`, which is finalised again when the
+    /// token is not there (so the next attempt starts afresh).
+    fn find_token_in(&self, pkcs11: &Pkcs11) -> Result<Slot, HsmError> {
+        match find_token(pkcs11, &self.module_path, &self.selector) {
+            Ok((slot, _)) => Ok(slot),
+            Err(error) => {
+                if let Err(err) = pkcs11.clone().finalize() {
+                    tracing::debug!(error = %HsmError::from(err), "C_Finalize of the instance that did not find the token failed");
+                }
+                Err(error)
+            }
+        }
     }
 
     fn login(&self, session: &Session) -> Result<(), HsmError> {
@@ -178,9 +335,13 @@ impl TokenContext {
 
 impl Drop for TokenContext {
     fn drop(&mut self) {
-        // Every session is owned by a holder of this context, so none outlives it.
+        // Every session is owned by a holder of this context, so none outlives it. A call
+        // that never returned (see `reinitialise`) keeps its initialisation unfinalised.
         let module = self.module.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Err(err) = module.pkcs11.clone().finalize() {
+        if module.calls.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        if let Err(err) = module.finalise() {
             tracing::warn!(error = %HsmError::from(err), "C_Finalize failed");
         }
     }
@@ -285,7 +446,7 @@ fn find_token(
 /// One session, reopened when it breaks. Both the pool's workers and the control path of
 /// [`super::Hsm`] run their PKCS#11 calls through one of these.
 pub(crate) struct SessionSlot {
-    context: std::sync::Arc<TokenContext>,
+    context: Arc<TokenContext>,
     /// The session and the module epoch it was opened under.
     session: Option<(Session, u64)>,
     read_write: bool,
@@ -294,12 +455,25 @@ pub(crate) struct SessionSlot {
 }
 
 impl SessionSlot {
-    pub(crate) fn new(context: std::sync::Arc<TokenContext>, read_write: bool) -> Self {
+    pub(crate) fn new(context: Arc<TokenContext>, read_write: bool) -> Self {
         SessionSlot {
             context,
             session: None,
             read_write,
             generation: 0,
+        }
+    }
+
+    /// The epoch of the module's current initialisation.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.context.epoch()
+    }
+
+    /// Re-initialises the module if a call in its initialisation `epoch` hangs; logs a
+    /// failure, which the next job's own recovery retries.
+    pub(crate) fn reinitialise_after_hang(&self, epoch: u64) {
+        if let Err(error) = self.context.reinitialise(epoch, RunningCalls::OneHangs) {
+            tracing::warn!(%error, "re-initialising the PKCS#11 module after a call hung failed");
         }
     }
 
@@ -367,7 +541,7 @@ impl SessionSlot {
                     }
                     if !reinitialised {
                         reinitialised = true;
-                        match self.context.reinitialise(epoch) {
+                        match self.context.reinitialise(epoch, RunningCalls::Wait) {
                             Ok(()) => continue,
                             Err(reinit) => {
                                 tracing::warn!(error = %reinit, "re-initialising the PKCS#11 module failed");
@@ -409,5 +583,11 @@ impl SessionSlot {
                 std::mem::forget(session);
             }
         }
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.discard_session(self.context.epoch());
     }
 }

@@ -473,6 +473,15 @@ key_label = "online-rsa2048-2026"
         ops_get(&self.ops_url, path)
     }
 
+    /// The value of the metric `series` (name and labels) on the operations listener.
+    pub fn metric(&self, series: &str) -> u64 {
+        let (_, metrics) = self.ops_get("/metrics");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+    }
+
     /// A rustls client config presenting `cert`/`key` (none if `None`) and trusting the dev TLS CA.
     pub fn tls_client(&self, identity: Option<(&Path, &Path)>) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore::empty();
