@@ -47,7 +47,7 @@ pub(crate) struct TokenContext {
     /// What finds the token again after a re-initialisation.
     module_path: PathBuf,
     selector: TokenSelector,
-    /// When re-initialisation was last tried; locked by the one thread trying it.
+    /// When re-initialisation was last tried (at most once a second).
     last_reinitialisation: Mutex<Option<Instant>>,
     /// The token as first found.
     pub(crate) description: TokenDescription,
@@ -199,15 +199,15 @@ impl TokenContext {
     /// was removed and returned (which reopening sessions cannot do with modules that cache
     /// the token per process, SoftHSM2) and a network HSM whose link dropped (p11-kit's
     /// client connects once per initialisation). Does nothing if the current initialisation
-    /// is newer than `seen_epoch` or if the last attempt began under a second ago. Sessions of the old epoch become stale; their holders drop them
-    /// without closing.
+    /// is newer than `seen_epoch` or if the last attempt began under a second ago. Sessions
+    /// of the old epoch become stale; their holders drop them without closing.
     ///
     /// A module that hands out an instance per `C_GetFunctionList` (p11-kit's client) gets a
     /// fresh instance beside the old one, which is finalised once no call runs in it (a call
-    /// that never returns keeps it, and its connection, open). A module
-    /// with one instance per process (SoftHSM2, most vendor modules) must be finalised first:
-    /// that waits for the calls in it as `running` says, and fails with
-    /// [`HsmError::ModuleBusy`] if one is still running.
+    /// that never returns keeps it, and its connection, open). A module with one instance per
+    /// process (SoftHSM2, most vendor modules) must be finalised first: that waits for the
+    /// calls in it as `running` says, and fails with [`HsmError::ModuleBusy`] if one is still
+    /// running.
     pub(crate) fn reinitialise(
         &self,
         seen_epoch: u64,
