@@ -567,6 +567,22 @@ fn through_p11kit_remoting_a_link_that_stops_answering_is_abandoned_and_the_appl
         std::thread::sleep(Duration::from_millis(50));
     }
     let probes = prober.finish(&rt);
+    let issued_again = probes
+        .iter()
+        .filter(|p| p.sent >= stopped && matches!(p.outcome, Outcome::Issued(_)))
+        .map(|p| p.sent + p.took - stopped)
+        .min()
+        .unwrap_or_default();
+    eprintln!(
+        "link silent: {} answers after it went silent, {} refused, slowest {:?}; issuing again \
+         on a new connection {issued_again:?} after it went silent; abandoned sessions: {stuck}",
+        probes.iter().filter(|p| p.sent >= stopped).count(),
+        probes
+            .iter()
+            .filter(|p| p.sent >= stopped && is_hsm_refusal(&p.outcome))
+            .count(),
+        probes.iter().map(|p| p.took).max().unwrap_or_default(),
+    );
     assert_probes_bounded(&probes);
     let outcomes: Vec<Outcome> = probes.into_iter().map(|p| p.outcome).collect();
     appliance.stop_and_assert_books_balance(&outcomes);
