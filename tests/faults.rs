@@ -393,6 +393,53 @@ fn a_hung_signature_holds_only_its_own_request_and_its_session_is_replaced() {
 }
 
 #[test]
+fn a_serial_refill_that_hangs_holds_up_only_its_own_request() {
+    let mut appliance = Appliance::prepare();
+    let control = appliance
+        .use_fault_module(|text| text.replace("[hsm.pool]\n", "[hsm.pool]\nsessions = 2\n"));
+    appliance.start();
+    // The first fetch of serial numbers from the HSM's RNG (the first request's) hangs.
+    set_faults(&control, 1, "C_GenerateRandom hang times=1\n");
+    let rt = runtime();
+    let client = appliance.client("istiod");
+    let csrs = distinct_csrs(6);
+    let mut outcomes = Vec::new();
+    let response = rt
+        .block_on(client.sign(&csrs[0], "issuing-ca", None))
+        .unwrap();
+    let body = response.json().unwrap();
+    assert_eq!(
+        (response.status, body["error"]["code"].as_str()),
+        (503, Some("hsm_timeout")),
+        "{body}"
+    );
+    outcomes.push(Outcome::Refused(response.status, body));
+    assert_eq!(injected(&control), ["C_GenerateRandom hang"]);
+    // The hung refill holds its pool session only: the next request refills on the other one.
+    for csr in &csrs[1..] {
+        let response = rt.block_on(client.sign(csr, "issuing-ca", None)).unwrap();
+        let body = response.json().unwrap();
+        assert_eq!(response.status, 200, "beside the hung refill: {body}");
+        outcomes.push(Outcome::Issued(body));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while appliance.metric("hsmca_hsm_pool_stuck_sessions") != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the hung refill's session is abandoned within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    set_faults(&control, 2, "");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while appliance.metric("hsmca_hsm_pool_stuck_sessions") != 0 {
+        assert!(Instant::now() < deadline, "the abandoned refill returned");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    appliance.stop_and_assert_books_balance(&outcomes);
+}
+
+#[test]
 fn a_token_with_few_sessions_gets_a_pool_of_its_size_and_says_so() {
     let mut appliance = Appliance::prepare();
     // Three sessions on the token, eight asked for: one is the control session's, so the pool

@@ -1,12 +1,12 @@
 //! Serial numbers from the HSM's random number generator, fetched in blocks so that one
-//! control-session call serves many requests.
+//! HSM call serves many requests.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use x509_cert::serial_number::SerialNumber;
 
-use crate::hsm::{Hsm, HsmError};
+use crate::hsm::{HsmError, SignerPool};
 use crate::pki::{SERIAL_LEN, serial_from_random};
 
 /// Serials per HSM call.
@@ -15,56 +15,48 @@ const SERIALS_PER_FETCH: usize = 256;
 /// A buffer of HSM randomness handed out [`SERIAL_LEN`] bytes at a time. Bytes are used once
 /// and dropped as they are taken.
 pub struct SerialSource {
-    hsm: Arc<Hsm>,
-    buffer: Arc<Mutex<Vec<u8>>>,
-    /// Held by the one refill in progress, for as long as its HSM call runs.
-    refill: Arc<tokio::sync::Mutex<()>>,
+    buffer: Mutex<Vec<u8>>,
+    /// Held by the one refill in progress while its caller waits for the HSM.
+    refill: tokio::sync::Mutex<()>,
     /// How long a caller waits for a refill, as for a signature.
     timeout: Duration,
 }
 
 impl SerialSource {
-    /// Draws from `hsm`; a caller waits at most `timeout` for the HSM.
-    pub fn new(hsm: Arc<Hsm>, timeout: Duration) -> Self {
+    /// An empty source; a caller waits at most `timeout` for the HSM.
+    pub fn new(timeout: Duration) -> Self {
         SerialSource {
-            hsm,
-            buffer: Arc::new(Mutex::new(Vec::new())),
-            refill: Arc::new(tokio::sync::Mutex::new(())),
+            buffer: Mutex::new(Vec::new()),
+            refill: tokio::sync::Mutex::new(()),
             timeout,
         }
     }
 
-    /// The next serial; refills from the HSM (on a blocking thread) when the buffer is empty.
-    /// Fails with [`HsmError::Timeout`] when the HSM does not answer in time.
-    pub async fn next(&self) -> Result<SerialNumber, HsmError> {
+    /// The next serial; refills from the HSM through `pool` when the buffer is empty (a
+    /// pool session, so a call that hangs is the watchdog's to replace, and holds nothing
+    /// that later refills need). Fails with [`HsmError::Timeout`] when the HSM does not
+    /// answer in time.
+    pub async fn next(&self, pool: &SignerPool) -> Result<SerialNumber, HsmError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let timed_out = || HsmError::Timeout {
+        let timed_out = |_| HsmError::Timeout {
             after: self.timeout,
         };
         loop {
             if let Some(bytes) = self.take() {
                 return Ok(serial_from_random(bytes));
             }
-            // One refill at a time, and its lock travels with the HSM call: a hung HSM holds
-            // one blocking thread, not one per waiting request, and a late answer still fills
-            // the buffer for the callers after the timeout.
-            let guard = tokio::time::timeout_at(deadline, self.refill.clone().lock_owned())
+            // One refill at a time: the callers behind it take from what it fetched.
+            let _refilling = tokio::time::timeout_at(deadline, self.refill.lock())
                 .await
-                .map_err(|_| timed_out())?;
+                .map_err(timed_out)?;
             if self.buffer_len() >= SERIAL_LEN {
                 continue;
             }
-            let (hsm, buffer) = (self.hsm.clone(), self.buffer.clone());
-            let refill = tokio::task::spawn_blocking(move || {
-                let _refilling = guard;
-                let fresh = hsm.random(SERIAL_LEN * SERIALS_PER_FETCH)?;
-                lock(&buffer).extend_from_slice(&fresh);
-                Ok::<(), HsmError>(())
-            });
-            tokio::time::timeout_at(deadline, refill)
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(|_| HsmError::ShutDown)??;
+            let fresh =
+                tokio::time::timeout_at(deadline, pool.random(SERIAL_LEN * SERIALS_PER_FETCH))
+                    .await
+                    .map_err(timed_out)??;
+            lock(&self.buffer).extend_from_slice(&fresh);
         }
     }
 

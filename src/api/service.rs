@@ -207,7 +207,7 @@ impl Service {
             in_flight: tokio::sync::Semaphore::new(max_in_flight),
             verifier,
             recorder,
-            serials: SerialSource::new(hsm.clone(), config.hsm.pool.op_timeout()),
+            serials: SerialSource::new(config.hsm.pool.op_timeout()),
             metrics: Metrics::default(),
             vault,
             ledger: ledger_admin,

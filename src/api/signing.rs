@@ -260,7 +260,11 @@ async fn sign_in_hsm<'s>(
     issuer: &'s IssuerState,
     template: &Template,
 ) -> Result<Unrecorded<'s>, ApiError> {
-    let serial = service.serials.next().await.map_err(hsm_unavailable)?;
+    let serial = service
+        .serials
+        .next(&service.pool)
+        .await
+        .map_err(hsm_unavailable)?;
     let serial_hex = hex::encode(serial.as_bytes());
     let prepared = template.prepare(serial, &issuer.view).map_err(internal)?;
     // The recorder holds its next group open for this certificate while the HSM signs it.

@@ -28,13 +28,24 @@ use super::keys::{self, HsmKey};
 use super::token::{SessionSlot, TokenContext};
 use crate::queue::{Refused, WorkQueue};
 
-/// A signing request waiting for a worker.
+/// A request waiting for a worker.
 struct Job {
-    key: HsmKey,
-    algorithm: SignatureAlgorithm,
-    message: Vec<u8>,
+    work: Work,
     deadline: Instant,
     reply: oneshot::Sender<Result<Vec<u8>, HsmError>>,
+}
+
+/// What a job asks of the HSM. Everything on the issuance path goes through the pool, so the
+/// watchdog covers it all: a call that hangs holds a pool session, never a lock others need.
+enum Work {
+    /// A signature of `message` with `key`, in its X.509 encoding.
+    Sign {
+        key: HsmKey,
+        algorithm: SignatureAlgorithm,
+        message: Vec<u8>,
+    },
+    /// `len` bytes from the token's random number generator.
+    Random { len: usize },
 }
 
 /// Signs on the HSM from async code. Dropping the pool lets queued jobs finish, then closes
@@ -201,12 +212,26 @@ impl SignerPool {
         message: Vec<u8>,
     ) -> Result<Vec<u8>, HsmError> {
         algorithm.check_key(key.key_type())?;
-        let deadline = Instant::now() + self.op_timeout;
-        let (reply, response) = oneshot::channel();
-        let job = Job {
+        self.submit(Work::Sign {
             key: key.clone(),
             algorithm,
             message,
+        })
+        .await
+    }
+
+    /// `len` bytes from the token's random number generator, with the same queueing and
+    /// timeouts as [`SignerPool::sign`].
+    pub async fn random(&self, len: usize) -> Result<Vec<u8>, HsmError> {
+        self.submit(Work::Random { len }).await
+    }
+
+    /// Queues `work` and waits for its answer until the operation timeout.
+    async fn submit(&self, work: Work) -> Result<Vec<u8>, HsmError> {
+        let deadline = Instant::now() + self.op_timeout;
+        let (reply, response) = oneshot::channel();
+        let job = Job {
+            work,
             deadline,
             reply,
         };
@@ -449,7 +474,7 @@ impl Worker {
                 let started = Instant::now();
                 if !job.reply.is_closed() && started < job.deadline {
                     watch.begin(origin, self.slot.epoch());
-                    let result = self.sign(&job);
+                    let result = self.work(&job.work);
                     watch.end();
                     let took = started.elapsed();
                     replies.push((job.reply, result));
@@ -482,7 +507,27 @@ impl Worker {
         }
     }
 
-    fn sign(&mut self, job: &Job) -> Result<Vec<u8>, HsmError> {
+    fn work(&mut self, work: &Work) -> Result<Vec<u8>, HsmError> {
+        match work {
+            Work::Sign {
+                key,
+                algorithm,
+                message,
+            } => self.sign(key, *algorithm, message),
+            Work::Random { len } => self.slot.run(|session, _| {
+                let mut bytes = vec![0u8; *len];
+                session.generate_random_slice(&mut bytes)?;
+                Ok(bytes)
+            }),
+        }
+    }
+
+    fn sign(
+        &mut self,
+        key: &HsmKey,
+        algorithm: SignatureAlgorithm,
+        message: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
         let handles = &mut self.handles;
         let handles_generation = &mut self.handles_generation;
         self.slot.run(|session, generation| {
@@ -491,15 +536,15 @@ impl Worker {
                 handles.clear();
                 *handles_generation = generation;
             }
-            let handle = match handles.get(job.key.id()) {
+            let handle = match handles.get(key.id()) {
                 Some(handle) => *handle,
                 None => {
-                    let handle = keys::private_handle(session, &job.key)?;
-                    handles.insert(job.key.id().to_vec(), handle);
+                    let handle = keys::private_handle(session, key)?;
+                    handles.insert(key.id().to_vec(), handle);
                     handle
                 }
             };
-            let result = keys::sign(session, handle, job.algorithm, &job.message);
+            let result = keys::sign(session, handle, algorithm, message);
             if result.as_ref().is_err_and(HsmError::is_session_fault) {
                 handles.clear();
             }
