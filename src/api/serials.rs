@@ -12,6 +12,11 @@ use crate::pki::{SERIAL_LEN, serial_from_random};
 /// Serials per HSM call.
 const SERIALS_PER_FETCH: usize = 256;
 
+/// Serials left when the request that takes one fetches the next block: the fetch waits its
+/// turn in the HSM pool's queue behind the signatures, and the other requests draw from what
+/// is left meanwhile instead of all waiting for it.
+const FETCH_BELOW: usize = 64;
+
 /// A buffer of HSM randomness handed out [`SERIAL_LEN`] bytes at a time. Bytes are used once
 /// and dropped as they are taken.
 pub struct SerialSource {
@@ -32,9 +37,9 @@ impl SerialSource {
         }
     }
 
-    /// The next serial; refills from the HSM through `pool` when the buffer is empty (a
-    /// pool session, so a call that hangs is the watchdog's to replace, and holds nothing
-    /// that later refills need). Fails with [`HsmError::Timeout`] when the HSM does not
+    /// The next serial; fetches the next block from the HSM through `pool` when the buffer
+    /// runs low, and waits for it only when the buffer is empty (a pool session, so a call
+    /// that hangs is the watchdog's to replace, and holds nothing that later fetches need). Fails with [`HsmError::Timeout`] when the HSM does not
     /// answer in time.
     pub async fn next(&self, pool: &SignerPool) -> Result<SerialNumber, HsmError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
@@ -42,7 +47,20 @@ impl SerialSource {
             after: self.timeout,
         };
         loop {
-            if let Some(bytes) = self.take() {
+            if let Some((bytes, left)) = self.take() {
+                if left < FETCH_BELOW * SERIAL_LEN
+                    && let Ok(_refilling) = self.refill.try_lock()
+                {
+                    // This request has its serial: a failed fetch is for the next to retry.
+                    if let Ok(Ok(fresh)) = tokio::time::timeout_at(
+                        deadline,
+                        pool.random(SERIAL_LEN * SERIALS_PER_FETCH),
+                    )
+                    .await
+                    {
+                        lock(&self.buffer).extend_from_slice(&fresh);
+                    }
+                }
                 return Ok(serial_from_random(bytes));
             }
             // One refill at a time: the callers behind it take from what it fetched.
@@ -64,12 +82,13 @@ impl SerialSource {
         lock(&self.buffer).len()
     }
 
-    fn take(&self) -> Option<[u8; SERIAL_LEN]> {
+    /// One serial's bytes, and how many bytes are left.
+    fn take(&self) -> Option<([u8; SERIAL_LEN], usize)> {
         let mut buffer = lock(&self.buffer);
         let start = buffer.len().checked_sub(SERIAL_LEN)?;
         let bytes: [u8; SERIAL_LEN] = buffer[start..].try_into().ok()?;
         buffer.truncate(start);
-        Some(bytes)
+        Some((bytes, start))
     }
 }
 
