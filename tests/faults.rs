@@ -351,15 +351,12 @@ fn a_hung_signature_holds_only_its_own_request_and_its_session_is_replaced() {
     // Past twice the operation timeout the hung session is abandoned and replaced; the module
     // (one instance per process) cannot be re-initialised under the hung call, and is not
     // held up trying: the pool signs on at full size.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while appliance.metric("hsmca_hsm_pool_stuck_sessions") != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the hung session is abandoned within 10 s: {}",
-            appliance.server_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    appliance.wait_for_metric(
+        "hsmca_hsm_pool_stuck_sessions",
+        1,
+        Duration::from_secs(10),
+        "the hung session is abandoned",
+    );
     assert_eq!(appliance.metric("hsmca_hsm_pool_sessions"), 2);
     for csr in distinct_csrs(4) {
         let started = Instant::now();
@@ -384,11 +381,12 @@ fn a_hung_signature_holds_only_its_own_request_and_its_session_is_replaced() {
 
     // The hung call returns: its thread ends, and its signature goes nowhere.
     set_faults(&control, 2, "");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while appliance.metric("hsmca_hsm_pool_stuck_sessions") != 0 {
-        assert!(Instant::now() < deadline, "the abandoned call returned");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    appliance.wait_for_metric(
+        "hsmca_hsm_pool_stuck_sessions",
+        0,
+        Duration::from_secs(10),
+        "the abandoned call returned",
+    );
     appliance.stop_and_assert_books_balance(&outcomes);
 }
 
@@ -422,20 +420,19 @@ fn a_serial_refill_that_hangs_holds_up_only_its_own_request() {
         assert_eq!(response.status, 200, "beside the hung refill: {body}");
         outcomes.push(Outcome::Issued(body));
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while appliance.metric("hsmca_hsm_pool_stuck_sessions") != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the hung refill's session is abandoned within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    appliance.wait_for_metric(
+        "hsmca_hsm_pool_stuck_sessions",
+        1,
+        Duration::from_secs(10),
+        "the hung refill's session is abandoned",
+    );
     set_faults(&control, 2, "");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while appliance.metric("hsmca_hsm_pool_stuck_sessions") != 0 {
-        assert!(Instant::now() < deadline, "the abandoned refill returned");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    appliance.wait_for_metric(
+        "hsmca_hsm_pool_stuck_sessions",
+        0,
+        Duration::from_secs(10),
+        "the abandoned refill returned",
+    );
     appliance.stop_and_assert_books_balance(&outcomes);
 }
 

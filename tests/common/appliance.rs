@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hsmca::api::client::Client;
 use hsmca::ledger::certificates::{CertificateStore, Ledger};
@@ -480,6 +480,23 @@ key_label = "online-rsa2048-2026"
             .lines()
             .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+    }
+
+    /// Waits (up to `within`) until the metric `series` reads `value`.
+    pub fn wait_for_metric(&self, series: &str, value: u64, within: Duration, what: &str) {
+        let deadline = Instant::now() + within;
+        loop {
+            let now = self.metric(series);
+            if now == value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {series} is {now}, not {value}, after {within:?}:\n{}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// A rustls client config presenting `cert`/`key` (none if `None`) and trusting the dev TLS CA.
