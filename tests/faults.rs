@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::appliance::{Appliance, runtime};
 use common::load::{Load, Outcome, distinct_csrs, issued};
+use common::{stderr, stdout};
 
 /// Replaces the fault module's rules; `generation` makes each write differ, since the module
 /// resets its `times=` counters only when the file changes.
@@ -433,6 +434,69 @@ fn a_serial_refill_that_hangs_holds_up_only_its_own_request() {
         Duration::from_secs(10),
         "the abandoned refill returned",
     );
+    appliance.stop_and_assert_books_balance(&outcomes);
+}
+
+#[test]
+fn a_reload_whose_key_check_hangs_is_refused_in_time_and_the_next_reload_uses_another_session() {
+    let mut appliance = Appliance::prepare();
+    // One pool session, whose key handles are all found (by readiness and one request)
+    // before the fault: only the reload looks keys up afterwards.
+    let control = appliance
+        .use_fault_module(|text| text.replace("[hsm.pool]\n", "[hsm.pool]\nsessions = 1\n"));
+    appliance.start();
+    appliance.wait_for_readiness(200, Duration::from_secs(20));
+    let rt = runtime();
+    let client = appliance.client("istiod");
+    let csrs = distinct_csrs(2);
+    let mut outcomes = Vec::new();
+    let mut sign = |csr: &str| {
+        let response = rt.block_on(client.sign(csr, "issuing-ca", None)).unwrap();
+        let body = response.json().unwrap();
+        assert_eq!(response.status, 200, "{body}");
+        outcomes.push(Outcome::Issued(body));
+    };
+    sign(&csrs[0]);
+
+    set_faults(&control, 1, "C_FindObjectsInit hang times=1\n");
+    let started = Instant::now();
+    let refused = appliance.hsmca_as("officer", "reload").output().unwrap();
+    let took = started.elapsed();
+    let said = format!("{}{}", stdout(&refused), stderr(&refused));
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("reload_timed_out") && said.contains("the running configuration stays"),
+        "{said}"
+    );
+    // 4 × the 2 s operation timeout, and a margin for a loaded machine.
+    assert!(took < Duration::from_secs(12), "{took:?}");
+    assert_eq!(injected(&control), ["C_FindObjectsInit hang"]);
+
+    // The key check before still hangs: this reload checks the keys on another session.
+    let reloaded = appliance.hsmca_as("officer", "reload").output().unwrap();
+    assert!(
+        reloaded.status.success(),
+        "{}{}",
+        stdout(&reloaded),
+        stderr(&reloaded)
+    );
+    assert!(appliance.server_log().contains(
+        "a PKCS#11 call on the control session has not returned; opening another session"
+    ));
+    sign(&csrs[1]);
+    let events: Vec<_> = appliance
+        .audit_records()
+        .iter()
+        .filter(|r| {
+            r["event"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("config.reload"))
+        })
+        .map(|r| r["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events, ["config.reload.refused", "config.reloaded"]);
+
+    set_faults(&control, 2, "");
     appliance.stop_and_assert_books_balance(&outcomes);
 }
 

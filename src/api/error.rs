@@ -127,4 +127,13 @@ pub enum ReloadError {
     /// The blocking task that loads the file failed.
     #[error("the reload task failed: {0}")]
     Task(String),
+    /// Loading did not finish in time: the HSM did not answer the key checks.
+    #[error(
+        "the reload did not finish within {} s: the HSM did not answer its key checks; the running configuration stays",
+        .after.as_secs()
+    )]
+    TimedOut {
+        /// How long it was given.
+        after: std::time::Duration,
+    },
 }

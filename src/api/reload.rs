@@ -9,6 +9,10 @@ use super::service::Service;
 use super::settings::{FixedSections, Settings};
 use crate::config::Config;
 
+/// How many HSM operation timeouts a reload may take: its key checks wait up to two for a
+/// control call before them to end (docs/hsm.md, "Calls that never return").
+const RELOAD_WAITS_OP_TIMEOUTS: u32 = 4;
+
 /// Reads the configuration file again and, if it is sound, puts its issuers, profiles,
 /// policy and trust bundle in place for the requests that follow; requests in flight
 /// finish under the settings they started with, and no connection is dropped. A file that
@@ -17,9 +21,13 @@ use crate::config::Config;
 pub async fn reload(service: &Arc<Service>, actor: &str) -> Result<serde_json::Value, ReloadError> {
     let _one_at_a_time = service.reloading.lock().await;
     let loading = service.clone();
-    let loaded = tokio::task::spawn_blocking(move || load(&loading))
+    // The key checks are HSM calls, which may never return: the reload answers regardless
+    // (a hung call's thread is left behind; the next reload's checks use another session).
+    let bound = service.pool.op_timeout() * RELOAD_WAITS_OP_TIMEOUTS;
+    let loaded = tokio::time::timeout(bound, tokio::task::spawn_blocking(move || load(&loading)))
         .await
-        .map_err(|e| ReloadError::Task(e.to_string()))
+        .map_err(|_| ReloadError::TimedOut { after: bound })
+        .and_then(|joined| joined.map_err(|e| ReloadError::Task(e.to_string())))
         .and_then(|result| result);
     match loaded {
         Ok(settings) => {

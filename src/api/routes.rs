@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::body::{csr_bytes, pem_response, read_json_body};
-use super::error::ApiError;
+use super::error::{ApiError, ReloadError};
 use super::identity::ClientIdentity;
 use super::service::Service;
 use super::signing::{self, RequestContext};
@@ -182,6 +182,12 @@ async fn reload(
         }
         Ok(_) => match super::reload::reload(&service, &actor).await {
             Ok(summary) => Json(json!({ "reloaded": summary })).into_response(),
+            Err(reason @ ReloadError::TimedOut { .. }) => ApiError::unavailable(
+                "reload_timed_out",
+                reason.to_string(),
+                Duration::from_secs(5),
+            )
+            .into_response(),
             Err(reason) => {
                 ApiError::bad_request("reload_refused", reason.to_string()).into_response()
             }

@@ -11,6 +11,7 @@
 
 mod algorithm;
 mod config;
+mod control;
 mod error;
 mod health;
 mod info;
@@ -23,7 +24,7 @@ mod token;
 mod token_info;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 pub use algorithm::{AlgorithmError, KeyType, SignatureAlgorithm};
 pub(crate) use algorithm::{EcdsaSigValue, ecdsa_raw_to_der};
@@ -39,7 +40,8 @@ pub(crate) use public_key::{RsaPublicKey, ec_params};
 pub use selector::TokenSelector;
 pub use token::TokenDescription;
 
-use token::{SessionSlot, TokenContext};
+use control::ControlSession;
+use token::TokenContext;
 
 /// The HSM: an initialised PKCS#11 module with a logged-in token.
 ///
@@ -47,7 +49,7 @@ use token::{SessionSlot, TokenContext};
 /// control session stays open for the lifetime of this value, which keeps the login alive.
 pub struct Hsm {
     context: Arc<TokenContext>,
-    control: Mutex<SessionSlot>,
+    control: ControlSession,
     module: PathBuf,
 }
 
@@ -56,11 +58,12 @@ impl Hsm {
     /// never retried.
     pub fn open(config: &HsmConfig) -> Result<Self, HsmError> {
         let context = Arc::new(TokenContext::open(config)?);
-        let mut control = SessionSlot::new(context.clone(), true);
-        control.connect()?;
+        // A control call that runs past twice the operation timeout is taken for hung, as a
+        // signature in the pool is.
+        let control = ControlSession::open(context.clone(), config.pool.op_timeout() * 2)?;
         Ok(Hsm {
             context,
-            control: Mutex::new(control),
+            control,
             module: config.module.clone(),
         })
     }
@@ -263,8 +266,6 @@ impl Hsm {
         &self,
         op: impl FnMut(&cryptoki::session::Session) -> Result<T, HsmError>,
     ) -> Result<T, HsmError> {
-        let mut op = op;
-        let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
-        control.run(|session, _| op(session))
+        self.control.run(op)
     }
 }

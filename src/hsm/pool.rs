@@ -256,6 +256,11 @@ impl SignerPool {
         }
     }
 
+    /// How long a caller waits for an HSM operation.
+    pub fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
     /// Number of sessions (and worker threads), abandoned ones not counted.
     pub fn sessions(&self) -> usize {
         self.crew.workers().len()
