@@ -39,42 +39,47 @@ impl SerialSource {
 
     /// The next serial; fetches the next block from the HSM through `pool` when the buffer
     /// runs low, and waits for it only when the buffer is empty (a pool session, so a call
-    /// that hangs is the watchdog's to replace, and holds nothing that later fetches need). Fails with [`HsmError::Timeout`] when the HSM does not
-    /// answer in time.
+    /// that hangs is the watchdog's to replace, and holds nothing that later fetches need).
+    /// Fails with [`HsmError::Timeout`] when the HSM does not answer in time.
     pub async fn next(&self, pool: &SignerPool) -> Result<SerialNumber, HsmError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let timed_out = |_| HsmError::Timeout {
-            after: self.timeout,
-        };
         loop {
             if let Some((bytes, left)) = self.take() {
                 if left < FETCH_BELOW * SERIAL_LEN
                     && let Ok(_refilling) = self.refill.try_lock()
                 {
                     // This request has its serial: a failed fetch is for the next to retry.
-                    if let Ok(Ok(fresh)) = tokio::time::timeout_at(
-                        deadline,
-                        pool.random(SERIAL_LEN * SERIALS_PER_FETCH),
-                    )
-                    .await
-                    {
-                        lock(&self.buffer).extend_from_slice(&fresh);
-                    }
+                    let _ = self.fetch(pool, deadline).await;
                 }
                 return Ok(serial_from_random(bytes));
             }
             // One refill at a time: the callers behind it take from what it fetched.
             let _refilling = tokio::time::timeout_at(deadline, self.refill.lock())
                 .await
-                .map_err(timed_out)?;
+                .map_err(|_| self.timed_out())?;
             if self.buffer_len() >= SERIAL_LEN {
                 continue;
             }
-            let fresh =
-                tokio::time::timeout_at(deadline, pool.random(SERIAL_LEN * SERIALS_PER_FETCH))
-                    .await
-                    .map_err(timed_out)??;
-            lock(&self.buffer).extend_from_slice(&fresh);
+            self.fetch(pool, deadline).await?;
+        }
+    }
+
+    /// Fetches one block into the buffer, by `deadline`; the caller holds `refill`.
+    async fn fetch(
+        &self,
+        pool: &SignerPool,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), HsmError> {
+        let fresh = tokio::time::timeout_at(deadline, pool.random(SERIAL_LEN * SERIALS_PER_FETCH))
+            .await
+            .map_err(|_| self.timed_out())??;
+        lock(&self.buffer).extend_from_slice(&fresh);
+        Ok(())
+    }
+
+    fn timed_out(&self) -> HsmError {
+        HsmError::Timeout {
+            after: self.timeout,
         }
     }
 
