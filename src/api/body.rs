@@ -24,12 +24,14 @@ pub(crate) fn csr_bytes(csr: &str) -> Result<Vec<u8>, ApiError> {
     })
 }
 
-/// Reads a JSON body (by its Content-Type) with [`read_body`].
-pub(crate) async fn read_json_body(
+/// Reads a JSON body (by its Content-Type) with [`read_body`] and parses it as `T`; a body
+/// that is not one is refused as `bad_json`, naming `shape` ("a sign request {csr, …}").
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     server: &ServerConfig,
     headers: &HeaderMap,
     body: Body,
-) -> Result<axum::body::Bytes, ApiError> {
+    shape: &str,
+) -> Result<T, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -42,7 +44,9 @@ pub(crate) async fn read_json_body(
             format!("send Content-Type: application/json, not {content_type:?}"),
         ));
     }
-    read_body(server, headers, body).await
+    let body = read_body(server, headers, body).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not {shape}: {e}")))
 }
 
 /// Reads a body of at most `server.max_body_bytes`, within `server.request_timeout`.

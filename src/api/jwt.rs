@@ -15,7 +15,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::body::read_json_body;
+use super::body::read_json;
 use super::error::ApiError;
 use super::identity::ClientIdentity;
 use super::metrics::Outcome;
@@ -70,13 +70,13 @@ pub(super) async fn issue(
     let result = async {
         let (identity, client) = signing::client(&settings, &identity)?;
         context.client = Some(client.name.clone());
-        let body = read_json_body(&service.server, &headers, body).await?;
-        let request: JwtRequest = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(
-                "bad_json",
-                format!("the body is not a JWT request {{spiffe_id, audience, ttl?}}: {e}"),
-            )
-        })?;
+        let request: JwtRequest = read_json(
+            &service.server,
+            &headers,
+            body,
+            "a JWT request {spiffe_id, audience, ttl?}",
+        )
+        .await?;
         context.spiffe_id = Some(request.spiffe_id.clone());
         context.audience = request.audience.clone();
         issue_token(&service, &settings, identity, client, &request).await
@@ -88,12 +88,7 @@ pub(super) async fn issue(
             Ok(issued)
         }
         Err(error) => {
-            let outcome = if error.is_refusal() {
-                Outcome::Refused
-            } else {
-                Outcome::Unavailable
-            };
-            service.metrics.count_jwt(outcome);
+            service.metrics.count_jwt(Outcome::of_failure(&error));
             Err(audit_refusal(&service, &actor, &context, error).await)
         }
     };

@@ -67,6 +67,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// How a request that failed with `error` ended: refused (a 4xx) or unavailable (a 5xx).
+    pub fn of_failure(error: &super::error::ApiError) -> Self {
+        if error.is_refusal() {
+            Outcome::Refused
+        } else {
+            Outcome::Unavailable
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Outcome::Issued => "issued",

@@ -11,7 +11,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::body::read_json_body;
+use super::body::read_json;
 use super::crl::{self, ledger_error, unix_now};
 use super::error::ApiError;
 use super::identity::ClientIdentity;
@@ -100,13 +100,13 @@ async fn revoke_inner(
     let officer = settings.policy.officer(identity).map_err(|denial| {
         ApiError::new(StatusCode::FORBIDDEN, "not_an_officer", denial.to_string())
     })?;
-    let body = read_json_body(&service.server, headers, body).await?;
-    let request: RevokeRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "bad_json",
-            format!("the body is not a revocation {{serial, reason, issuer?}}: {e}"),
-        )
-    })?;
+    let request: RevokeRequest = read_json(
+        &service.server,
+        headers,
+        body,
+        "a revocation {serial, reason, issuer?}",
+    )
+    .await?;
     let reason = RevocationReason::from_name(&request.reason).ok_or_else(|| {
         let names: Vec<&str> = RevocationReason::ALL.iter().map(|r| r.name()).collect();
         ApiError::bad_request(

@@ -12,7 +12,7 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::body::{csr_bytes, pem_response, read_json_body};
+use super::body::{csr_bytes, pem_response, read_json};
 use super::error::{ApiError, ReloadError};
 use super::identity::ClientIdentity;
 use super::service::Service;
@@ -87,13 +87,13 @@ async fn sign(
     let mut context = RequestContext::new(&identity);
     let result = async {
         let (identity, client) = signing::client(&settings, &identity)?;
-        let body = read_json_body(&service.server, &headers, body).await?;
-        let request: SignRequest = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(
-                "bad_json",
-                format!("the body is not a sign request {{csr, profile, ttl?}}: {e}"),
-            )
-        })?;
+        let request: SignRequest = read_json(
+            &service.server,
+            &headers,
+            body,
+            "a sign request {csr, profile, ttl?}",
+        )
+        .await?;
         context.describe(&request.profile, request.csr.as_bytes());
         let csr = csr_bytes(&request.csr)?;
         let request = signing::Request {

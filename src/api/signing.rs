@@ -394,12 +394,9 @@ pub(crate) async fn conclude(
             Ok(signed)
         }
         Err(error) => {
-            let outcome = if error.is_refusal() {
-                Outcome::Refused
-            } else {
-                Outcome::Unavailable
-            };
-            service.metrics.count_request(profile_label, outcome);
+            service
+                .metrics
+                .count_request(profile_label, Outcome::of_failure(&error));
             Err(audit_refusal(service, context, error).await)
         }
     };
