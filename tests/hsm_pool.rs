@@ -136,3 +136,45 @@ async fn an_operation_over_its_deadline_times_out() {
         "the HSM did not complete the operation within 5 ms"
     );
 }
+
+#[test]
+fn a_signature_handed_on_runs_its_next_step_on_the_session_thread_and_a_panic_there_costs_only_its_own()
+ {
+    let (_token, hsm) = shared_hsm();
+    let key = hsm.generate_key("pool-then", KeyType::EcdsaP256).unwrap();
+    let pool = hsm
+        .start_pool(&PoolConfig {
+            sessions: Some(1),
+            ..PoolConfig::default()
+        })
+        .unwrap();
+    let (sender, received) = std::sync::mpsc::channel();
+    let handed_on = |message: &'static [u8]| -> hsmca::hsm::Then {
+        let sender = sender.clone();
+        Box::new(move |signature| {
+            let thread = std::thread::current().name().map(str::to_owned);
+            let _ = sender.send((message, signature, thread));
+        })
+    };
+    // One session: the panicking step and the one after it ran on the same thread.
+    pool.sign_then(
+        &key,
+        P256,
+        b"first".to_vec(),
+        Box::new(|_| panic!("a step panics")),
+    )
+    .unwrap();
+    for message in [&b"second"[..], &b"third"[..]] {
+        pool.sign_then(&key, P256, message.to_vec(), handed_on(message))
+            .unwrap();
+    }
+    for expected in [&b"second"[..], &b"third"[..]] {
+        let (message, signature, thread) = received
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the session survived the panic and went on");
+        assert_eq!(message, expected);
+        assert!(key.public_key().verify(P256, message, &signature.unwrap()));
+        let thread = thread.unwrap();
+        assert!(thread.starts_with("hsm-session-"), "ran on {thread}");
+    }
+}

@@ -34,7 +34,7 @@ pub use health::{HealthReport, HealthState};
 pub use info::{Inventory, KeyObject};
 pub use keys::HsmKey;
 pub use pin::Pin;
-pub use pool::SignerPool;
+pub use pool::{SignerPool, Then};
 pub use public_key::PublicKey;
 pub(crate) use public_key::{RsaPublicKey, ec_params};
 pub use selector::TokenSelector;

@@ -13,6 +13,7 @@
 //! a new connection), and lets the old thread end whenever its call returns.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -32,8 +33,33 @@ use crate::queue::{Refused, WorkQueue};
 struct Job {
     work: Work,
     deadline: Instant,
-    reply: oneshot::Sender<Result<Vec<u8>, HsmError>>,
+    reply: Reply,
 }
+
+/// Where a job's result goes.
+enum Reply {
+    /// To a caller waiting in async code; the worker may hold it briefly to send it with its
+    /// next ones.
+    Waiting(oneshot::Sender<Result<Vec<u8>, HsmError>>),
+    /// Into a [`Then`], run on the worker's thread as soon as the result is there.
+    Then(Then),
+}
+
+impl Reply {
+    /// Whether nobody waits for the result any more (a [`Then`] always does).
+    fn is_closed(&self) -> bool {
+        match self {
+            Reply::Waiting(sender) => sender.is_closed(),
+            Reply::Then(_) => false,
+        }
+    }
+}
+
+/// What to do with a signature on the HSM session's thread, right after the PKCS#11 call
+/// returns ([`SignerPool::sign_then`]). It must be quick and must not block: the session
+/// takes no other job meanwhile. It is dropped unrun when the job expires in the queue or
+/// the pool stops.
+pub type Then = Box<dyn FnOnce(Result<Vec<u8>, HsmError>) + Send>;
 
 /// What a job asks of the HSM. Everything on the issuance path goes through the pool, so the
 /// watchdog covers it all: a call that hangs holds a pool session, never a lock others need.
@@ -220,6 +246,31 @@ impl SignerPool {
         .await
     }
 
+    /// Queues a signature of `message` with `key` and returns at once; `then` gets the
+    /// signature (or the HSM's error) on the session's thread. Saves the caller a wake-up when
+    /// its next step can run there too (the check of the signature, a hand-off to another
+    /// thread). Returns the deadline after which the job is dropped unrun if no session took
+    /// it: a caller waiting for what `then` sends should give up then, unless `then` ran.
+    ///
+    /// Fails at once with [`HsmError::Busy`] when the queue is full.
+    pub fn sign_then(
+        &self,
+        key: &HsmKey,
+        algorithm: SignatureAlgorithm,
+        message: Vec<u8>,
+        then: Then,
+    ) -> Result<Instant, HsmError> {
+        algorithm.check_key(key.key_type())?;
+        self.enqueue(
+            Work::Sign {
+                key: key.clone(),
+                algorithm,
+                message,
+            },
+            Reply::Then(then),
+        )
+    }
+
     /// `len` bytes from the token's random number generator, with the same queueing and
     /// timeouts as [`SignerPool::sign`].
     pub async fn random(&self, len: usize) -> Result<Vec<u8>, HsmError> {
@@ -228,8 +279,21 @@ impl SignerPool {
 
     /// Queues `work` and waits for its answer until the operation timeout.
     async fn submit(&self, work: Work) -> Result<Vec<u8>, HsmError> {
-        let deadline = Instant::now() + self.op_timeout;
         let (reply, response) = oneshot::channel();
+        let deadline = self.enqueue(work, Reply::Waiting(reply))?;
+        match tokio::time::timeout_at(deadline.into(), response).await {
+            Ok(Ok(result)) => result,
+            // Either the deadline passed while waiting, or the worker dropped the job
+            // unanswered because it expired in the queue: both are timeouts to the caller.
+            Ok(Err(_)) | Err(_) => Err(HsmError::Timeout {
+                after: self.op_timeout,
+            }),
+        }
+    }
+
+    /// Queues `work`; returns the deadline of its job.
+    fn enqueue(&self, work: Work, reply: Reply) -> Result<Instant, HsmError> {
+        let deadline = Instant::now() + self.op_timeout;
         let job = Job {
             work,
             deadline,
@@ -246,14 +310,7 @@ impl SignerPool {
                 Refused::Closed(_) => HsmError::ShutDown,
             }
         })?;
-        match tokio::time::timeout_at(deadline.into(), response).await {
-            Ok(Ok(result)) => result,
-            // Either the deadline passed while waiting, or the worker dropped the job
-            // unanswered because it expired in the queue: both are timeouts to the caller.
-            Ok(Err(_)) | Err(_) => Err(HsmError::Timeout {
-                after: self.op_timeout,
-            }),
-        }
+        Ok(deadline)
     }
 
     /// How long a caller waits for an HSM operation.
@@ -430,12 +487,13 @@ const MAX_RUN: usize = 4;
 /// takes longer than this, every reply goes out as soon as it is ready.
 const REPLY_FLUSH_AFTER: Duration = Duration::from_micros(250);
 
-type Reply = (
+/// A result held for a caller waiting in async code, to be sent with the next ones.
+type HeldReply = (
     oneshot::Sender<Result<Vec<u8>, HsmError>>,
     Result<Vec<u8>, HsmError>,
 );
 
-fn send_replies(replies: &mut Vec<Reply>) {
+fn send_replies(replies: &mut Vec<HeldReply>) {
     for (reply, result) in replies.drain(..) {
         // A caller that went away in the meantime does not want its answer.
         let _ = reply.send(result);
@@ -482,7 +540,13 @@ impl Worker {
                     let result = self.work(&job.work);
                     watch.end();
                     let took = started.elapsed();
-                    replies.push((job.reply, result));
+                    match job.reply {
+                        Reply::Waiting(reply) => replies.push((reply, result)),
+                        // A panic in `then` loses its own result, not this session.
+                        Reply::Then(then) => {
+                            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| then(result)));
+                        }
+                    }
                     if watch.abandoned.load(Ordering::Acquire) {
                         send_replies(&mut replies);
                         load.busy.fetch_sub(1, Ordering::Relaxed);
@@ -493,12 +557,14 @@ impl Worker {
                         );
                         return;
                     }
-                    let oldest = *oldest_reply.get_or_insert_with(Instant::now);
                     // Send now if one more signature like this one would hold the oldest reply
                     // past the bound: on a slow HSM that is after every signature.
-                    if oldest.elapsed() + took >= REPLY_FLUSH_AFTER {
-                        send_replies(&mut replies);
-                        oldest_reply = None;
+                    if !replies.is_empty() {
+                        let oldest = *oldest_reply.get_or_insert_with(Instant::now);
+                        if oldest.elapsed() + took >= REPLY_FLUSH_AFTER {
+                            send_replies(&mut replies);
+                            oldest_reply = None;
+                        }
                     }
                 }
                 next = if run < MAX_RUN {
