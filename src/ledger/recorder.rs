@@ -52,8 +52,12 @@ pub enum RecordError {
 
 struct Entry {
     entry: JournalEntry,
-    reply: oneshot::Sender<Result<AuditReceipt, RecordError>>,
+    reply: Answer,
 }
+
+/// What the writer calls with an entry's outcome, on its own thread, once the entry's group
+/// is durable (or refused). It must be quick: the rest of the group waits for it.
+pub type Answer = Box<dyn FnOnce(Result<AuditReceipt, RecordError>) + Send>;
 
 /// Counters the metrics endpoint reads.
 #[derive(Debug, Default)]
@@ -89,12 +93,36 @@ impl Health {
 
 /// The handle callers use; the writer thread runs until the handle is shut down.
 pub struct Recorder {
-    sender: Mutex<Option<mpsc::Sender<Entry>>>,
+    submitter: Submitter,
     thread: Mutex<Option<JoinHandle<()>>>,
     health: Arc<Health>,
     stats: Arc<RecorderStats>,
     announced: Arc<AtomicUsize>,
     newest: Arc<Mutex<Option<AuditReceipt>>>,
+}
+
+/// Hands entries to the writer from any thread ([`Recorder::submitter`]). It does not keep
+/// the writer running: once the recorder is shut down, entries are answered
+/// [`RecordError::Stopped`].
+#[derive(Clone)]
+pub struct Submitter(Arc<Mutex<Option<mpsc::Sender<Entry>>>>);
+
+impl Submitter {
+    /// Queues `event`, and `change` if there is one, to be recorded durably and together;
+    /// `answer` gets the audit record's receipt on the writer's thread once both are on disk.
+    pub fn submit(&self, change: Option<Change>, event: AuditEvent, answer: Answer) {
+        let entry = Entry {
+            entry: JournalEntry { change, event },
+            reply: answer,
+        };
+        let refused = match self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(sender) => sender.send(entry).err().map(|refused| refused.0),
+            None => Some(entry),
+        };
+        if let Some(entry) = refused {
+            (entry.reply)(Err(RecordError::Stopped));
+        }
+    }
 }
 
 /// An entry announced to the writer ([`Recorder::expect`]); dropping it, recorded or not,
@@ -127,7 +155,7 @@ impl Recorder {
             .name("ledger-writer".into())
             .spawn(move || writer.run(receiver))?;
         Ok(Recorder {
-            sender: Mutex::new(Some(sender)),
+            submitter: Submitter(Arc::new(Mutex::new(Some(sender)))),
             thread: Mutex::new(Some(thread)),
             health,
             stats,
@@ -160,18 +188,20 @@ impl Recorder {
         event: AuditEvent,
     ) -> Result<AuditReceipt, RecordError> {
         let (reply, response) = oneshot::channel();
-        let entry = Entry {
-            entry: JournalEntry { change, event },
-            reply,
-        };
-        self.sender
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .ok_or(RecordError::Stopped)?
-            .send(entry)
-            .map_err(|_| RecordError::Stopped)?;
+        self.submitter.submit(
+            change,
+            event,
+            Box::new(move |result| {
+                let _ = reply.send(result);
+            }),
+        );
         response.await.unwrap_or(Err(RecordError::Stopped))
+    }
+
+    /// A handle that records from any thread, for a caller whose entry is ready on a thread
+    /// other than the one that waits for the answer.
+    pub fn submitter(&self) -> Submitter {
+        self.submitter.clone()
     }
 
     /// Why the recorder stopped, once it has (a failed write, a broken audit chain); from
@@ -214,7 +244,13 @@ impl Recorder {
     /// Writes everything already queued, then stops the writer thread; later entries are
     /// refused as [`RecordError::Stopped`].
     pub fn shutdown(&self) {
-        drop(self.sender.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(
+            self.submitter
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
             let _ = thread.join();
@@ -259,7 +295,7 @@ impl Writer {
     fn write(&mut self, group: &mut Vec<Entry>) {
         if !self.health.is_ok() {
             for entry in group.drain(..) {
-                let _ = entry.reply.send(Err(RecordError::Stopped));
+                (entry.reply)(Err(RecordError::Stopped));
             }
             return;
         }
@@ -276,7 +312,7 @@ impl Writer {
                     *self.newest.lock().unwrap_or_else(|e| e.into_inner()) = Some(newest.clone());
                 }
                 for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result.map_err(|e| RecordError::Ledger(Arc::new(e))));
+                    reply(result.map_err(|e| RecordError::Ledger(Arc::new(e))));
                 }
             }
             // Nothing of the group is durable, and the chain is intact: the group is refused,
@@ -285,7 +321,7 @@ impl Writer {
                 tracing::error!(%error, entries = entries.len(), "the ledger could not record a group");
                 let error = Arc::new(error);
                 for reply in replies {
-                    let _ = reply.send(Err(RecordError::Unavailable(error.clone())));
+                    reply(Err(RecordError::Unavailable(error.clone())));
                 }
             }
             Err(JournalError::Audit(error)) => {
@@ -293,7 +329,7 @@ impl Writer {
                     .stop(format!("the audit log could not be written: {error}"));
                 let error = Arc::new(error);
                 for reply in replies {
-                    let _ = reply.send(Err(RecordError::Audit(error.clone())));
+                    reply(Err(RecordError::Audit(error.clone())));
                 }
             }
         }
@@ -422,6 +458,44 @@ mod tests {
         }
         assert_eq!(recorder.stopped_because(), None);
         assert_eq!(recorder.newest(), None);
+    }
+
+    #[test]
+    fn a_submitter_records_from_any_thread_and_is_answered_stopped_after_shutdown() {
+        let (dir, recorder) = fresh_recorder();
+        let submitter = recorder.submitter();
+        let (sender, answers) = mpsc::channel();
+        let answer = |sender: mpsc::Sender<_>| -> Answer {
+            Box::new(move |result: Result<AuditReceipt, RecordError>| {
+                let _ = sender.send((std::thread::current().name().map(str::to_owned), result));
+            })
+        };
+        std::thread::spawn({
+            let (submitter, sender) = (submitter.clone(), sender.clone());
+            move || submitter.submit(certificate("0001"), event("sign.issued"), answer(sender))
+        })
+        .join()
+        .unwrap();
+        let (thread, result) = answers.recv().unwrap();
+        assert_eq!(result.unwrap().seq, 1);
+        assert_eq!(
+            thread.as_deref(),
+            Some("ledger-writer"),
+            "answered by the writer"
+        );
+        // A submitter does not keep the writer running, and is refused once it stopped.
+        recorder.shutdown();
+        submitter.submit(certificate("0002"), event("sign.issued"), answer(sender));
+        assert!(matches!(
+            answers.recv().unwrap().1,
+            Err(RecordError::Stopped)
+        ));
+        assert_eq!(
+            audit::verify(&dir.path().join("audit.log"))
+                .unwrap()
+                .records,
+            1
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
