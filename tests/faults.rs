@@ -180,6 +180,50 @@ fn a_hung_hsm_answers_503_within_the_timeout_fails_readiness_and_recovers_when_i
 }
 
 #[test]
+fn a_signature_that_comes_back_after_its_request_gave_up_is_never_recorded() {
+    let mut appliance = Appliance::prepare();
+    let control = appliance
+        .use_fault_module(|text| text.replace("op_timeout_ms = 2000", "op_timeout_ms = 1000"));
+    appliance.start();
+    let rt = runtime();
+    let client = appliance.client("istiod");
+    let csrs = distinct_csrs(2);
+    // A lone request, so the check and the record would run on the session's thread right
+    // after the signature: which comes half a second after the request gave up.
+    set_faults(&control, 1, "C_Sign delay=1500ms times=1\n");
+    let late = rt
+        .block_on(client.sign(&csrs[0], "issuing-ca", None))
+        .unwrap();
+    let body = late.json().unwrap();
+    assert_eq!(
+        (late.status, body["error"]["code"].as_str()),
+        (503, Some("hsm_timeout")),
+        "{body}"
+    );
+    let mut outcomes = vec![Outcome::Refused(late.status, body)];
+    let next = rt
+        .block_on(client.sign(&csrs[1], "issuing-ca", None))
+        .unwrap();
+    assert_eq!(next.status, 200, "{:?}", next.json());
+    outcomes.push(Outcome::Issued(next.json().unwrap()));
+    // Once the late signature is back and its session idle, what came after it has run.
+    appliance.wait_for_metric(
+        "hsmca_hsm_pool_busy",
+        0,
+        Duration::from_secs(10),
+        "the late signature to come back",
+    );
+    assert_eq!(
+        injected(&control)
+            .iter()
+            .filter(|line| line.starts_with("C_Sign delay"))
+            .count(),
+        1
+    );
+    appliance.stop_and_assert_books_balance(&outcomes);
+}
+
+#[test]
 fn a_vanished_device_fails_readiness_and_signing_until_it_returns() {
     let mut appliance = Appliance::prepare();
     let control = appliance.use_fault_module(|text| text);
