@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Where a certificate's thread switches go: serves with one build, runs issuing-ca load at each
-# given number of connections, and prints per thread kind the voluntary context switches per
-# certificate (from /proc/PID/task/*/status), with the server's CPU per certificate. Waking a
+# Where a certificate's thread switches and CPU go: serves with one build, runs issuing-ca load at
+# each given number of connections, and prints per thread kind the voluntary context switches
+# and the CPU time (user and system) per certificate, from /proc/PID/task/*/status and stat. Waking a
 # sleeping thread costs tens of microseconds of CPU on a VM, so this is where low-load CPU
 # goes (docs/performance.md). Writes nothing to docs/.
 #
@@ -26,10 +26,12 @@ load() { # CONNECTIONS SECONDS
     "$loadgen" http --target hsmca --profile issuing-ca --connections "$1" \
         --url https://127.0.0.1:18443 --seconds "$2" "${tls[@]}"
 }
-# thread id, name, voluntary switches: one line per thread
+# thread id, name, voluntary switches, CPU clock ticks: one line per thread (no thread name
+# has a space)
 switches() {
     for task in /proc/"$pid"/task/*; do
-        echo "${task##*/} $(cat "$task/comm") $(awk '/^voluntary_ctxt/ {print $2}' "$task/status")"
+        echo "${task##*/} $(cat "$task/comm") $(awk '/^voluntary_ctxt/ {print $2}' "$task/status")" \
+            "$(awk '{print $14 + $15}' "$task/stat")"
     done
 }
 issued() { curl -s http://127.0.0.1:19090/metrics | awk '/^hsmca_sign_request_duration_seconds_count/ {print $2}'; }
@@ -50,14 +52,21 @@ for connections in ${connection_counts[*]}; do
 import os, re, sys
 from collections import defaultdict
 def read(path):
-    return {tid: (name, int(count)) for tid, name, count in (l.split() for l in open(path))}
+    return {tid: (name, int(count), int(ticks)) for tid, name, count, ticks in (l.split() for l in open(path))}
 before, after = read(sys.argv[1]), read(sys.argv[2])
-certificates = float(sys.argv[4]) - float(sys.argv[3])
-per_kind = defaultdict(int)
-for tid, (name, count) in after.items():
-    per_kind[re.sub(r"-?\d+$", "", name)] += count - before.get(tid, (name, 0))[1]
-cpu = (int(sys.argv[6]) - int(sys.argv[5])) / os.sysconf("SC_CLK_TCK") * 1e6 / max(certificates, 1)
-kinds = " ".join(f"{kind} {n / certificates:.2f}" for kind, n in sorted(per_kind.items(), key=lambda k: -k[1]) if n)
-print(f"  switches per certificate: {kinds}; total {sum(per_kind.values()) / certificates:.2f}; server CPU {cpu:.0f} µs per certificate")
+certificates = max(float(sys.argv[4]) - float(sys.argv[3]), 1)
+tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+switches, cpu = defaultdict(int), defaultdict(int)
+for tid, (name, count, ticks) in after.items():
+    kind = re.sub(r"-?\d+$", "", name)
+    _, count_before, ticks_before = before.get(tid, (name, 0, 0))
+    switches[kind] += count - count_before
+    cpu[kind] += ticks - ticks_before
+def per_kind(counts, scale, form):
+    ranked = sorted(counts.items(), key=lambda k: -k[1])
+    return " ".join(f"{kind} {n * scale / certificates:{form}}" for kind, n in ranked if n)
+total_cpu = (int(sys.argv[6]) - int(sys.argv[5])) * tick_us / certificates
+print(f"  switches per certificate: {per_kind(switches, 1, '.2f')}; total {sum(switches.values()) / certificates:.2f}")
+print(f"  CPU µs per certificate: {per_kind(cpu, tick_us, '.0f')}; server {total_cpu:.0f}")
 PY
 done
