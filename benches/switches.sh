@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Where a certificate's thread switches and CPU go: serves with one build, runs issuing-ca load at
 # each given number of connections, and prints per thread kind the voluntary context switches
-# and the CPU time (user and system) per certificate, from /proc/PID/task/*/status and stat. Waking a
+# and the CPU time (user and system) per certificate, from /proc/PID/task/*/status and stat, and
+# the service's own mean time per stage (the HSM, the record, the whole request, from /metrics). Waking a
 # sleeping thread costs tens of microseconds of CPU on a VM, so this is where low-load CPU
 # goes (docs/performance.md). Writes nothing to docs/.
 #
@@ -34,21 +35,31 @@ switches() {
             "$(awk '{print $14 + $15}' "$task/stat")"
     done
 }
-issued() { curl -s http://127.0.0.1:19090/metrics | awk '/^hsmca_sign_request_duration_seconds_count/ {print $2}'; }
+# the sum and count of each stage's histogram: one "name sum count" line per stage
+stages() {
+    curl -s http://127.0.0.1:19090/metrics | awk '
+        /^hsmca_(hsm_sign|record|sign_request)_duration_seconds_(sum|count) / {
+            name = $1; sub(/_(sum|count)$/, "", name); value[name, ($1 ~ /_sum$/)] = $2; names[name]
+        }
+        END { for (n in names) print n, value[n, 1], value[n, 0] }'
+}
+issued() { stages | awk '/^hsmca_sign_request_duration_seconds / {print $3}'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 
 load 1 2 >/dev/null # warm-up
 for connections in ${connection_counts[*]}; do
     switches >"$work/before"
+    stages >"$work/stages-before"
     requests_before=$(issued)
     ticks_before=$(cpu_ticks)
     line=$(load "$connections" "$seconds")
     ticks_after=$(cpu_ticks)
     requests_after=$(issued)
+    stages >"$work/stages-after"
     switches >"$work/after"
     echo "$line"
     python3 - "$work/before" "$work/after" "$requests_before" "$requests_after" \
-        "$ticks_before" "$ticks_after" <<'PY'
+        "$ticks_before" "$ticks_after" "$work/stages-before" "$work/stages-after" <<'PY'
 import os, re, sys
 from collections import defaultdict
 def read(path):
@@ -68,5 +79,14 @@ def per_kind(counts, scale, form):
 total_cpu = (int(sys.argv[6]) - int(sys.argv[5])) * tick_us / certificates
 print(f"  switches per certificate: {per_kind(switches, 1, '.2f')}; total {sum(switches.values()) / certificates:.2f}")
 print(f"  CPU µs per certificate: {per_kind(cpu, tick_us, '.0f')}; server {total_cpu:.0f}")
+def histograms(path):
+    return {name: (float(total), float(count)) for name, total, count in (l.split() for l in open(path))}
+stages_before, stages_after = histograms(sys.argv[7]), histograms(sys.argv[8])
+means = []
+for stage, name in [("HSM", "hsm_sign"), ("record", "record"), ("request", "sign_request")]:
+    total, count = stages_after[f"hsmca_{name}_duration_seconds"]
+    total_before, count_before = stages_before.get(f"hsmca_{name}_duration_seconds", (0, 0))
+    means.append(f"{stage} {(total - total_before) / max(count - count_before, 1) * 1e3:.3f} ms")
+print(f"  mean per stage inside the server: {', '.join(means)}")
 PY
 done
