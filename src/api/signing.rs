@@ -246,9 +246,10 @@ async fn build(
 /// recorder: a wake-up of a sleeping async worker costs more CPU than the check on a VM
 /// (docs/performance.md). The request still gives up at the HSM's operation timeout if the
 /// signature has not come by then, and the session's thread then records nothing
-/// ([`Handover`]). Under load the steps stay apart: the HSM's replies go out in batches, and
-/// the check runs on the verify threads, not on the sessions the HSM's throughput needs
-/// (moved to the sessions it cost 3 to 9 % of the throughput at 64 and 256 connections).
+/// ([`Handover`]). Under load the steps stay apart ([`step_by_step`]): the HSM's replies go
+/// out in batches, and the check runs on the verify threads, not on the sessions the HSM's
+/// throughput needs (moved to the sessions it cost 3 to 9 % of the throughput at 64 and 256
+/// connections).
 async fn sign_and_record(
     service: &Service,
     identity: &str,
@@ -283,45 +284,12 @@ async fn sign_and_record(
         // The recorder holds its next group open for this certificate while the HSM signs it.
         expected: service.recorder.expect(),
     };
-    let waiting = Waiting(Arc::new(Handover::default()));
-    let (done, answer) = oneshot::channel();
-    let recorder = service.recorder.submitter();
     let started = Instant::now();
-    let answered = if service.lightly_loaded() {
-        let then = unsigned.then_record(recorder, waiting.0.clone(), started, done);
-        let deadline = service
-            .pool
-            .sign_then(&issuer.key, issuer.algorithm, tbs, then)
-            .map_err(hsm_unavailable)?;
-        tokio::pin!(answer);
-        match tokio::time::timeout_at(deadline.into(), &mut answer).await {
-            Ok(answered) => answered.ok(),
-            Err(_) if waiting.0.give_up() => None,
-            // Signed already and on its way to the ledger: it is issued, so wait for it.
-            Err(_) => answer.await.ok(),
-        }
+    let recorded = if service.lightly_loaded() {
+        on_the_session(service, issuer, tbs, unsigned, started).await?
     } else {
-        let signature = service.pool.sign(&issuer.key, issuer.algorithm, tbs).await;
-        let hsm_took = started.elapsed();
-        let checked = service
-            .verifier
-            .run(false, move || unsigned.finish(signature, hsm_took))
-            .await
-            .map_err(internal)?;
-        waiting.0.take_for_recording();
-        Issued::record(checked, &recorder, done);
-        answer.await.ok()
+        step_by_step(service, issuer, tbs, unsigned, started).await?
     };
-    let recorded = answered.unwrap_or_else(|| {
-        Err(if waiting.0.give_up() {
-            // Not signed in time, or never taken from the queue.
-            Unissued::Hsm(HsmError::Timeout {
-                after: service.pool.op_timeout(),
-            })
-        } else {
-            Unissued::Lost
-        })
-    });
     match recorded {
         Ok(Recorded {
             der,
@@ -354,6 +322,68 @@ async fn sign_and_record(
             ))
         }
     }
+}
+
+/// The light-load path of [`sign_and_record`]: the check and the hand-off to the recorder
+/// on the HSM session's thread, the answer awaited until the job's deadline unless the
+/// session took the certificate for recording by then.
+async fn on_the_session(
+    service: &Service,
+    issuer: &IssuerState,
+    tbs: Vec<u8>,
+    unsigned: Unsigned,
+    started: Instant,
+) -> Result<Result<Recorded, Unissued>, ApiError> {
+    let waiting = Waiting(Arc::new(Handover::default()));
+    let (done, answer) = oneshot::channel();
+    let then = unsigned.then_record(
+        service.recorder.submitter(),
+        waiting.0.clone(),
+        started,
+        done,
+    );
+    let deadline = service
+        .pool
+        .sign_then(&issuer.key, issuer.algorithm, tbs, then)
+        .map_err(hsm_unavailable)?;
+    tokio::pin!(answer);
+    let answered = match tokio::time::timeout_at(deadline.into(), &mut answer).await {
+        Ok(answered) => answered.ok(),
+        Err(_) if waiting.0.give_up() => None,
+        // Signed already and on its way to the ledger: it is issued, so wait for it.
+        Err(_) => answer.await.ok(),
+    };
+    Ok(answered.unwrap_or_else(|| {
+        Err(if waiting.0.give_up() {
+            // Not signed in time, or never taken from the queue.
+            Unissued::Hsm(HsmError::Timeout {
+                after: service.pool.op_timeout(),
+            })
+        } else {
+            Unissued::Lost
+        })
+    }))
+}
+
+/// The path of [`sign_and_record`] under load: the signature answered to this task (the HSM's
+/// replies go out in batches), checked on a verify thread, handed to the recorder from here.
+async fn step_by_step(
+    service: &Service,
+    issuer: &IssuerState,
+    tbs: Vec<u8>,
+    unsigned: Unsigned,
+    started: Instant,
+) -> Result<Result<Recorded, Unissued>, ApiError> {
+    let signature = service.pool.sign(&issuer.key, issuer.algorithm, tbs).await;
+    let hsm_took = started.elapsed();
+    let checked = service
+        .verifier
+        .run(false, move || unsigned.finish(signature, hsm_took))
+        .await
+        .map_err(internal)?;
+    let (done, answer) = oneshot::channel();
+    Issued::record(checked, &service.recorder.submitter(), done);
+    Ok(answer.await.unwrap_or(Err(Unissued::Lost)))
 }
 
 /// The ledger row and the `sign.issued` record of the certificate `template` describes,
