@@ -2,8 +2,8 @@
 //! who is asking, may they, does the CSR fit the profile, sign in the HSM, record durably,
 //! and count and audit whatever the outcome was.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -281,14 +281,14 @@ async fn sign_and_record(
         prepared,
         row,
         event,
-        // The recorder holds its next group open for this certificate while the HSM signs it.
-        expected: service.recorder.expect(),
     };
+    // The recorder holds its next group open for this certificate while the HSM signs it.
+    let announcement = service.recorder.expect();
     let started = Instant::now();
     let recorded = if service.lightly_loaded() {
-        on_the_session(service, issuer, tbs, unsigned, started).await?
+        on_the_session(service, issuer, tbs, unsigned, announcement, started).await?
     } else {
-        step_by_step(service, issuer, tbs, unsigned, started).await?
+        step_by_step(service, issuer, tbs, unsigned, announcement, started).await?
     };
     match recorded {
         Ok(Recorded {
@@ -332,9 +332,10 @@ async fn on_the_session(
     issuer: &IssuerState,
     tbs: Vec<u8>,
     unsigned: Unsigned,
+    announcement: Expected,
     started: Instant,
 ) -> Result<Result<Recorded, Unissued>, ApiError> {
-    let waiting = Waiting(Arc::new(Handover::default()));
+    let waiting = Waiting(Arc::new(Handover::new(announcement)));
     let (done, answer) = oneshot::channel();
     let then = unsigned.then_record(
         service.recorder.submitter(),
@@ -372,6 +373,7 @@ async fn step_by_step(
     issuer: &IssuerState,
     tbs: Vec<u8>,
     unsigned: Unsigned,
+    announcement: Expected,
     started: Instant,
 ) -> Result<Result<Recorded, Unissued>, ApiError> {
     let signature = service.pool.sign(&issuer.key, issuer.algorithm, tbs).await;
@@ -382,7 +384,7 @@ async fn step_by_step(
         .await
         .map_err(internal)?;
     let (done, answer) = oneshot::channel();
-    Issued::record(checked, &service.recorder.submitter(), done);
+    Issued::record(checked, &service.recorder.submitter(), announcement, done);
     Ok(answer.await.unwrap_or(Err(Unissued::Lost)))
 }
 
@@ -438,8 +440,6 @@ struct Unsigned {
     row: IssuedCertificate,
     /// The `sign.issued` record, without the certificate's hash.
     event: AuditEvent,
-    /// The recorder's announcement of this certificate, withdrawn when it is handed over.
-    expected: Expected,
 }
 
 impl Unsigned {
@@ -454,11 +454,16 @@ impl Unsigned {
         done: oneshot::Sender<Result<Recorded, Unissued>>,
     ) -> Then {
         Box::new(move |signature| {
-            if !handover.take_for_recording() {
+            let Some(announcement) = handover.take_for_recording() else {
                 // The request gave up waiting: this certificate is never issued.
                 return;
-            }
-            Issued::record(self.finish(signature, started.elapsed()), &recorder, done);
+            };
+            Issued::record(
+                self.finish(signature, started.elapsed()),
+                &recorder,
+                announcement,
+                done,
+            );
         })
     }
 
@@ -473,7 +478,6 @@ impl Unsigned {
             prepared,
             mut row,
             mut event,
-            expected,
         } = self;
         let der = prepared
             .finish(&signature.map_err(Unissued::Hsm)?)
@@ -484,7 +488,6 @@ impl Unsigned {
             der,
             row,
             event,
-            expected,
             hsm_took,
         })
     }
@@ -495,23 +498,23 @@ struct Issued {
     der: Vec<u8>,
     row: IssuedCertificate,
     event: AuditEvent,
-    expected: Expected,
     hsm_took: Duration,
 }
 
 impl Issued {
     /// Hands a `checked` certificate to the `recorder`, whose answer goes to `done` once its
-    /// row and record are durable; a certificate that failed goes to `done` at once.
+    /// row and record are durable; a certificate that failed goes to `done` at once. The
+    /// recorder's `announcement` of it is withdrawn either way.
     fn record(
         checked: Result<Issued, Unissued>,
         recorder: &Submitter,
+        announcement: Expected,
         done: oneshot::Sender<Result<Recorded, Unissued>>,
     ) {
         let Issued {
             der,
             row,
             event,
-            expected,
             hsm_took,
         } = match checked {
             Ok(issued) => issued,
@@ -521,7 +524,7 @@ impl Issued {
             }
         };
         let record_started = Instant::now();
-        drop(expected);
+        drop(announcement);
         recorder.submit(
             Some(Change::Issued(row)),
             event,
@@ -552,37 +555,60 @@ impl Drop for Waiting {
 /// Who gives up on a certificate whose signature is late: the request, at the HSM's
 /// operation timeout, or no one, once the HSM session's thread took it for recording. The
 /// one who comes first decides, so a certificate is recorded only if its request still
-/// waits for it.
-#[derive(Default)]
-struct Handover(AtomicU8);
+/// waits for it. It holds the recorder's announcement of the certificate, so a request that
+/// gives up withdraws it at once, even while the HSM call it waited for never returns (the
+/// recorder would otherwise wait for that entry at every group).
+struct Handover {
+    state: AtomicU8,
+    announcement: Mutex<Option<Expected>>,
+}
 
 impl Handover {
     const SIGNING: u8 = 0;
     const RECORDING: u8 = 1;
     const ABANDONED: u8 = 2;
 
-    /// On the session's thread, with the signature: true if the request still waits.
-    fn take_for_recording(&self) -> bool {
-        self.0
+    fn new(announcement: Expected) -> Self {
+        Handover {
+            state: AtomicU8::new(Self::SIGNING),
+            announcement: Mutex::new(Some(announcement)),
+        }
+    }
+
+    fn announcement(&self) -> Option<Expected> {
+        self.announcement
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// On the session's thread, with the signature: the announcement, to be withdrawn when
+    /// the certificate is handed to the recorder, if the request still waits.
+    fn take_for_recording(&self) -> Option<Expected> {
+        self.state
             .compare_exchange(
                 Self::SIGNING,
                 Self::RECORDING,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             )
-            .is_ok()
+            .ok()?;
+        self.announcement()
     }
 
     /// In the request, at the timeout: true if the certificate will not be recorded (asked
-    /// again, the same answer).
+    /// again, the same answer); the announcement is withdrawn then.
     fn give_up(&self) -> bool {
-        match self.0.compare_exchange(
+        match self.state.compare_exchange(
             Self::SIGNING,
             Self::ABANDONED,
             Ordering::AcqRel,
             Ordering::Acquire,
         ) {
-            Ok(_) => true,
+            Ok(_) => {
+                drop(self.announcement());
+                true
+            }
             Err(now) => now == Self::ABANDONED,
         }
     }
@@ -723,4 +749,40 @@ pub(crate) fn internal(error: impl std::fmt::Display) -> ApiError {
         "internal",
         format!("the certificate could not be made: {error}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::recorder::Recorder;
+    use crate::ledger::sqlite_journal::SqliteJournal;
+
+    #[test]
+    fn the_first_to_decide_wins_and_a_request_that_gives_up_withdraws_the_announcement() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = SqliteJournal::open(
+            &dir.path().join("ledger.sqlite"),
+            &dir.path().join("audit.log"),
+        )
+        .unwrap();
+        let recorder = Recorder::start(Box::new(journal)).unwrap();
+
+        // The request gives up first: the announcement goes with it, and the session's
+        // thread, when the signature comes, records nothing.
+        let handover = Handover::new(recorder.expect());
+        assert_eq!(recorder.announced(), 1);
+        assert!(handover.give_up());
+        assert_eq!(recorder.announced(), 0);
+        assert!(handover.give_up(), "asked again, the same answer");
+        assert!(handover.take_for_recording().is_none());
+
+        // The session's thread comes first: the request may no longer give up, and the
+        // announcement stands until the session hands the certificate over.
+        let handover = Handover::new(recorder.expect());
+        let announcement = handover.take_for_recording().unwrap();
+        assert!(!handover.give_up());
+        assert_eq!(recorder.announced(), 1);
+        drop(announcement);
+        assert_eq!(recorder.announced(), 0);
+    }
 }

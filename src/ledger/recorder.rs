@@ -180,6 +180,11 @@ impl Recorder {
         Expected(self.announced.clone())
     }
 
+    /// Entries announced ([`Recorder::expect`]) and not yet withdrawn.
+    pub fn announced(&self) -> usize {
+        self.announced.load(Ordering::Relaxed)
+    }
+
     /// Records `event`, and `change` if there is one, durably and together. Returns the
     /// audit record's receipt once both are on disk.
     pub async fn record(
@@ -420,7 +425,7 @@ mod tests {
         }
         // A withdrawn announcement is forgotten.
         drop(recorder.expect());
-        assert_eq!(recorder.announced.load(Ordering::Relaxed), 1);
+        assert_eq!(recorder.announced(), 1);
         recorder.shutdown();
         assert_eq!(
             audit::verify(&dir.path().join("audit.log"))
