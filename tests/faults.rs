@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::appliance::{Appliance, runtime};
@@ -27,6 +27,16 @@ fn injected(control: &Path) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// An appliance on the fault module whose HSM operations time out after one second, started;
+/// and the fault module's control file.
+fn started_with_one_second_timeout() -> (Appliance, PathBuf) {
+    let mut appliance = Appliance::prepare();
+    let control = appliance
+        .use_fault_module(|text| text.replace("op_timeout_ms = 2000", "op_timeout_ms = 1000"));
+    appliance.start();
+    (appliance, control)
 }
 
 /// Waits (up to 20 s) until the injection log has `count` lines.
@@ -122,10 +132,7 @@ fn transient_hsm_errors_under_load_fail_at_most_one_request_each_and_heal_withou
 
 #[test]
 fn a_hung_hsm_answers_503_within_the_timeout_fails_readiness_and_recovers_when_it_returns() {
-    let mut appliance = Appliance::prepare();
-    let control = appliance
-        .use_fault_module(|text| text.replace("op_timeout_ms = 2000", "op_timeout_ms = 1000"));
-    appliance.start();
+    let (mut appliance, control) = started_with_one_second_timeout();
     let rt = runtime();
     let client = appliance.client("istiod");
     let csrs = distinct_csrs(12);
@@ -181,10 +188,7 @@ fn a_hung_hsm_answers_503_within_the_timeout_fails_readiness_and_recovers_when_i
 
 #[test]
 fn a_signature_that_comes_back_after_its_request_gave_up_is_never_recorded() {
-    let mut appliance = Appliance::prepare();
-    let control = appliance
-        .use_fault_module(|text| text.replace("op_timeout_ms = 2000", "op_timeout_ms = 1000"));
-    appliance.start();
+    let (mut appliance, control) = started_with_one_second_timeout();
     let rt = runtime();
     let client = appliance.client("istiod");
     let csrs = distinct_csrs(2);

@@ -754,18 +754,11 @@ pub(crate) fn internal(error: impl std::fmt::Display) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::recorder::Recorder;
-    use crate::ledger::sqlite_journal::SqliteJournal;
+    use crate::ledger::recorder::fresh_recorder;
 
     #[test]
     fn the_first_to_decide_wins_and_a_request_that_gives_up_withdraws_the_announcement() {
-        let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = SqliteJournal::open(
-            &dir.path().join("ledger.sqlite"),
-            &dir.path().join("audit.log"),
-        )
-        .unwrap();
-        let recorder = Recorder::start(Box::new(journal)).unwrap();
+        let (_dir, recorder) = fresh_recorder();
 
         // The request gives up first: the announcement goes with it, and the session's
         // thread, when the signature comes, records nothing.

@@ -341,12 +341,25 @@ impl Writer {
     }
 }
 
+/// A recorder over a new SQLite ledger and audit log in a temporary directory, for tests here
+/// and of the recorder's callers.
+#[cfg(test)]
+pub(crate) fn fresh_recorder() -> (tempfile::TempDir, Recorder) {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = super::sqlite_journal::SqliteJournal::open(
+        &dir.path().join("ledger.sqlite"),
+        &dir.path().join("audit.log"),
+    )
+    .unwrap();
+    let recorder = Recorder::start(Box::new(journal)).unwrap();
+    (dir, recorder)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ledger::audit;
     use crate::ledger::certificates::{CertificateStore, Ledger, sample_certificate};
-    use crate::ledger::sqlite_journal::SqliteJournal;
     use serde_json::json;
 
     fn certificate(serial: &str) -> Option<Change> {
@@ -359,18 +372,6 @@ mod tests {
             actor: "c".into(),
             details: json!({}),
         }
-    }
-
-    /// A recorder over a new ledger and audit log in a temporary directory.
-    fn fresh_recorder() -> (tempfile::TempDir, Recorder) {
-        let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = SqliteJournal::open(
-            &dir.path().join("ledger.sqlite"),
-            &dir.path().join("audit.log"),
-        )
-        .unwrap();
-        let recorder = Recorder::start(Box::new(journal)).unwrap();
-        (dir, recorder)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
