@@ -74,6 +74,22 @@ enum Work {
     Random { len: usize },
 }
 
+impl Work {
+    /// A signature with `key`, refused at once if `algorithm` is not for the key's type.
+    fn sign(
+        key: &HsmKey,
+        algorithm: SignatureAlgorithm,
+        message: Vec<u8>,
+    ) -> Result<Self, HsmError> {
+        algorithm.check_key(key.key_type())?;
+        Ok(Work::Sign {
+            key: key.clone(),
+            algorithm,
+            message,
+        })
+    }
+}
+
 /// Signs on the HSM from async code. Dropping the pool lets queued jobs finish, then closes
 /// the sessions.
 pub struct SignerPool {
@@ -237,13 +253,7 @@ impl SignerPool {
         algorithm: SignatureAlgorithm,
         message: Vec<u8>,
     ) -> Result<Vec<u8>, HsmError> {
-        algorithm.check_key(key.key_type())?;
-        self.submit(Work::Sign {
-            key: key.clone(),
-            algorithm,
-            message,
-        })
-        .await
+        self.submit(Work::sign(key, algorithm, message)?).await
     }
 
     /// Queues a signature of `message` with `key` and returns at once; `then` gets the
@@ -260,15 +270,7 @@ impl SignerPool {
         message: Vec<u8>,
         then: Then,
     ) -> Result<Instant, HsmError> {
-        algorithm.check_key(key.key_type())?;
-        self.enqueue(
-            Work::Sign {
-                key: key.clone(),
-                algorithm,
-                message,
-            },
-            Reply::Then(then),
-        )
+        self.enqueue(Work::sign(key, algorithm, message)?, Reply::Then(then))
     }
 
     /// `len` bytes from the token's random number generator, with the same queueing and
