@@ -276,7 +276,6 @@ async fn sign_and_record(
         context,
         &serial_hex,
     );
-    let tbs = prepared.tbs_der().to_vec();
     let unsigned = Unsigned {
         prepared,
         row,
@@ -286,9 +285,9 @@ async fn sign_and_record(
     let announcement = service.recorder.expect();
     let started = Instant::now();
     let recorded = if service.lightly_loaded() {
-        on_the_session(service, issuer, tbs, unsigned, announcement, started).await?
+        on_the_session(service, issuer, unsigned, announcement, started).await?
     } else {
-        step_by_step(service, issuer, tbs, unsigned, announcement, started).await?
+        step_by_step(service, issuer, unsigned, announcement, started).await?
     };
     match recorded {
         Ok(Recorded {
@@ -330,11 +329,11 @@ async fn sign_and_record(
 async fn on_the_session(
     service: &Service,
     issuer: &IssuerState,
-    tbs: Vec<u8>,
     unsigned: Unsigned,
     announcement: Expected,
     started: Instant,
 ) -> Result<Result<Recorded, Unissued>, ApiError> {
+    let tbs = unsigned.prepared.tbs_der().to_vec();
     let waiting = Waiting(Arc::new(Handover::new(announcement)));
     let (done, answer) = oneshot::channel();
     let then = unsigned.then_record(
@@ -347,19 +346,24 @@ async fn on_the_session(
         .pool
         .sign_then(&issuer.key, issuer.algorithm, tbs, then)
         .map_err(hsm_unavailable)?;
+    let timed_out = || {
+        Unissued::Hsm(HsmError::Timeout {
+            after: service.pool.op_timeout(),
+        })
+    };
     tokio::pin!(answer);
     let answered = match tokio::time::timeout_at(deadline.into(), &mut answer).await {
-        Ok(answered) => answered.ok(),
-        Err(_) if waiting.0.give_up() => None,
+        Ok(answered) => answered,
+        // Not signed in time: the session will record nothing.
+        Err(_) if waiting.0.give_up() => return Ok(Err(timed_out())),
         // Signed already and on its way to the ledger: it is issued, so wait for it.
-        Err(_) => answer.await.ok(),
+        Err(_) => answer.await,
     };
-    Ok(answered.unwrap_or_else(|| {
+    // No answer at all: the job expired in the queue unrun (the request can still give up),
+    // or the step after the signature panicked.
+    Ok(answered.unwrap_or_else(|_| {
         Err(if waiting.0.give_up() {
-            // Not signed in time, or never taken from the queue.
-            Unissued::Hsm(HsmError::Timeout {
-                after: service.pool.op_timeout(),
-            })
+            timed_out()
         } else {
             Unissued::Lost
         })
@@ -371,16 +375,20 @@ async fn on_the_session(
 async fn step_by_step(
     service: &Service,
     issuer: &IssuerState,
-    tbs: Vec<u8>,
     unsigned: Unsigned,
     announcement: Expected,
     started: Instant,
 ) -> Result<Result<Recorded, Unissued>, ApiError> {
-    let signature = service.pool.sign(&issuer.key, issuer.algorithm, tbs).await;
+    let tbs = unsigned.prepared.tbs_der().to_vec();
+    let signature = match service.pool.sign(&issuer.key, issuer.algorithm, tbs).await {
+        Ok(signature) => signature,
+        // Nothing to check: no hand-off to a verify thread.
+        Err(error) => return Ok(Err(Unissued::Hsm(error))),
+    };
     let hsm_took = started.elapsed();
     let checked = service
         .verifier
-        .run(false, move || unsigned.finish(signature, hsm_took))
+        .run(false, move || unsigned.finish(Ok(signature), hsm_took))
         .await
         .map_err(internal)?;
     let (done, answer) = oneshot::channel();
