@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -115,13 +115,24 @@ impl Submitter {
             entry: JournalEntry { change, event },
             reply: answer,
         };
-        let refused = match self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        let refused = match self.sender().as_ref() {
             Some(sender) => sender.send(entry).err().map(|refused| refused.0),
             None => Some(entry),
         };
         if let Some(entry) = refused {
             (entry.reply)(Err(RecordError::Stopped));
         }
+    }
+
+    /// Lets go of the writer, for every clone: it writes what is queued and ends, and later
+    /// entries are answered [`RecordError::Stopped`].
+    fn close(&self) {
+        drop(self.sender().take());
+    }
+
+    fn sender(&self) -> MutexGuard<'_, Option<mpsc::Sender<Entry>>> {
+        // A panic while the lock was held left only an `Option` behind it.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -249,13 +260,7 @@ impl Recorder {
     /// Writes everything already queued, then stops the writer thread; later entries are
     /// refused as [`RecordError::Stopped`].
     pub fn shutdown(&self) {
-        drop(
-            self.submitter
-                .0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(),
-        );
+        self.submitter.close();
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
             let _ = thread.join();
