@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::appliance::{Appliance, runtime};
 use common::load::{Load, Outcome, distinct_csrs, issued};
 use common::{stderr, stdout};
+use hsmca::api::client::Client;
 
 /// Replaces the fault module's rules; `generation` makes each write differ, since the module
 /// resets its `times=` counters only when the file changes.
@@ -37,6 +38,32 @@ fn started_with_one_second_timeout() -> (Appliance, PathBuf) {
         .use_fault_module(|text| text.replace("op_timeout_ms = 2000", "op_timeout_ms = 1000"));
     appliance.start();
     (appliance, control)
+}
+
+/// Signs `csr` alone with the issuing-ca profile and checks the answer: a certificate when
+/// `refusal` is `None`, else a 503 with that error code. Returns the outcome for the books.
+fn sign_one(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    csr: &str,
+    refusal: Option<&str>,
+) -> Outcome {
+    let response = rt.block_on(client.sign(csr, "issuing-ca", None)).unwrap();
+    let body = response.json().unwrap();
+    match refusal {
+        None => {
+            assert_eq!(response.status, 200, "{body}");
+            Outcome::Issued(body)
+        }
+        Some(code) => {
+            assert_eq!(
+                (response.status, body["error"]["code"].as_str()),
+                (503, Some(code)),
+                "{body}"
+            );
+            Outcome::Refused(response.status, body)
+        }
+    }
 }
 
 /// Waits (up to 20 s) until the injection log has `count` lines.
@@ -136,12 +163,7 @@ fn a_hung_hsm_answers_503_within_the_timeout_fails_readiness_and_recovers_when_i
     let rt = runtime();
     let client = appliance.client("istiod");
     let csrs = distinct_csrs(12);
-    let sign = |csr: &str| {
-        let response = rt.block_on(client.sign(csr, "issuing-ca", None)).unwrap();
-        assert_eq!(response.status, 200, "{:?}", response.json());
-        Outcome::Issued(response.json().unwrap())
-    };
-    let mut outcomes = vec![sign(&csrs[0])];
+    let mut outcomes = vec![sign_one(&rt, &client, &csrs[0], None)];
 
     set_faults(&control, 1, "C_Sign hang");
     // More requests than sessions, so some wait in the queue: every one must come back.
@@ -182,7 +204,7 @@ fn a_hung_hsm_answers_503_within_the_timeout_fails_readiness_and_recovers_when_i
     // The HSM answers again: ready, and signing, without a restart.
     set_faults(&control, 2, "");
     appliance.wait_for_readiness(200, Duration::from_secs(20));
-    outcomes.push(sign(&csrs[11]));
+    outcomes.push(sign_one(&rt, &client, &csrs[11], None));
     appliance.stop_and_assert_books_balance(&outcomes);
 }
 
@@ -195,21 +217,10 @@ fn a_signature_that_comes_back_after_its_request_gave_up_is_never_recorded() {
     // A lone request, so the check and the record would run on the session's thread right
     // after the signature: which comes half a second after the request gave up.
     set_faults(&control, 1, "C_Sign delay=1500ms times=1\n");
-    let late = rt
-        .block_on(client.sign(&csrs[0], "issuing-ca", None))
-        .unwrap();
-    let body = late.json().unwrap();
-    assert_eq!(
-        (late.status, body["error"]["code"].as_str()),
-        (503, Some("hsm_timeout")),
-        "{body}"
-    );
-    let mut outcomes = vec![Outcome::Refused(late.status, body)];
-    let next = rt
-        .block_on(client.sign(&csrs[1], "issuing-ca", None))
-        .unwrap();
-    assert_eq!(next.status, 200, "{:?}", next.json());
-    outcomes.push(Outcome::Issued(next.json().unwrap()));
+    let outcomes = [
+        sign_one(&rt, &client, &csrs[0], Some("hsm_timeout")),
+        sign_one(&rt, &client, &csrs[1], None),
+    ];
     // Once the late signature is back and its session idle, what came after it has run.
     appliance.wait_for_metric(
         "hsmca_hsm_pool_busy",
@@ -236,26 +247,16 @@ fn a_vanished_device_fails_readiness_and_signing_until_it_returns() {
     let client = appliance.client("istiod");
     let csr = &distinct_csrs(1)[0];
     let mut outcomes = Vec::new();
-    let mut sign = |expected: u16| {
-        let response = rt.block_on(client.sign(csr, "issuing-ca", None)).unwrap();
-        let body = response.json().unwrap();
-        assert_eq!(response.status, expected, "{body}");
-        outcomes.push(if expected == 200 {
-            Outcome::Issued(body)
-        } else {
-            assert_eq!(body["error"]["code"], "hsm_unavailable", "{body}");
-            Outcome::Refused(expected, body)
-        });
-    };
-    sign(200);
+    let mut sign = |refusal| outcomes.push(sign_one(&rt, &client, csr, refusal));
+    sign(None);
     // Every call the appliance makes fails, re-initialising the module included.
     set_faults(&control, 1, "* CKR_DEVICE_REMOVED");
-    sign(503);
+    sign(Some("hsm_unavailable"));
     appliance.wait_for_readiness(503, Duration::from_secs(20));
-    sign(503);
+    sign(Some("hsm_unavailable"));
     set_faults(&control, 2, "");
     appliance.wait_for_readiness(200, Duration::from_secs(20));
-    sign(200);
+    sign(None);
     appliance.stop_and_assert_books_balance(&outcomes);
 }
 
@@ -450,24 +451,11 @@ fn a_serial_refill_that_hangs_holds_up_only_its_own_request() {
     let rt = runtime();
     let client = appliance.client("istiod");
     let csrs = distinct_csrs(6);
-    let mut outcomes = Vec::new();
-    let response = rt
-        .block_on(client.sign(&csrs[0], "issuing-ca", None))
-        .unwrap();
-    let body = response.json().unwrap();
-    assert_eq!(
-        (response.status, body["error"]["code"].as_str()),
-        (503, Some("hsm_timeout")),
-        "{body}"
-    );
-    outcomes.push(Outcome::Refused(response.status, body));
+    let mut outcomes = vec![sign_one(&rt, &client, &csrs[0], Some("hsm_timeout"))];
     assert_eq!(injected(&control), ["C_GenerateRandom hang"]);
     // The hung refill holds its pool session only: the next request refills on the other one.
     for csr in &csrs[1..] {
-        let response = rt.block_on(client.sign(csr, "issuing-ca", None)).unwrap();
-        let body = response.json().unwrap();
-        assert_eq!(response.status, 200, "beside the hung refill: {body}");
-        outcomes.push(Outcome::Issued(body));
+        outcomes.push(sign_one(&rt, &client, csr, None));
     }
     appliance.wait_for_metric(
         "hsmca_hsm_pool_stuck_sessions",
